@@ -1,0 +1,65 @@
+"""GFLOPs in the paper's convention (one multiply-add = one FLOP) against the SegViT paper's figures.
+
+The count runs on the meta device (no arithmetic), so it is fast on any machine;
+pytest-benchmark times it. A table of params and GFLOPs per preset and variant
+is printed at the end.
+"""
+import pytest
+import torch
+
+import segvit_rt
+from segvit_rt.flops import count_params, gflops
+
+PAPER_GFLOPS = {
+    ("vit_l16_ade20k_640", "full"): 637.9,
+    ("vit_l16_ade20k_640", "shrunk"): 373.5,
+    ("vit_b16_ade20k_512", "full"): 120.9,
+}
+_TABLE: dict[tuple[str, str], tuple[float, float]] = {}
+
+
+def _meta_model(preset, variant):
+    with torch.device("meta"):
+        return segvit_rt.create_model(preset, variant)
+
+
+@pytest.mark.parametrize("preset, variant", list(PAPER_GFLOPS))
+def test_gflops_match_paper(benchmark, preset, variant):
+    model = _meta_model(preset, variant)
+    got = benchmark(gflops, model, model.cfg.crop_size)
+    expected = PAPER_GFLOPS[(preset, variant)]
+    benchmark.extra_info.update(gflops=got, paper_gflops=expected, rel_diff=got / expected - 1)
+    assert got == pytest.approx(expected, rel=0.03)
+
+
+def test_shrunk_saves_about_40_percent():
+    full = gflops(_meta_model("vit_l16_ade20k_640", "full"), 640)
+    shrunk = gflops(_meta_model("vit_l16_ade20k_640", "shrunk"), 640)
+    assert shrunk / full == pytest.approx(373.5 / 637.9, rel=0.03)  # 0.585
+
+
+def test_attention_is_counted_whatever_its_kernel():
+    """The backbone's SDPA and the ATM attention must be priced: dropping them would cost ~22%."""
+    model = _meta_model("vit_l16_ade20k_640", "full")
+    tokens, c, depth = 1600, 1024, 24
+    attention = depth * 2 * tokens * tokens * c / 1e9  # q·kᵀ and attn·v per block
+    linear = depth * 12 * tokens * c * c / 1e9
+    assert gflops(model, 640) > attention + linear
+
+
+def test_print_params_and_gflops_table(capsys):
+    rows = []
+    for preset in segvit_rt.PRESETS:
+        for variant in ("full", "shrunk"):
+            model = _meta_model(preset, variant)
+            rows.append((preset, variant, count_params(model) / 1e6, gflops(model, model.cfg.crop_size)))
+    full = {p: g for p, v, _, g in rows if v == "full"}
+    with capsys.disabled():
+        print("\n\npreset                     variant  params(M)   GFLOPs  vs full  paper")
+        for preset, variant, params, g in rows:
+            paper = PAPER_GFLOPS.get((preset, variant))
+            print(
+                f"{preset:26s} {variant:7s} {params:9.1f} {g:8.1f} {g / full[preset]:8.3f}"
+                f"  {'' if paper is None else f'{paper:.1f}'}"
+            )
+    assert all(g > 0 for *_, g in rows)

@@ -1,0 +1,103 @@
+"""Model presets: one frozen dataclass per (backbone, dataset, crop).
+
+Figures follow the SegViT paper and its official configs: ViT-B/16 uses blocks
+[5, 7, 11] and QD at block 6, ViT-L/16 uses [7, 15, 23] and QD at block 8; the
+decoder works at half the backbone width with head_dim 32.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+VARIANTS = ("full", "shrunk")
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+HALF_RANGE = (127.5, 127.5, 127.5)
+
+
+@dataclass(frozen=True)
+class SegViTConfig:
+    name: str
+    dataset: str
+    num_classes: int
+    crop_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # backbone
+    patch_size: int = 16
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    out_indices: tuple[int, ...] = (7, 15, 23)
+    shrink_idx: int = 8
+    # decoder
+    decoder_dim: int = 512
+    decoder_heads: int = 16
+    decoder_layers: int = 3
+    decoder_dropout: float = 0.1
+    # evaluation: sliding-window crop and stride (official configs)
+    slide_stride: int = 608
+    class_names: tuple[str, ...] | None = field(default=None, compare=False)
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens per side at the crop size (1/16 resolution)."""
+        return self.crop_size // self.patch_size
+
+    def names(self) -> tuple[str, ...]:
+        """Class names: the preset's, else the dataset's list, else ``class_i``."""
+        if self.class_names is not None:
+            return self.class_names
+        from .class_names import DATASET_CLASSES
+
+        names = DATASET_CLASSES.get(self.dataset)
+        if names is not None and len(names) == self.num_classes:
+            return tuple(names)
+        return tuple(f"class_{i}" for i in range(self.num_classes))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_VIT_L = dict(
+    embed_dim=1024, depth=24, num_heads=16, out_indices=(7, 15, 23), shrink_idx=8,
+    decoder_dim=512, decoder_heads=16, mean=HALF_RANGE, std=HALF_RANGE,
+)
+_VIT_B = dict(
+    embed_dim=768, depth=12, num_heads=12, out_indices=(5, 7, 11), shrink_idx=6,
+    decoder_dim=384, decoder_heads=12,
+)
+
+PRESETS: dict[str, SegViTConfig] = {
+    c.name: c
+    for c in (
+        SegViTConfig("vit_l16_ade20k_640", "ade20k", 150, 640, slide_stride=608, **_VIT_L),
+        SegViTConfig("vit_b16_ade20k_512", "ade20k", 150, 512, slide_stride=341, **_VIT_B),
+        SegViTConfig("vit_l16_cocostuff10k_512", "cocostuff10k", 171, 512, slide_stride=341, **_VIT_L),
+        SegViTConfig("vit_l16_pcontext_480", "pcontext", 60, 480, slide_stride=320, **_VIT_L),
+        # Small enough to train on 2 CPU cores in minutes (tests and the demo, on synthetic data).
+        SegViTConfig(
+            "tiny", "synthetic", 5, 128, patch_size=16, embed_dim=128, depth=6, num_heads=4,
+            out_indices=(1, 3, 5), shrink_idx=3, decoder_dim=64, decoder_heads=2,
+            mean=HALF_RANGE, std=HALF_RANGE, slide_stride=96,
+        ),
+    )
+}
+
+
+def get_config(preset: str | SegViTConfig, **overrides) -> SegViTConfig:
+    """Look up a preset by name (or pass a config through), with field overrides."""
+    if isinstance(preset, SegViTConfig):
+        cfg = preset
+    else:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        cfg = PRESETS[preset]
+    return replace(cfg, **overrides) if overrides else cfg
+
+
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return variant

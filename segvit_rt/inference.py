@@ -1,0 +1,97 @@
+"""Whole-image and sliding-window inference, as the official evaluation does it.
+
+Shared by ``segvit_rt.evaluate`` (a PyTorch model) and ``segvit_rt.Runtime``
+(any engine): both only supply ``logits_fn(batch [n, 3, h, w]) -> (class_logits,
+mask_logits)``. Scores are the SegViT mix of class probabilities and mask
+sigmoids (``ops.reference.semantic_logits``), accumulated per pixel.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .ops.reference import semantic_logits
+
+LogitsFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+MODES = ("whole", "slide")
+
+
+def test_size(h: int, w: int, crop: int) -> tuple[int, int]:
+    """mmseg's test-time Resize with keep_ratio to scale (4·crop, crop): the short side
+    reaches ``crop`` unless the long side would pass 4·crop."""
+    factor = min(4 * crop / max(h, w), crop / min(h, w))
+    return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
+def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def whole_scores(logits_fn: LogitsFn, img: torch.Tensor, multiple: int = 32) -> torch.Tensor:
+    """Scores [B, C, H, W] of the whole (normalised) image, zero-padded to a multiple of ``multiple``."""
+    h, w = img.shape[-2:]
+    padded = _pad_to(img, _round_up(h, multiple), _round_up(w, multiple))
+    cls, masks = logits_fn(padded)
+    return semantic_logits(cls.float(), masks.float(), padded.shape[-2:])[..., :h, :w]
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Window origins along one axis: every ``stride``, the last one flush with the edge."""
+    n = max(size - crop + stride - 1, 0) // stride + 1
+    return sorted({max(min(i * stride, size - crop), 0) for i in range(n)})
+
+
+def slide_scores(
+    logits_fn: LogitsFn, img: torch.Tensor, crop: int, stride: int, batch_windows: int = 8
+) -> torch.Tensor:
+    """Scores [B, C, H, W] averaged over ``crop``×``crop`` windows every ``stride`` pixels
+    (windows past a small image's edge are zero-padded)."""
+    b, _, h, w = img.shape
+    boxes = [(y, x) for y in window_starts(h, crop, stride) for x in window_starts(w, crop, stride)]
+    total, count = None, img.new_zeros(1, 1, h, w)
+    for i in range(0, len(boxes), batch_windows):
+        chunk = boxes[i : i + batch_windows]
+        crops = torch.cat([_pad_to(img[..., y : y + crop, x : x + crop], crop, crop) for y, x in chunk])
+        cls, masks = logits_fn(crops)
+        scores = semantic_logits(cls.float(), masks.float(), (crop, crop))
+        if total is None:
+            total = img.new_zeros(b, scores.shape[1], h, w, dtype=torch.float32)
+        for j, (y, x) in enumerate(chunk):
+            ch, cw = min(crop, h - y), min(crop, w - x)
+            total[..., y : y + ch, x : x + cw] += scores[j * b : (j + 1) * b, :, :ch, :cw]
+            count[..., y : y + ch, x : x + cw] += 1
+    return total / count
+
+
+def predict_labels(
+    logits_fn: LogitsFn,
+    img: torch.Tensor,
+    crop: int,
+    stride: int,
+    mode: str = "slide",
+    out_hw: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Label maps [B, H, W] (int64) for a normalised batch; scores are resized bilinearly to
+    ``out_hw`` (the original image size) before the argmax, as mmseg does."""
+    if mode not in MODES:
+        raise ValueError(f"inference mode must be one of {MODES}, got {mode!r}")
+    scores = slide_scores(logits_fn, img, crop, stride) if mode == "slide" else whole_scores(logits_fn, img)
+    if out_hw is not None and tuple(out_hw) != tuple(scores.shape[-2:]):
+        scores = F.interpolate(scores, size=tuple(out_hw), mode="bilinear", align_corners=False)
+    return scores.argmax(dim=1)
+
+
+def model_logits_fn(model: torch.nn.Module) -> LogitsFn:
+    """Adapter: a SegViT model as a ``logits_fn``."""
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(x)
+        return out["pred_logits"], out["pred_masks"]
+
+    return run

@@ -1,0 +1,3 @@
+from .segvit import SegViT, create_model
+
+__all__ = ["SegViT", "create_model"]

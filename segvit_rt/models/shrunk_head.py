@@ -1,0 +1,61 @@
+"""SegViT Shrunk head: query upsampling (QU) followed by a single-stage ATM decoder.
+
+QU recovers the 1/16 token grid from the shrunk backbone: learnable grid
+queries (one per 1/16 token at the crop size) attend first to the 1/16
+features taken before QD, then to the 1/32 features of the last block. The
+resulting 1/16 grid is the memory of one ATM stage whose every layer is
+supervised; its last layer's mask is the prediction (no cumulative sum).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import SegViTConfig
+from .atm_head import ATMDecoder, Grid, _output
+
+
+class ShrunkATMHead(nn.Module):
+    def __init__(self, cfg: SegViTConfig, in_channels: int):
+        super().__init__()
+        dim, heads, layers, drop = cfg.decoder_dim, cfg.decoder_heads, cfg.decoder_layers, cfg.decoder_dropout
+        self.query_grid = cfg.grid_size
+        self.input_proj_1 = nn.Linear(in_channels, dim)  # 1/16 features (before QD)
+        self.proj_norm_1 = nn.LayerNorm(dim)
+        self.input_proj_2 = nn.Linear(in_channels, dim)  # 1/32 features (last block)
+        self.proj_norm_2 = nn.LayerNorm(dim)
+        self.up_queries = nn.Embedding(self.query_grid**2, dim)
+        self.up_decoder_1 = ATMDecoder(dim, heads, layers, drop)
+        self.up_decoder_2 = ATMDecoder(dim, heads, layers, drop)
+        self.input_proj_3 = nn.Linear(dim, dim)  # the ATM stage's own projection of the QU grid
+        self.proj_norm_3 = nn.LayerNorm(dim)
+        self.decoder_1 = ATMDecoder(dim, heads, layers, drop)
+        self.q = nn.Embedding(cfg.num_classes, dim)
+        self.class_embed = nn.Linear(dim, cfg.num_classes + 1)
+
+    def grid_queries(self, grid: Grid) -> torch.Tensor:
+        """QU queries for a 1/16 grid; resized bicubically when the input is not the crop size."""
+        queries = self.up_queries.weight.unsqueeze(0)
+        g = self.query_grid
+        if tuple(grid) == (g, g):
+            return queries
+        queries = queries.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+        queries = F.interpolate(queries, size=tuple(grid), mode="bicubic", align_corners=False)
+        return queries.flatten(2).transpose(1, 2)
+
+    def forward(self, features: list[tuple[torch.Tensor, Grid]]) -> list[dict]:
+        if len(features) != 2:
+            raise ValueError(f"ShrunkATMHead expects the 1/16 and 1/32 feature maps, got {len(features)} maps")
+        (x16, grid16), (x32, _) = features
+        b = x16.shape[0]
+        up = self.grid_queries(grid16).expand(b, -1, -1)
+        up, _ = self.up_decoder_1(up, self.proj_norm_1(self.input_proj_1(x16)))
+        up, _ = self.up_decoder_2(up, self.proj_norm_2(self.input_proj_2(x32)))
+        memory = self.proj_norm_3(self.input_proj_3(up))
+        q = self.q.weight.unsqueeze(0).expand(b, -1, -1)
+        outputs = []
+        for layer in self.decoder_1.layers:
+            q, mask = layer(q, memory)
+            outputs.append(_output(self.class_embed(q), mask, grid16))
+        return outputs

@@ -1,0 +1,38 @@
+"""Hot-path ops behind one switch: ``impl="reference"`` (plain PyTorch) or ``"triton"`` (fused kernels)."""
+from __future__ import annotations
+
+from . import reference
+
+IMPLS = ("reference", "triton")
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"kernels must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+def atm_attention(q, k, v, num_heads, *, impl="reference", dropout_p=0.0, **kw):
+    """ATM cross-attention. Attention dropout (training) always runs the reference:
+    the fused kernel has no dropout, so ``dropout_p > 0`` selects the reference op."""
+    if check_impl(impl) == "triton" and dropout_p == 0.0:
+        from segvit_rt.kernels import atm_attention as fused
+
+        return fused(q, k, v, num_heads, **kw)
+    return reference.atm_attention(q, k, v, num_heads, dropout_p=dropout_p, **kw)
+
+
+def qd_attention(x_q, k, v, grid_hw, num_heads, *, impl="reference", scale=None):
+    if check_impl(impl) == "triton":
+        from segvit_rt.kernels import qd_attention as fused
+
+        return fused(x_q, k, v, grid_hw, num_heads, scale=scale)
+    return reference.qd_attention(x_q, k, v, grid_hw, num_heads, scale=scale)
+
+
+def segment_postprocess(class_logits, mask_logits, out_hw, *, impl="reference"):
+    if check_impl(impl) == "triton":
+        from segvit_rt.kernels import segment_postprocess as fused
+
+        return fused(class_logits, mask_logits, out_hw)
+    return reference.segment_postprocess(class_logits, mask_logits, out_hw)

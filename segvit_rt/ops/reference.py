@@ -1,0 +1,114 @@
+"""Reference implementations of the hot-path ops, in plain PyTorch.
+
+They define the semantics: the Triton kernels in ``segvit_rt.kernels`` are tested
+against these (computed in float64), and they are the CPU implementation of the
+custom ops.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    b, n, d = x.shape
+    return x.view(b, n, num_heads, d // num_heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, hd = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * hd)
+
+
+def atm_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    num_heads: int,
+    scale: float | None = None,
+    prev_mask: torch.Tensor | None = None,
+    need_mask: bool = True,
+    sigmoid_mask: bool = False,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ATM cross-attention: class tokens ``q`` [B, N, D] attend to features ``k``/``v`` [B, L, D].
+
+    Returns ``out`` [B, N, D] (per-head softmax attention, heads concatenated) and
+    ``mask`` [B, N, L]: the scaled logits q·kᵀ·scale averaged over heads, taken
+    before the softmax, plus ``prev_mask`` when given, sigmoid-ed when
+    ``sigmoid_mask``; ``None`` when ``need_mask`` is False. ``dropout_p`` drops
+    attention probabilities (training only); it never touches the mask.
+    """
+    d = q.shape[-1]
+    if d % num_heads:
+        raise ValueError(f"atm_attention: dim {d} is not divisible by num_heads={num_heads}")
+    scale = (d // num_heads) ** -0.5 if scale is None else scale
+    qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))
+    logits = torch.matmul(qh, kh.transpose(-2, -1)) * scale  # [B, H, N, L]
+    attn = logits.softmax(dim=-1)
+    if dropout_p > 0.0:
+        attn = F.dropout(attn, p=dropout_p, training=True)
+    out = _merge_heads(torch.matmul(attn, vh))
+    mask = None
+    if need_mask:
+        mask = logits.mean(dim=1)
+        if prev_mask is not None:
+            mask = mask + prev_mask
+        if sigmoid_mask:
+            mask = mask.sigmoid()
+    return out, mask
+
+
+def downsample_tokens(x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Nearest stride-2 sampling of a token sequence [B, h*w, D] on its grid: top-left of each 2x2."""
+    b, l, d = x.shape
+    h, w = grid_hw
+    if h * w != l:
+        raise ValueError(f"token count {l} does not match the grid {h}x{w}")
+    if h % 2 or w % 2:
+        raise ValueError(f"query downsampling needs an even token grid, got {h}x{w}")
+    return x.reshape(b, h, w, d)[:, ::2, ::2].reshape(b, (h // 2) * (w // 2), d)
+
+
+def qd_attention(
+    x_q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    grid_hw: tuple[int, int],
+    num_heads: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Query-downsampled attention (SegViT Shrunk, QD).
+
+    ``x_q``, ``k``, ``v`` are [B, L, D] on an h×w token grid; the queries are
+    ``x_q`` at even rows and columns, keys/values stay at full resolution.
+    Returns [B, L/4, D].
+    """
+    d = x_q.shape[-1]
+    if d % num_heads:
+        raise ValueError(f"qd_attention: dim {d} is not divisible by num_heads={num_heads}")
+    scale = (d // num_heads) ** -0.5 if scale is None else scale
+    q = downsample_tokens(x_q, grid_hw)
+    qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))
+    attn = (torch.matmul(qh, kh.transpose(-2, -1)) * scale).softmax(dim=-1)
+    return _merge_heads(torch.matmul(attn, vh))
+
+
+def semantic_logits(
+    class_logits: torch.Tensor, mask_logits: torch.Tensor, out_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Per-class scores [B, C, H, W] of the SegViT inference rule.
+
+    softmax(class_logits)[..., :-1] (drop "no object") mixes the sigmoid of the
+    mask logits [B, Q, h, w] upsampled bilinearly (align_corners=False) to ``out_hw``.
+    """
+    probs = class_logits.softmax(dim=-1)[..., :-1]
+    masks = F.interpolate(mask_logits, size=tuple(out_hw), mode="bilinear", align_corners=False).sigmoid()
+    return torch.einsum("bqc,bqhw->bchw", probs, masks)
+
+
+def segment_postprocess(
+    class_logits: torch.Tensor, mask_logits: torch.Tensor, out_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Label map [B, H, W] (int64): argmax over classes of :func:`semantic_logits`."""
+    return semantic_logits(class_logits, mask_logits, out_hw).argmax(dim=1)

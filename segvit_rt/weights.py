@@ -1,0 +1,283 @@
+"""Weights I/O: our safetensors format, and importers for timm ViT and official SegViT checkpoints.
+
+Our files are one ``.safetensors`` file whose header metadata holds a JSON
+record (preset, variant, full config, class names, mean/std, crop), so weights
+and their description cannot drift apart. Files are written atomically.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .config import SegViTConfig
+from .io_utils import atomic_path
+
+FORMAT = "segvit_rt.weights/1"
+_META_KEY = "segvit_rt"
+# Config fields that change no tensor shape and may differ between a file and a model.
+_FREE_FIELDS = {"class_names", "slide_stride", "decoder_dropout", "dataset", "name"}
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be read or does not fit the model."""
+
+
+def _config_from_dict(d: dict) -> SegViTConfig:
+    known = {f.name for f in fields(SegViTConfig)}
+    unknown = set(d) - known
+    if unknown:
+        raise WeightsError(f"weights metadata has unknown config fields {sorted(unknown)}")
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return SegViTConfig(**d)
+
+
+def model_metadata(model, class_names=None, extra: dict | None = None) -> dict:
+    cfg = model.cfg
+    names = list(class_names if class_names is not None else cfg.names())
+    if len(names) != cfg.num_classes:
+        raise WeightsError(f"{len(names)} class names given for a model with {cfg.num_classes} classes")
+    return {
+        "format": FORMAT,
+        "preset": cfg.name,
+        "variant": model.variant,
+        "config": cfg.to_dict(),
+        "class_names": names,
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "crop_size": cfg.crop_size,
+        **(extra or {}),
+    }
+
+
+def save_weights(path, model, class_names=None, extra: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write ``model``'s state dict and metadata to ``path`` (.safetensors), atomically."""
+    path = Path(path)
+    meta = model_metadata(model, class_names, extra)
+    state = {
+        k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+    return path
+
+
+def read_metadata(path) -> dict:
+    """The JSON record of one of our weights files; a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
+    if _META_KEY not in header:
+        raise WeightsError(f"{path} has no segvit_rt metadata: not a segvit_rt weights file")
+    try:
+        meta = json.loads(header[_META_KEY])
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{path}: segvit_rt metadata is not valid JSON: {e}") from e
+    if meta.get("format") != FORMAT:
+        raise WeightsError(f"{path}: unsupported weights format {meta.get('format')!r} (expected {FORMAT!r})")
+    return meta
+
+
+def config_from_metadata(meta: dict) -> SegViTConfig:
+    cfg = _config_from_dict(dict(meta["config"]))
+    names = tuple(meta.get("class_names") or ())
+    return cfg if not names else SegViTConfig(**{**cfg.to_dict(), "class_names": names})
+
+
+def _check_fits(path, meta: dict, model) -> None:
+    problems = []
+    if meta["variant"] != model.variant:
+        problems.append(f"variant {meta['variant']!r} != model's {model.variant!r}")
+    file_cfg, cfg = meta["config"], model.cfg.to_dict()
+    for key in cfg:
+        if key in _FREE_FIELDS:
+            continue
+        want, got = file_cfg.get(key), cfg[key]
+        if (list(want) if isinstance(want, (list, tuple)) else want) != (
+            list(got) if isinstance(got, (list, tuple)) else got
+        ):
+            problems.append(f"{key}={want!r} != model's {got!r}")
+    if problems:
+        raise WeightsError(
+            f"{path} (preset {meta['preset']!r}) does not match the model (preset {model.cfg.name!r}): "
+            + "; ".join(problems)
+        )
+
+
+def load_weights(path, model=None, kernels: str = "reference"):
+    """Load one of our weights files. Without ``model`` the model is built from the file's metadata;
+    with one, the file must describe the same architecture."""
+    from .models import SegViT
+
+    path = Path(path)
+    meta = read_metadata(path)
+    if model is None:
+        model = SegViT(config_from_metadata(meta), variant=meta["variant"], kernels=kernels)
+    else:
+        _check_fits(path, meta, model)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: cannot read tensors (corrupt or truncated?): {e}") from e
+    _load_exact(model, state, path)
+    return model
+
+
+def _load_exact(model, state: dict, source) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise WeightsError(f"{source}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise WeightsError(f"{source}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+# ---------------------------------------------------------------- importers
+
+
+@dataclass
+class ImportReport:
+    """What an importer loaded: keys the model lacks values for, keys of the file it did not use."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        def few(keys):
+            return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
+
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        if self.resized:
+            lines.append(f"resized: {few(self.resized)}")
+        if self.missing:
+            lines.append(f"missing ({len(self.missing)}): {few(self.missing)}")
+        if self.unexpected:
+            lines.append(f"unexpected ({len(self.unexpected)}): {few(self.unexpected)}")
+        return "; ".join(lines)
+
+
+def read_checkpoint(path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` checkpoint (unpickled with
+    ``weights_only=True``), unwrapped from a ``state_dict``/``model`` entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsError(f"{path} is not a readable safetensors file: {e}") from e
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt or unsafe pickles
+        raise WeightsError(f"{path}: cannot load checkpoint safely (weights_only=True): {e}") from e
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: expected a state dict of tensors")
+    return obj
+
+
+# mmseg's VisionTransformer names -> timm names
+_MMSEG_VIT = [
+    (r"^patch_embed\.projection\.", "patch_embed.proj."),
+    (r"^layers\.(\d+)\.ln1\.", r"blocks.\1.norm1."),
+    (r"^layers\.(\d+)\.ln2\.", r"blocks.\1.norm2."),
+    (r"^layers\.(\d+)\.attn\.attn\.in_proj_weight$", r"blocks.\1.attn.qkv.weight"),
+    (r"^layers\.(\d+)\.attn\.attn\.in_proj_bias$", r"blocks.\1.attn.qkv.bias"),
+    (r"^layers\.(\d+)\.attn\.attn\.out_proj\.", r"blocks.\1.attn.proj."),
+    (r"^layers\.(\d+)\.ffn\.layers\.0\.0\.", r"blocks.\1.mlp.fc1."),
+    (r"^layers\.(\d+)\.ffn\.layers\.1\.", r"blocks.\1.mlp.fc2."),
+]
+
+
+def _timm_name(key: str) -> str:
+    for pattern, repl in _MMSEG_VIT:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return key
+
+
+def _resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """[1, 1 + g*g, C] (cls slot first) -> [1, 1 + grid*grid, C], bicubic on the grid part."""
+    cls, rest = pos[:, :1], pos[:, 1:]
+    g = int(round(rest.shape[1] ** 0.5))
+    if g * g != rest.shape[1]:
+        raise WeightsError(f"pos_embed with {rest.shape[1]} grid tokens is not a square grid")
+    rest = rest.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
+    rest = F.interpolate(rest, size=(grid, grid), mode="bicubic", align_corners=False)
+    return torch.cat([cls, rest.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)], dim=1)
+
+
+def _load_partial(module: torch.nn.Module, state: dict, prefix: str, report: ImportReport) -> None:
+    own = module.state_dict()
+    for k, v in state.items():
+        if k not in own:
+            report.unexpected.append(prefix + k)
+            continue
+        if k == "pos_embed" and v.shape != own[k].shape:
+            v = _resize_pos_embed(v, int(round((own[k].shape[1] - 1) ** 0.5)))
+            report.resized.append(prefix + k)
+        if v.shape != own[k].shape:
+            raise WeightsError(f"{prefix}{k}: checkpoint shape {tuple(v.shape)} != model shape {tuple(own[k].shape)}")
+        own[k].copy_(v.to(own[k].dtype))
+        report.loaded.append(prefix + k)
+    report.missing.extend(prefix + k for k in own if k not in state)
+
+
+def import_timm_vit(model, checkpoint) -> ImportReport:
+    """Load a timm-format ViT (``patch_embed.proj``, ``blocks.N.attn.qkv`` ...) into ``model.backbone``.
+
+    ``checkpoint`` is a path or a state dict; the position embedding is resized
+    to the model's grid; cls_token, the final norm and the classifier are
+    reported as unexpected (the backbone has no use for them).
+    """
+    state = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    state = {_timm_name(k.removeprefix("backbone.")): v for k, v in state.items()}
+    report = ImportReport()
+    with torch.no_grad():
+        _load_partial(model.backbone, state, "backbone.", report)
+    return report
+
+
+def import_official_segvit(model, checkpoint) -> ImportReport:
+    """Load an official SegViT checkpoint (mmseg layout: ``backbone.*``, ``decode_head.*``).
+
+    Backbone keys may use timm or mmseg ViT names. Decode-head keys match ours
+    one to one (``input_proj_1``, ``decoder_1.layers.0.multihead_attn.q`` ...).
+    """
+    state = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    backbone, head, other = {}, {}, []
+    for k, v in state.items():
+        if k.startswith("backbone."):
+            backbone[_timm_name(k[len("backbone."):])] = v
+        elif k.startswith("decode_head."):
+            head[k[len("decode_head."):]] = v
+        else:
+            other.append(k)
+    if not backbone and not head:
+        raise WeightsError("checkpoint has no backbone.* or decode_head.* keys: not an mmseg SegViT checkpoint")
+    report = ImportReport(unexpected=other)
+    with torch.no_grad():
+        _load_partial(model.backbone, backbone, "backbone.", report)
+        _load_partial(model.decode_head, head, "decode_head.", report)
+    return report

@@ -1,0 +1,192 @@
+"""SegViT models: shapes, the ATM mask semantics, QD, the inference rule, input checks."""
+import pytest
+import torch
+
+import segvit_rt
+from segvit_rt.flops import count_params
+
+
+def _tiny(variant, **kw):
+    torch.manual_seed(0)
+    return segvit_rt.create_model("tiny", variant, **kw)
+
+
+def _head_mean_logits(q, k, heads):
+    b, n, d = q.shape
+    qh = q.reshape(b, n, heads, d // heads)
+    kh = k.reshape(b, k.shape[1], heads, d // heads)
+    return torch.einsum("bnhe,blhe->bnl", qh, kh) / heads * (d // heads) ** -0.5
+
+
+def _capture_qk(model, attn_modules):
+    """Record the projected q/k of the given cross-attention modules."""
+    seen, handles = [], []
+    for m in attn_modules:
+        rec = {}
+        handles.append(m.q.register_forward_hook(lambda mod, i, o, rec=rec: rec.__setitem__("q", o)))
+        handles.append(m.k.register_forward_hook(lambda mod, i, o, rec=rec: rec.__setitem__("k", o)))
+        seen.append(rec)
+    return seen, handles
+
+
+@pytest.mark.parametrize("variant", ["full", "shrunk"])
+def test_output_shapes_train_and_eval(variant):
+    model = _tiny(variant)
+    cfg = model.cfg
+    x = torch.randn(2, 3, 128, 160)
+    model.train()
+    out = model(x)
+    assert out["pred_logits"].shape == (2, cfg.num_classes, cfg.num_classes + 1)
+    assert out["pred_masks"].shape == (2, cfg.num_classes, 8, 10)
+    assert len(out["aux_outputs"]) == 2
+    for aux in out["aux_outputs"]:
+        assert aux["pred_logits"].shape == out["pred_logits"].shape
+        assert aux["pred_masks"].shape == out["pred_masks"].shape
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        labels = model.predict(x)
+    assert "aux_outputs" not in out
+    assert labels.shape == (2, 128, 160) and labels.dtype == torch.int64
+    assert int(labels.min()) >= 0 and int(labels.max()) < cfg.num_classes
+
+
+def test_full_mask_is_cumulative_sum_of_last_layer_logits():
+    model = _tiny("full").eval()
+    head = model.decode_head
+    attns = [getattr(head, f"decoder_{i}").layers[-1].multihead_attn for i in (1, 2, 3)]
+    seen, handles = _capture_qk(model, attns)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 128, 128))
+    for h in handles:
+        h.remove()
+    stages = [_head_mean_logits(r["q"], r["k"], model.cfg.decoder_heads) for r in seen]
+    expected = (stages[0] + stages[1] + stages[2]).reshape(out["pred_masks"].shape)
+    torch.testing.assert_close(out["pred_masks"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_shrunk_mask_is_last_layer_logits_and_all_layers_supervised():
+    model = _tiny("shrunk").train()
+    layers = model.decode_head.decoder_1.layers
+    seen, handles = _capture_qk(model, [layer.multihead_attn for layer in layers])
+    torch.manual_seed(1)
+    out = model(torch.randn(1, 3, 128, 128))
+    for h in handles:
+        h.remove()
+    per_layer = [_head_mean_logits(r["q"], r["k"], model.cfg.decoder_heads) for r in seen]
+    shape = out["pred_masks"].shape
+    torch.testing.assert_close(out["pred_masks"], per_layer[2].reshape(shape), rtol=1e-4, atol=1e-4)
+    for aux, logits in zip(out["aux_outputs"], per_layer[:2]):
+        torch.testing.assert_close(aux["pred_masks"], logits.reshape(shape), rtol=1e-4, atol=1e-4)
+
+
+def test_qd_block_downsamples_queries_and_residual():
+    model = _tiny("shrunk").eval()
+    vit = model.backbone
+    cfg = model.cfg
+    x = torch.randn(1, 64, cfg.embed_dim)  # an 8x8 token grid
+    block = vit.blocks[cfg.shrink_idx]
+    with torch.no_grad():
+        got = block(x, qd_grid=(8, 8))
+        y = block.norm1(x)
+        q, k, v = block.attn.qkv(y).chunk(3, dim=-1)
+        idx = torch.tensor([r * 8 + c for r in range(0, 8, 2) for c in range(0, 8, 2)])
+        qd = q[:, idx].reshape(1, 16, cfg.num_heads, -1).transpose(1, 2)
+        kh = k.reshape(1, 64, cfg.num_heads, -1).transpose(1, 2)
+        vh = v.reshape(1, 64, cfg.num_heads, -1).transpose(1, 2)
+        attn = torch.softmax(qd @ kh.transpose(-1, -2) / qd.shape[-1] ** 0.5, -1) @ vh
+        h = x[:, idx] + block.attn.proj(attn.transpose(1, 2).reshape(1, 16, -1))
+        expected = h + block.mlp(block.norm2(h))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_shrunk_backbone_outputs_1_16_before_qd_and_1_32_after():
+    model = _tiny("shrunk").eval()
+    with torch.no_grad():
+        feats = model.backbone(torch.randn(1, 3, 128, 192))
+    assert [grid for _, grid in feats] == [(8, 12), (4, 6)]
+    assert [t.shape[1] for t, _ in feats] == [96, 24]
+
+
+def test_predict_follows_the_segvit_inference_rule():
+    model = _tiny("full").eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        out = model(x)
+        labels = model.predict(x)
+    probs = out["pred_logits"].softmax(-1)[..., :-1]
+    masks = torch.nn.functional.interpolate(out["pred_masks"], size=(128, 128), mode="bilinear").sigmoid()
+    scores = (probs[..., :, None, None] * masks[:, :, None]).sum(1)  # b q c h w -> b c h w
+    assert torch.equal(labels, scores.argmax(1))
+
+
+def test_position_embedding_resized_for_other_input_sizes():
+    model = _tiny("full").eval()
+    vit = model.backbone
+    assert torch.equal(vit.grid_pos_embed((8, 8)), vit.pos_embed[:, 1:])
+    resized = vit.grid_pos_embed((10, 6))
+    assert resized.shape == (1, 60, model.cfg.embed_dim)
+
+
+@pytest.mark.parametrize(
+    "variant, size, message",
+    [("full", (3, 120, 128), "multiple of 16"), ("shrunk", (3, 144, 128), "multiple of 32"), ("full", (1, 128, 128), "[B, 3, H, W]")],
+)
+def test_bad_input_shapes_are_named(variant, size, message):
+    model = _tiny(variant)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        model(torch.randn(1, *size))
+
+
+def test_unknown_options_are_rejected():
+    with pytest.raises(ValueError, match="unknown preset"):
+        segvit_rt.create_model("vit_huge")
+    with pytest.raises(ValueError, match="variant"):
+        segvit_rt.create_model("tiny", "half")
+    with pytest.raises(ValueError, match="kernels"):
+        segvit_rt.create_model("tiny", kernels="cuda")
+
+
+def test_train_mode_backward_reaches_every_parameter():
+    model = _tiny("shrunk").train()
+    out = model(torch.randn(2, 3, 128, 128))
+    loss = out["pred_logits"].sum() + out["pred_masks"].sum()
+    loss = loss + sum(a["pred_logits"].sum() + a["pred_masks"].sum() for a in out["aux_outputs"])
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert no_grad == []
+
+
+def test_parameter_names_match_timm_and_official_head():
+    keys = set(_tiny("full").state_dict())
+    for k in [
+        "backbone.patch_embed.proj.weight", "backbone.pos_embed", "backbone.blocks.0.norm1.weight",
+        "backbone.blocks.5.attn.qkv.weight", "backbone.blocks.5.attn.proj.bias", "backbone.blocks.5.mlp.fc1.weight",
+        "decode_head.input_proj_1.weight", "decode_head.proj_norm_3.bias", "decode_head.q.weight",
+        "decode_head.class_embed.weight", "decode_head.decoder_2.layers.1.self_attn.in_proj_weight",
+        "decode_head.decoder_2.layers.1.self_attn.out_proj.weight",
+        "decode_head.decoder_3.layers.2.multihead_attn.v.bias", "decode_head.decoder_1.layers.0.linear1.weight",
+        "decode_head.decoder_1.layers.0.norm3.weight",
+    ]:
+        assert k in keys, k
+
+
+def test_vit_b_backbone_has_timm_vit_base_parameter_count():
+    # timm vit_base_patch16_224 has 86,567,656 parameters; without its classifier (769,000),
+    # final norm (1,536) and cls token (768), that is the backbone we build at crop 224.
+    with torch.device("meta"):
+        model = segvit_rt.create_model("vit_b16_ade20k_512", crop_size=224)
+    assert count_params(model.backbone) == 85_796_352
+
+
+def test_presets_match_the_official_configs():
+    p = segvit_rt.PRESETS
+    assert p["vit_l16_ade20k_640"].out_indices == (7, 15, 23) and p["vit_l16_ade20k_640"].shrink_idx == 8
+    assert p["vit_b16_ade20k_512"].out_indices == (5, 7, 11) and p["vit_b16_ade20k_512"].shrink_idx == 6
+    assert p["vit_l16_ade20k_640"].decoder_dim == 512 and p["vit_b16_ade20k_512"].decoder_dim == 384
+    for cfg in p.values():
+        assert cfg.decoder_dim // cfg.decoder_heads == 32
+        if cfg.embed_dim == 1024:
+            assert cfg.mean == cfg.std == (127.5, 127.5, 127.5)
+    assert [p[n].num_classes for n in ("vit_l16_cocostuff10k_512", "vit_l16_pcontext_480")] == [171, 60]
+    assert len(p["vit_l16_ade20k_640"].names()) == 150

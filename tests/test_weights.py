@@ -1,0 +1,164 @@
+"""Weights I/O: our safetensors format, bad files, timm and official SegViT importers."""
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import segvit_rt
+from segvit_rt import weights
+from segvit_rt.weights import WeightsError
+
+
+@pytest.fixture
+def tiny_shrunk():
+    torch.manual_seed(0)
+    return segvit_rt.create_model("tiny", "shrunk").eval()
+
+
+def _same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_round_trip_rebuilds_model_from_metadata(tmp_path, tiny_shrunk):
+    path = weights.save_weights(tmp_path / "w.safetensors", tiny_shrunk, extra={"note": "x"})
+    meta = weights.read_metadata(path)
+    assert meta["preset"] == "tiny" and meta["variant"] == "shrunk" and meta["note"] == "x"
+    assert meta["mean"] == [127.5] * 3 and meta["crop_size"] == 128
+    assert len(meta["class_names"]) == 5
+    loaded = weights.load_weights(path)
+    assert loaded.variant == "shrunk" and loaded.cfg == tiny_shrunk.cfg
+    assert _same_state(loaded, tiny_shrunk)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x)["pred_masks"], tiny_shrunk(x)["pred_masks"])
+    # into an existing model of the same architecture
+    other = segvit_rt.create_model("tiny", "shrunk")
+    assert _same_state(weights.load_weights(path, other), tiny_shrunk)
+    assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
+
+
+def test_custom_classes_survive_round_trip(tmp_path):
+    model = segvit_rt.create_model("tiny", "full", num_classes=3, class_names=("sky", "road", "car"))
+    path = weights.save_weights(tmp_path / "w.safetensors", model)
+    loaded = weights.load_weights(path)
+    assert loaded.cfg.num_classes == 3 and loaded.cfg.names() == ("sky", "road", "car")
+
+
+def test_fp16_storage_loads_into_fp32_model(tmp_path, tiny_shrunk):
+    path = weights.save_weights(tmp_path / "w.safetensors", tiny_shrunk, dtype=torch.float16)
+    loaded = weights.load_weights(path)
+    w = loaded.state_dict()["backbone.blocks.0.attn.qkv.weight"]
+    assert w.dtype == torch.float32
+    torch.testing.assert_close(w, tiny_shrunk.state_dict()["backbone.blocks.0.attn.qkv.weight"], atol=1e-3, rtol=1e-3)
+
+
+def test_mismatched_model_is_refused(tmp_path, tiny_shrunk):
+    path = weights.save_weights(tmp_path / "w.safetensors", tiny_shrunk)
+    with pytest.raises(WeightsError, match="variant 'shrunk' != model's 'full'"):
+        weights.load_weights(path, segvit_rt.create_model("tiny", "full"))
+    with pytest.raises(WeightsError, match="num_classes=5 != model's 7"):
+        weights.load_weights(path, segvit_rt.create_model("tiny", "shrunk", num_classes=7))
+
+
+def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path, tiny_shrunk):
+    path = weights.save_weights(tmp_path / "w.safetensors", tiny_shrunk)
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="corrupt or truncated"):
+        weights.load_weights(truncated)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(WeightsError, match="not a readable safetensors"):
+        weights.read_metadata(garbage)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(WeightsError, match="no segvit_rt metadata"):
+        weights.load_weights(foreign)
+    with pytest.raises(WeightsError, match="not found"):
+        weights.load_weights(tmp_path / "missing.safetensors")
+
+
+def test_tampered_tensor_shape_is_named(tmp_path, tiny_shrunk):
+    state = {k: v.contiguous() for k, v in tiny_shrunk.state_dict().items()}
+    state["decode_head.q.weight"] = torch.zeros(9, 64)
+    meta = weights.model_metadata(tiny_shrunk)
+    path = tmp_path / "bad.safetensors"
+    save_file(state, str(path), metadata={"segvit_rt": json.dumps(meta)})
+    with pytest.raises(WeightsError, match=r"decode_head.q.weight has shape \(9, 64\)"):
+        weights.load_weights(path)
+
+
+def _timm_state(model, grid):
+    """A synthetic checkpoint with timm's real key names for the model's backbone width/depth."""
+    c = model.cfg.embed_dim
+    state = {k: torch.randn_like(v) for k, v in model.backbone.state_dict().items() if k != "pos_embed"}
+    state["pos_embed"] = torch.randn(1, 1 + grid * grid, c)
+    state["cls_token"] = torch.randn(1, 1, c)
+    state["norm.weight"], state["norm.bias"] = torch.ones(c), torch.zeros(c)
+    state["head.weight"], state["head.bias"] = torch.randn(1000, c), torch.randn(1000)
+    return state
+
+
+def test_import_timm_vit_resizes_pos_embed_and_reports(tmp_path, tiny_shrunk):
+    state = _timm_state(tiny_shrunk, grid=14)
+    path = tmp_path / "vit.pth"
+    torch.save({"model": state}, path)
+    report = weights.import_timm_vit(tiny_shrunk, path)
+    assert report.resized == ["backbone.pos_embed"]
+    assert sorted(report.unexpected) == sorted(
+        ["backbone.cls_token", "backbone.norm.weight", "backbone.norm.bias", "backbone.head.weight", "backbone.head.bias"]
+    )
+    assert report.missing == []
+    sd = tiny_shrunk.backbone.state_dict()
+    assert torch.equal(sd["blocks.3.attn.qkv.weight"], state["blocks.3.attn.qkv.weight"])
+    assert torch.equal(sd["pos_embed"][:, 0], state["pos_embed"][:, 0])
+    assert sd["pos_embed"].shape == (1, 65, 128)
+    assert "resized" in str(report) and "unexpected (5)" in str(report)
+
+
+def test_import_official_segvit_mmseg_layout(tmp_path):
+    torch.manual_seed(0)
+    model = segvit_rt.create_model("tiny", "full")
+    src = segvit_rt.create_model("tiny", "full")
+    state = {}
+    # backbone in mmseg ViT naming, head in the official ATM naming (identical to ours)
+    for k, v in src.backbone.state_dict().items():
+        k = (k.replace("patch_embed.proj", "patch_embed.projection").replace("blocks.", "layers.")
+             .replace("norm1", "ln1").replace("norm2", "ln2").replace("attn.qkv.weight", "attn.attn.in_proj_weight")
+             .replace("attn.qkv.bias", "attn.attn.in_proj_bias").replace("attn.proj", "attn.attn.out_proj")
+             .replace("mlp.fc1", "ffn.layers.0.0").replace("mlp.fc2", "ffn.layers.1"))
+        state["backbone." + k] = v
+    state.update({"decode_head." + k: v for k, v in src.decode_head.state_dict().items()})
+    state["backbone.cls_token"] = torch.zeros(1, 1, 128)
+    path = tmp_path / "segvit_official.pth"
+    torch.save({"meta": {"epoch": 1}, "state_dict": state}, path)
+    report = weights.import_official_segvit(model, path)
+    assert report.missing == [] and report.unexpected == ["backbone.cls_token"]
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x)["pred_masks"], src.eval()(x)["pred_masks"])
+
+
+def test_import_reports_missing_head_keys(tiny_shrunk):
+    state = {"backbone." + k: v for k, v in tiny_shrunk.backbone.state_dict().items()}
+    report = weights.import_official_segvit(tiny_shrunk, state)
+    assert "decode_head.up_queries.weight" in report.missing and report.unexpected == []
+    with pytest.raises(WeightsError, match="no backbone"):
+        weights.import_official_segvit(tiny_shrunk, {"foo": torch.zeros(1)})
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pth_is_loaded_with_weights_only(tmp_path, tiny_shrunk):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": _Evil()}, f)
+    with pytest.raises(WeightsError, match="weights_only=True"):
+        weights.import_timm_vit(tiny_shrunk, path)
