@@ -1,0 +1,60 @@
+"""Whole-image and sliding-window inference helpers."""
+import pytest
+import torch
+
+import segvit_rt
+from segvit_rt.inference import model_logits_fn, predict_labels, slide_scores, test_size as resize_for_test, whole_scores, window_starts
+from segvit_rt.ops.reference import semantic_logits
+
+
+def test_windows_cover_the_axis_and_end_flush():
+    assert window_starts(200, 128, 96) == [0, 72]
+    assert window_starts(128, 128, 96) == [0]
+    assert window_starts(100, 128, 96) == [0]  # smaller than a crop: one padded window
+    starts = window_starts(1000, 640, 608)
+    assert starts[0] == 0 and starts[-1] == 1000 - 640
+    covered = set()
+    for s in window_starts(517, 128, 96):
+        covered |= set(range(s, s + 128))
+    assert covered == set(range(517))
+
+
+def test_test_resize_follows_mmseg_keep_ratio():
+    assert resize_for_test(512, 683, 640) == (640, 854)  # short side to 640
+    assert resize_for_test(100, 1000, 128) == (51, 512)  # long side capped at 4x crop
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return segvit_rt.create_model("tiny", "full").eval()
+
+
+def test_slide_equals_whole_when_image_is_one_crop(model):
+    x = torch.randn(1, 3, 128, 128)
+    fn = model_logits_fn(model)
+    with torch.no_grad():
+        torch.testing.assert_close(slide_scores(fn, x, 128, 96), whole_scores(fn, x))
+
+
+def test_slide_averages_overlapping_windows(model):
+    x = torch.randn(1, 3, 128, 200)
+    fn = model_logits_fn(model)
+    with torch.no_grad():
+        scores = slide_scores(fn, x, 128, 96)
+        left = semantic_logits(*fn(x[..., :128]), (128, 128))
+        right = semantic_logits(*fn(x[..., 72:]), (128, 128))
+    torch.testing.assert_close(scores[..., :72], left[..., :72])
+    torch.testing.assert_close(scores[..., 128:], right[..., 56:])
+    torch.testing.assert_close(scores[..., 72:128], (left[..., 72:] + right[..., :56]) / 2)
+
+
+def test_predict_labels_resizes_to_the_original_and_checks_mode(model):
+    x = torch.randn(2, 3, 96, 150)  # smaller than a crop on one side, not a multiple of 32
+    fn = model_logits_fn(model)
+    with torch.no_grad():
+        for mode in ("slide", "whole"):
+            labels = predict_labels(fn, x, 128, 96, mode=mode, out_hw=(50, 75))
+            assert labels.shape == (2, 50, 75) and labels.dtype == torch.int64
+    with pytest.raises(ValueError, match="inference mode"):
+        predict_labels(fn, x, 128, 96, mode="tiles")
