@@ -1,0 +1,279 @@
+"""Segmentation datasets on disk: the ADE20K layout and a generic images/masks layout.
+
+Pairing (which image goes with which mask) is checked when a dataset is built;
+file contents are checked when a sample is read, so opening a large dataset
+stays cheap.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..class_names import ADE20K_CLASSES
+
+IGNORE_INDEX = 255
+
+ADE_FOLDER = "ADEChallengeData2016"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+SPLIT_ALIASES = {"train": "training", "val": "validation"}
+_SHOWN = 5  # stems listed in a pairing error
+
+__all__ = [
+    "ADE20K_CLASSES",
+    "IGNORE_INDEX",
+    "ADE20KDataset",
+    "DatasetError",
+    "GenericSegDataset",
+    "SegDataset",
+    "open_dataset",
+    "sample_rng",
+]
+
+
+class DatasetError(ValueError):
+    """Bad dataset contents: unpaired files, unreadable image, label out of range..."""
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The augmentation RNG of one sample: a function of (seed, epoch, index) only."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, index]))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as an ``HxWx3`` uint8 RGB array (grayscale, palette, RGBA converted)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for missing/corrupt files
+        raise DatasetError(f"cannot read image {path}: {exc}") from exc
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A single-channel mask file as an ``HxW`` int64 array of its stored values."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode, values = img.mode, np.asarray(img)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"cannot read mask {path}: {exc}") from exc
+    if mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
+        raise DatasetError(f"mask {path} has {mode} pixels; masks must be single-channel "
+                           "(grayscale or palette indices)")
+    return values.astype(np.int64)
+
+
+def read_classes(path: Path) -> tuple[str, ...]:
+    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    names = tuple(n for n in names if n)
+    if not names:
+        raise DatasetError(f"{path} lists no class names")
+    return names
+
+
+def _files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {folder}")
+    found: dict[str, Path] = {}
+    for path in folder.iterdir():
+        if path.suffix.lower() not in suffixes or not path.is_file():
+            continue
+        if path.stem in found:
+            raise DatasetError(f"two files share the stem {path.stem!r} in {folder}: "
+                               f"{found[path.stem].name} and {path.name}")
+        found[path.stem] = path
+    return found
+
+
+def pair_files(
+    image_dir: Path, mask_dir: Path, image_suffixes: tuple[str, ...], mask_suffixes: tuple[str, ...]
+) -> list[tuple[Path, Path]]:
+    """``(image, mask)`` pairs sorted by stem; every image needs a mask and vice versa."""
+    images = _files_by_stem(image_dir, image_suffixes)
+    masks = _files_by_stem(mask_dir, mask_suffixes)
+    no_mask = sorted(images.keys() - masks.keys())
+    no_image = sorted(masks.keys() - images.keys())
+    if no_mask or no_image:
+        parts = []
+        for stems, what, where in ((no_mask, "images without a mask", mask_dir),
+                                   (no_image, "masks without an image", image_dir)):
+            if stems:
+                more = f" and {len(stems) - _SHOWN} more" if len(stems) > _SHOWN else ""
+                parts.append(f"{len(stems)} {what} (none in {where} for "
+                             f"{', '.join(stems[:_SHOWN])}{more})")
+        raise DatasetError(f"unpaired files between {image_dir} and {mask_dir}: " + "; ".join(parts))
+    if not images:
+        raise DatasetError(f"empty split: no images with suffix {'/'.join(image_suffixes)} in {image_dir}")
+    return [(images[s], masks[s]) for s in sorted(images)]
+
+
+class SegDataset(Dataset):
+    """Paired image/mask files; subclasses say how stored mask values become labels."""
+
+    def __init__(
+        self,
+        samples: list[tuple[Path, Path]],
+        classes: tuple[str, ...],
+        transform: Callable | None = None,
+        seed: int = 0,
+    ):
+        self.samples = samples
+        self.classes = tuple(classes)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentations ``__getitem__`` draws (see ``sample_rng``)."""
+        self.epoch = epoch
+
+    def labels_from_mask(self, mask: np.ndarray, path: Path) -> np.ndarray:
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``index`` before any transform: ``HxWx3`` uint8 RGB, ``HxW`` int64 labels."""
+        image_path, mask_path = self.samples[index]
+        image = read_image(image_path)
+        label = self.labels_from_mask(read_mask(mask_path), mask_path)
+        if image.shape[:2] != label.shape:
+            raise DatasetError(
+                f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} but "
+                f"mask {mask_path} is {label.shape[1]}x{label.shape[0]} (width x height)"
+            )
+        return image, label
+
+    def __getitem__(self, index: int):
+        image, label = self.load(index)
+        if self.transform is None:
+            return image, label
+        return self.transform(image, label, rng=sample_rng(self.seed, self.epoch, index))
+
+    def verify(self) -> None:
+        """Read every sample, raising the first problem found."""
+        for index in range(len(self)):
+            self.load(index)
+
+    def _out_of_range(self, values: np.ndarray, path: Path, allowed: str) -> DatasetError:
+        bad = np.unique(values)
+        shown = ", ".join(str(v) for v in bad[:_SHOWN]) + (" ..." if len(bad) > _SHOWN else "")
+        return DatasetError(f"mask {path} has labels out of range ({shown}); "
+                            f"expected {allowed} for {self.num_classes} classes")
+
+
+class ADE20KDataset(SegDataset):
+    """``ADEChallengeData2016``: jpg images, png annotations with 0 = ignore and 1..K = classes."""
+
+    def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0):
+        base = find_ade_folder(Path(root))
+        split = SPLIT_ALIASES.get(split, split)
+        if split not in ("training", "validation"):
+            raise ValueError(f"ADE20K split must be 'training' or 'validation', got {split!r}")
+        classes = ADE20K_CLASSES
+        for candidate in (base / "classes.txt", base.parent / "classes.txt"):
+            if candidate.is_file():
+                classes = read_classes(candidate)
+                break
+        if len(classes) > 254:
+            raise DatasetError(f"ADE20K annotations are 8-bit: at most 254 classes, got {len(classes)}")
+        samples = pair_files(base / "images" / split, base / "annotations" / split,
+                             (".jpg", ".jpeg"), (".png",))
+        super().__init__(samples, classes, transform, seed)
+        self.root = base
+        self.split = split
+
+    def labels_from_mask(self, mask, path):
+        if mask.min() < 0 or mask.max() > self.num_classes:
+            raise self._out_of_range(mask[(mask < 0) | (mask > self.num_classes)], path,
+                                     f"0 (ignore) or 1..{self.num_classes}")
+        return np.where(mask == 0, IGNORE_INDEX, mask - 1)
+
+
+class GenericSegDataset(SegDataset):
+    """``images/`` + ``masks/`` with matching stems, ``classes.txt``; masks store 0..K-1."""
+
+    def __init__(
+        self,
+        root,
+        split: str | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        transform: Callable | None = None,
+        seed: int = 0,
+    ):
+        root = Path(root)
+        classes_file = root / "classes.txt"
+        if not classes_file.is_file():
+            raise FileNotFoundError(f"class list not found: {classes_file} (one class name a line)")
+        classes = read_classes(classes_file)
+        if len(classes) > IGNORE_INDEX:
+            raise DatasetError(f"at most {IGNORE_INDEX} classes are supported, {classes_file} lists {len(classes)}")
+        if 0 <= ignore_index < len(classes):
+            raise ValueError(f"ignore_index {ignore_index} is a class index (0..{len(classes) - 1})")
+        image_dir, mask_dir = root / "images", root / "masks"
+        if split is not None:
+            image_dir, mask_dir = _split_dirs(image_dir, mask_dir, split)
+        samples = pair_files(image_dir, mask_dir, IMAGE_SUFFIXES, MASK_SUFFIXES)
+        super().__init__(samples, classes, transform, seed)
+        self.root = root
+        self.split = split
+        self.ignore_index = ignore_index
+
+    def labels_from_mask(self, mask, path):
+        ignored = mask == self.ignore_index
+        bad = ~ignored & ((mask < 0) | (mask >= self.num_classes))
+        if bad.any():
+            raise self._out_of_range(mask[bad], path,
+                                     f"0..{self.num_classes - 1} or {self.ignore_index} (ignore)")
+        return np.where(ignored, IGNORE_INDEX, mask)
+
+
+def _split_dirs(image_dir: Path, mask_dir: Path, split: str) -> tuple[Path, Path]:
+    """``images/<split>``, ``masks/<split>``, where ``train``/``training`` and ``val``/``validation`` stand for each other."""
+    aliases = {**SPLIT_ALIASES, **{full: short for short, full in SPLIT_ALIASES.items()}}
+    for name in (split, aliases.get(split)):
+        if name is not None and (image_dir / name).is_dir():
+            return image_dir / name, mask_dir / name
+    raise FileNotFoundError(f"split {split!r} not found: no folder {image_dir / split}")
+
+
+def find_ade_folder(root: Path) -> Path:
+    """``root`` itself when it is the ADE20K folder, else ``root/ADEChallengeData2016``."""
+    for base in (root, root / ADE_FOLDER):
+        if (base / "images").is_dir() and (base / "annotations").is_dir():
+            return base
+    raise FileNotFoundError(
+        f"no ADE20K layout at {root}: expected {ADE_FOLDER}/images and {ADE_FOLDER}/annotations "
+        "(root may be that folder or its parent)"
+    )
+
+
+def open_dataset(root, split: str | None, transform: Callable | None = None, **kwargs) -> SegDataset:
+    """The dataset at ``root``, ADE20K or generic layout, whichever is on disk."""
+    root = Path(root)
+    try:
+        find_ade_folder(root)
+    except FileNotFoundError:
+        pass
+    else:
+        if split is None:
+            raise ValueError(f"{root} holds an ADE20K layout: choose split 'training' or 'validation'")
+        return ADE20KDataset(root, split, transform=transform, **kwargs)
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return GenericSegDataset(root, split, transform=transform, **kwargs)
+    raise FileNotFoundError(
+        f"no dataset at {root}: expected the ADE20K layout ({ADE_FOLDER}/images/<split>, "
+        f"{ADE_FOLDER}/annotations/<split>) or the generic one (images/, masks/, classes.txt)"
+    )
