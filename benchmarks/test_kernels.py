@@ -1,0 +1,105 @@
+"""ATM cross-attention benchmarks: fused Triton kernel vs eager reference vs SDPA + matmul.
+
+On CUDA at the ViT-L (and ViT-B) ADE20K 640 decoder shapes, fp16: B=8 images,
+N=150 classes, L=40·40=1600 tokens, D=512 with 16 heads (ViT-B: 384, 12).
+On CPU a tiny shape through the Triton interpreter, only to keep the file working.
+
+Forward group ``atm-fwd-*``: ``reference`` (segvit_rt.ops.reference, eager),
+``sdpa+matmul`` (``scaled_dot_product_attention`` for out, one ``baddbmm`` for
+the mask: scale/H·q·kᵀ over the full width is the head-mean of the per-head
+logits), ``fused``. Backward group ``atm-bwd-*``: the reference's autograd vs
+the fused backward, for the gradients of out and mask. Both run with a
+``prev_mask``, as every decoder layer after the first does.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks.harness import DEVICE, measure, pick, tensor_bytes
+from segvit_rt.kernels.atm_attention import atm_attention
+from segvit_rt.ops import reference
+
+SHAPES = pick(
+    cpu={"tiny": (1, 20, 64, 64, 2)},
+    cuda={"vit-l": (8, 150, 1600, 512, 16), "vit-b": (8, 150, 1600, 384, 12)},
+)
+DTYPE = pick(cpu=torch.float32, cuda=torch.float16)
+
+
+def sdpa_plus_matmul(q, k, v, num_heads, prev_mask):
+    """Best unfused alternative: fused SDPA for out, one batched GEMM (+prev_mask) for the mask."""
+    b, n, d = q.shape
+    hd = d // num_heads
+    qh, kh, vh = (t.unflatten(-1, (num_heads, hd)).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(b, n, d)
+    mask = torch.baddbmm(prev_mask, q, k.transpose(1, 2), alpha=hd**-0.5 / num_heads)
+    return out, mask
+
+
+FORWARD = {
+    "reference": lambda q, k, v, h, prev: reference.atm_attention(q, k, v, h, prev_mask=prev),
+    "sdpa+matmul": sdpa_plus_matmul,
+    "fused": lambda q, k, v, h, prev: atm_attention(q, k, v, h, prev_mask=prev),
+}
+BACKWARD = {"reference": FORWARD["reference"], "fused": FORWARD["fused"]}
+# Variants each one is compared with (measured before it: parametrize order).
+FORWARD_BASELINES = {"reference": None, "sdpa+matmul": "reference", "fused": ["reference", "sdpa+matmul"]}
+
+
+def make_inputs(shape, requires_grad=False):
+    b, n, length, d, _ = shape
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*size):
+        return torch.randn(*size, generator=gen).to(DEVICE, DTYPE).requires_grad_(requires_grad)
+
+    return rand(b, n, d), rand(b, length, d), rand(b, length, d), rand(b, n, length)
+
+
+def attention_flops(shape):
+    b, n, length, d, _ = shape
+    return 4.0 * b * n * length * d  # q·kᵀ and p·v over all heads
+
+
+@pytest.mark.parametrize("variant", list(FORWARD))
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+def test_atm_forward(benchmark, shape_name, variant):
+    shape = SHAPES[shape_name]
+    q, k, v, prev = make_inputs(shape)
+    out, mask = FORWARD[variant](q, k, v, shape[-1], prev)
+    with torch.no_grad():
+        measure(
+            benchmark,
+            lambda: FORWARD[variant](q, k, v, shape[-1], prev),
+            group=f"atm-fwd-{shape_name}",
+            name=variant,
+            baseline=FORWARD_BASELINES[variant],
+            bytes_moved=tensor_bytes(q, k, v, prev, out, mask),
+            flops=attention_flops(shape),
+        )
+
+
+@pytest.mark.parametrize("variant", list(BACKWARD))
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+def test_atm_backward(benchmark, shape_name, variant):
+    shape = SHAPES[shape_name]
+    inputs = make_inputs(shape, requires_grad=True)
+    out, mask = BACKWARD[variant](*inputs[:3], shape[-1], inputs[3])
+    gen = torch.Generator().manual_seed(1)
+    dout = torch.randn(out.shape, generator=gen).to(DEVICE, DTYPE)
+    dmask = torch.randn(mask.shape, generator=gen).to(DEVICE, DTYPE)
+
+    def backward():
+        return torch.autograd.grad((out, mask), inputs, (dout, dmask), retain_graph=True)
+
+    grads = backward()
+    measure(
+        benchmark,
+        backward,
+        group=f"atm-bwd-{shape_name}",
+        name=variant,
+        baseline=None if variant == "reference" else "reference",
+        # reads q, k, v, out, dout, dmask; writes dq, dk, dv, dprev (lse is negligible)
+        bytes_moved=tensor_bytes(*inputs[:3], out, dout, dmask, *grads),
+        flops=2.5 * attention_flops(shape),  # recomputed q·kᵀ, dv, dp, dq, dk
+    )

@@ -1,0 +1,144 @@
+"""Shared plumbing for the Triton kernels: where they run, op registration, input checks.
+
+Each kernel module registers its op with :func:`define_op` and launches through
+:func:`launcher`; its Python entry point checks inputs with the ``check_*``
+helpers (errors name the op and the offending argument) and picks the Triton
+path or the reference with :func:`runs_triton`. Kernels multiply tiles with
+:func:`dot` (constexprs from :func:`dot_options`), which also works around the
+interpreter's bf16 ``tl.dot``.
+
+Where the Triton path runs:
+
+* CUDA tensors: always.
+* CPU tensors: only while the Triton interpreter is active (``TRITON_INTERPRET=1``
+  before triton is imported; the repository ``conftest.py`` sets it without CUDA),
+  so CI exercises the real kernels. Otherwise CPU tensors take the reference.
+* Fake/meta tensors (``torch.compile``, ``torch.export`` tracing) on CPU take the
+  reference, which traces as plain aten ops; on CUDA they trace the kernel
+  through ``torch.library.wrap_triton``.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+import torch
+import triton
+import triton.language as tl
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def interpreter_active() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def is_fake(t: torch.Tensor) -> bool:
+    """True for tensors without data: FakeTensors (also under functionalization) and meta tensors."""
+    from torch._subclasses.fake_tensor import is_fake as _is_fake
+
+    return t.device.type == "meta" or _is_fake(t)
+
+
+def runs_triton(t: torch.Tensor) -> bool:
+    """Whether an op whose inputs live where ``t`` does should take its Triton path (see module doc)."""
+    if t.device.type == "cuda":
+        return True
+    return t.device.type == "cpu" and interpreter_active() and not is_fake(t)
+
+
+def launcher(kernel):
+    """The launchable form of a ``@triton.jit``/``@triton.autotune`` kernel inside an op.
+
+    ``torch.library.wrap_triton`` makes the launch traceable (compile/export see a
+    ``triton_kernel_wrapper`` node); interpreted kernels are launched directly, as
+    they only ever run on real CPU tensors.
+    """
+    wrap = getattr(torch.library, "wrap_triton", None)
+    if wrap is None or interpreter_active():
+        return kernel
+    return wrap(kernel)
+
+
+def dot_options(dtype: torch.dtype) -> dict:
+    """Constexpr arguments for :func:`dot` given the kernel's input dtype.
+
+    fp32 inputs keep full fp32 products ("ieee"; PyTorch's matmul default is no
+    TF32). The Triton interpreter multiplies bf16 operands as raw uint16 bit
+    patterns (triton 3.9 ``create_dot``), so there bf16 operands are upcast first.
+    """
+    return {
+        "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+        "DOT_UPCAST": interpreter_active() and dtype == torch.bfloat16,
+    }
+
+
+@triton.jit
+def dot(a, b, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
+    """``tl.dot`` with fp32 accumulation; pass :func:`dot_options` as the constexprs."""
+    if DOT_UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+def define_op(name: str, impl: Callable, *, fake: Callable, mutates_args: Iterable[str] = ()):
+    """Register ``impl`` as the PyTorch custom op ``name`` ("segvit_rt::op_name").
+
+    ``torch.library.triton_op`` where available (Inductor can then see and fuse
+    the kernel; ``torch.export`` keeps the op as one node), else
+    ``torch.library.custom_op`` (opaque). The schema is inferred from ``impl``'s
+    type annotations, so they must be real types (no string annotations).
+    ``fake`` computes output metadata only (``torch.export``, meta tensors,
+    shape propagation). With ``triton_op``, ``torch.compile`` also traces
+    ``impl`` itself on fake tensors, so ``impl`` may only use torch ops and
+    kernels launched through :func:`launcher`. Returns the op object: call it,
+    and attach autograd with ``op.register_autograd(backward, setup_context=...)``.
+    """
+    register = getattr(torch.library, "triton_op", None) or torch.library.custom_op
+    op = register(name, impl, mutates_args=tuple(mutates_args))
+    op.register_fake(fake)
+    return op
+
+
+def check_tensor(
+    op: str,
+    name: str,
+    t,
+    *,
+    ndim: int | None = None,
+    dtypes: Iterable[torch.dtype] | None = None,
+    last_dim_contiguous: bool = False,
+) -> torch.Tensor:
+    """Raise a ``TypeError``/``ValueError`` naming ``op`` and ``name`` unless ``t`` fits; return it."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{op}: {name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if dtypes is not None:
+        dtypes = tuple(dtypes)
+        if t.dtype not in dtypes:
+            names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+            raise TypeError(f"{op}: {name} must have dtype in ({names}), got {t.dtype}")
+    if last_dim_contiguous and t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(
+            f"{op}: {name} needs a contiguous last dim (stride 1), got strides {tuple(t.stride())}; "
+            "call .contiguous() first"
+        )
+    return t
+
+
+def check_same(op: str, attr: str, **tensors: torch.Tensor) -> None:
+    """Raise unless all ``tensors`` agree on ``attr`` ("device" or "dtype")."""
+    values = {name: getattr(t, attr) for name, t in tensors.items()}
+    if len(set(values.values())) > 1:
+        listing = ", ".join(f"{name}={value}" for name, value in values.items())
+        error = ValueError if attr == "device" else TypeError
+        raise error(f"{op}: inputs must share one {attr}, got {listing}")
+
+
+def check_shape(op: str, name: str, t: torch.Tensor, expected: tuple[int, ...], meaning: str = "") -> None:
+    """Raise unless ``t.shape == expected``; ``meaning`` spells out the dims, e.g. "[B, N, L]"."""
+    if tuple(t.shape) != tuple(expected):
+        hint = f" {meaning}" if meaning else ""
+        raise ValueError(f"{op}: {name} must have shape {tuple(expected)}{hint}, got {tuple(t.shape)}")
