@@ -1,20 +1,11 @@
-"""Fused Triton kernels, each registered as a PyTorch custom op (``segvit_rt::*``).
+"""Fused Triton kernels, each registered as a PyTorch custom op (``torch.ops.segvit_rt.*``).
 
-Imported lazily so that ``import segvit_rt`` does not import triton (the
-interpreter switch ``TRITON_INTERPRET=1`` must be set before triton loads).
+``import segvit_rt`` does not import this package (the ops dispatcher imports it
+on first use of ``kernels="triton"``), so ``TRITON_INTERPRET=1`` can still be
+set before triton loads.
 """
-import importlib
+from .atm_attention import atm_attention
+from .qd_attention import qd_attention
+from .segment_postprocess import segment_postprocess
 
-_EXPORTS = {
-    "atm_attention": ".atm_attention",
-    "qd_attention": ".qd_attention",
-    "segment_postprocess": ".segment_postprocess",
-}
-
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["atm_attention", "qd_attention", "segment_postprocess"]
