@@ -102,6 +102,9 @@ def _atm_fwd_kernel(
     DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
+    # Float scalars arrive as fp64 from AOTInductor's launcher: keep the arithmetic fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    mask_scale = tl.cast(mask_scale, tl.float32)
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_h = tl.arange(0, HEADS_P2)
@@ -176,6 +179,10 @@ def _atm_bwd_dkdv_kernel(
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """dK and dV of one (batch, head, block of keys), looping over all query blocks."""
+    # Float scalars arrive as fp64 from AOTInductor's launcher: keep the arithmetic fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    scale = tl.cast(scale, tl.float32)
+    inv_heads = tl.cast(inv_heads, tl.float32)
     pid_l = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // NUM_HEADS).to(tl.int64)
@@ -235,6 +242,10 @@ def _atm_bwd_dq_kernel(
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """dQ of one (batch, head, block of queries), looping over all key blocks."""
+    # Float scalars arrive as fp64 from AOTInductor's launcher: keep the arithmetic fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    scale = tl.cast(scale, tl.float32)
+    inv_heads = tl.cast(inv_heads, tl.float32)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // NUM_HEADS).to(tl.int64)

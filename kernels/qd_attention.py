@@ -116,6 +116,8 @@ def _qd_fwd_kernel(
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # Float scalars arrive as fp64 from AOTInductor's launcher: keep the arithmetic fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     batch = (pid_bh // num_heads).to(tl.int64)
@@ -164,6 +166,9 @@ def _qd_bwd_dkdv_kernel(
     """dV = Pᵀ·dO and dK = scale·dSᵀ·Q for one (batch, head, block of keys), over all queries.
 
     ``dk``/``dv`` share the strides ``stride_gb``/``stride_gl`` with a unit last dim."""
+    # Float scalars arrive as fp64 from AOTInductor's launcher: keep the arithmetic fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    scale = tl.cast(scale, tl.float32)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     batch = (pid_bh // num_heads).to(tl.int64)
@@ -211,6 +216,9 @@ def _qd_bwd_dq_kernel(
     """dQ = scale·dS·K for one (batch, head, block of queries), over all keys, written to the
     sampled tokens of ``dx_q`` (strides ``stride_gb``/``stride_gl``, unit last dim); the other
     three tokens of each 2×2 cell get zeros."""
+    # Float scalars arrive as fp64 from AOTInductor's launcher: keep the arithmetic fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    scale = tl.cast(scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     batch = (pid_bh // num_heads).to(tl.int64)

@@ -1,0 +1,53 @@
+"""Compile every attention kernel for sm_90 with its float scalars typed fp64 (no GPU needed).
+
+AOTInductor launches user Triton kernels with Python floats typed fp64; a kernel
+whose fp32 loop state then mixes with such a scalar fails to compile there.
+Run as a script without ``TRITON_INTERPRET`` (``test_kernels_compile.py`` does).
+"""
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+import segvit_rt.kernels  # noqa: F401  (registers the kernel modules)
+
+atm = sys.modules["segvit_rt.kernels.atm_attention"]
+qd = sys.modules["segvit_rt.kernels.qd_attention"]
+FLOATS = {"qk_scale", "mask_scale", "scale", "inv_heads"}
+DOT = dict(DOT_PRECISION="tf32", DOT_UPCAST=False)
+ATM_BWD = dict(NUM_HEADS=16, HEAD_DIM=32, HAS_DMASK=True, BLOCK_N=32, BLOCK_L=64, **DOT)
+QD = dict(HEAD_DIM=64, BLOCK_M=64, BLOCK_N=64, **DOT)
+KERNELS = [
+    (atm._atm_fwd_kernel, dict(NUM_HEADS=16, HEADS_P2=16, HEAD_DIM=32, NEED_MASK=True, HAS_PREV=True,
+                               SIGMOID=False, BLOCK_N=16, BLOCK_L=32, **DOT)),
+    (atm._atm_bwd_dkdv_kernel, ATM_BWD),
+    (atm._atm_bwd_dq_kernel, ATM_BWD),
+    (qd._qd_fwd_kernel, QD),
+    (qd._qd_bwd_dkdv_kernel, QD),
+    (qd._qd_bwd_dq_kernel, QD),
+]
+
+
+def signature(fn, consts):
+    def arg_type(name):
+        if name in consts:
+            return "constexpr"
+        if name.endswith("_ptr"):
+            return "*fp32" if name.startswith(("lse", "delta")) else "*fp16"
+        return "fp64" if name in FLOATS else "i32"
+
+    return {name: arg_type(name) for name in fn.arg_names}
+
+
+def main():
+    target = GPUTarget("cuda", 90, 32)
+    for kernel, consts in KERNELS:
+        fn = kernel.fn  # the @triton.jit function under @triton.autotune
+        constexprs = {(fn.arg_names.index(k),): v for k, v in consts.items()}
+        triton.compile(ASTSource(fn=fn, signature=signature(fn, consts), constexprs=constexprs), target=target)
+        print("compiled", fn.__name__)
+
+
+if __name__ == "__main__":
+    main()
