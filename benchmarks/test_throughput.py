@@ -1,0 +1,224 @@
+"""End-to-end model throughput: each available engine backend against PyTorch eager, both variants.
+
+CPU: the tiny preset, fp32, batch 8: eager vs the ONNX Runtime engine (goal:
+onnx >= 1.3x eager). CUDA: ViT-L/16 ADE20K 640, fp16, batch 8: eager (plain
+PyTorch ops), eager with our Triton kernels, the AOTInductor engine (Triton
+kernels compiled in), TensorRT where it imports, and ONNX Runtime where it has
+the CUDA provider (goals: shrunk aoti >= 1.3x eager at batch 8, and shrunk /
+full time <= 0.65).
+
+Each case times one engine call on a batch at the crop size (the graph up to
+the logits, as the engines hold it). Recorded in ``extra_info`` besides the
+harness's figures: ``images_per_s``, ``peak_mem_delta_mb`` (peak memory during
+the calls above the level before them: process RSS on the CPU, device memory
+in use on CUDA, so ONNX Runtime's and TensorRT's own allocations count too),
+``speedup_vs`` eager (harness), and for the shrunk cases ``shrunk_over_full``
+(time ratio against the full model on the same backend). Engines are built
+(and parity-checked) in a module fixture, outside the timings. A bar chart is
+written to ``benchmarks/out/throughput.png`` at the end of the module.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import segvit_rt
+from benchmarks.harness import ON_CUDA, measure, pick, synchronized
+from segvit_rt.build import build_engine
+from segvit_rt.engines import load_engine
+from segvit_rt.flops import gflops
+from segvit_rt.io_utils import atomic_path
+
+SETUP = pick(
+    cpu=dict(preset="tiny", precision="fp32", batch=8, rounds=10),
+    cuda=dict(preset="vit_l16_ade20k_640", precision="fp16", batch=8, rounds=15),
+)
+CHART = Path(__file__).resolve().parent / "out" / "throughput.png"
+AOTI_KERNELS = "triton"  # what the aoti engine compiles in on CUDA
+
+
+def available_backends() -> list[str]:
+    """Engine backends that can run here (not a skip list: absent ones are simply not measured)."""
+    if not ON_CUDA:
+        return ["onnx"]
+    found = ["aoti"]
+    try:
+        import tensorrt  # noqa: F401
+
+        found.append("tensorrt")
+    except ImportError:
+        pass
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            found.append("onnx")
+    except ImportError:
+        pass
+    return found
+
+
+EAGER = ["eager", "eager+triton"] if ON_CUDA else ["eager"]
+# Baseline first, and each full case before its shrunk counterpart (for the ratio).
+CASES = [(variant, runner) for variant in ("full", "shrunk") for runner in EAGER + available_backends()]
+RESULTS: dict[tuple[str, str], dict] = {}
+
+
+class PeakMemory:
+    """Peak memory above the level at entry. CPU: process RSS, sampled in a thread. CUDA: the larger
+    of torch's allocator peak (cache emptied first) and device memory in use, sampled (which sees
+    ONNX Runtime's and TensorRT's own allocations)."""
+
+    def __init__(self, interval_s: float = 0.002):
+        self.interval_s = interval_s
+        self.peak = self.start = self.torch_start = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def used() -> int:
+        if ON_CUDA:
+            free, total = torch.cuda.mem_get_info()
+            return total - free
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.used())
+            time.sleep(self.interval_s)
+
+    def __enter__(self):
+        if ON_CUDA:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self.torch_start = torch.cuda.memory_allocated()
+        self.start = self.peak = self.used()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.used())
+
+    @property
+    def delta_mb(self) -> float:
+        delta = self.peak - self.start
+        if ON_CUDA:
+            delta = max(delta, torch.cuda.max_memory_allocated() - self.torch_start)
+        return delta / 2**20
+
+
+@pytest.fixture(scope="module")
+def models():
+    """(model, GFLOPs per image) by variant; the weights are random (throughput does not depend on them)."""
+    torch.manual_seed(0)
+    out = {}
+    for variant in ("full", "shrunk"):
+        model = segvit_rt.create_model(SETUP["preset"], variant=variant).eval()
+        out[variant] = (model, gflops(model, model.cfg.crop_size))
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Engines built on first use, by (variant, backend); the builder's log shows with ``pytest -s``."""
+    return {"dir": tmp_path_factory.mktemp("engines"), "engines": {}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chart():
+    yield
+    if RESULTS:
+        write_chart(RESULTS, CHART)
+
+
+def runner_fn(runner: str, model, built, variant: str, image: torch.Tensor):
+    """A no-argument callable doing one batch through ``runner``."""
+    device = image.device
+    if runner.startswith("eager"):
+        dtype = torch.float16 if SETUP["precision"] == "fp16" else torch.float32
+        net = model.to(device, dtype).set_kernels("triton" if runner == "eager+triton" else "reference")
+        x = image.to(dtype)
+
+        def eager():
+            with torch.no_grad():
+                return net(x)
+
+        return eager
+    key = (variant, runner)
+    if key not in built["engines"]:
+        kernels = AOTI_KERNELS if runner == "aoti" and ON_CUDA else None
+        out = build_engine(model, backend=runner, precision=SETUP["precision"], batch=SETUP["batch"], kernels=kernels,
+                           out=built["dir"] / f"{variant}_{runner}", device=device.type, log=print)
+        built["engines"][key] = load_engine(out, device=device)
+    engine = built["engines"][key]
+    return lambda: engine(image)
+
+
+@pytest.mark.parametrize("variant, runner", CASES, ids=[f"{v}-{r}" for v, r in CASES])
+def test_throughput(benchmark, models, built, variant, runner):
+    device = torch.device("cuda" if ON_CUDA else "cpu")
+    model, model_gflops = models[variant]
+    cfg = model.cfg
+    batch = SETUP["batch"]
+    image = torch.randn(batch, 3, cfg.crop_size, cfg.crop_size, generator=torch.Generator().manual_seed(0)).to(device)
+    fn = runner_fn(runner, model, built, variant, image)
+    fn()  # compile / warm up outside the memory probe
+    with PeakMemory() as memory:
+        synchronized(fn)()
+        synchronized(fn)()
+    flops = model_gflops * 1e9 * batch
+    measure(benchmark, fn, group=f"throughput-{SETUP['preset']}-{variant}", name=runner,
+            baseline=None if runner == "eager" else "eager",
+            bytes_moved=image.numel() * image.element_size(), flops=flops, rounds=SETUP["rounds"],
+            warmup_rounds=2, calls_per_round=1)
+    info = benchmark.extra_info
+    info.update(preset=SETUP["preset"], precision=SETUP["precision"], batch=batch, model_variant=variant,
+                peak_mem_delta_mb=round(memory.delta_mb, 1))
+    if "median_ms" in info:
+        info["images_per_s"] = batch / (info["median_ms"] / 1e3)
+        RESULTS[(variant, runner)] = dict(info)
+        full = RESULTS.get(("full", runner))
+        if variant == "shrunk" and full is not None:
+            info["shrunk_over_full"] = info["median_ms"] / full["median_ms"]
+            RESULTS[(variant, runner)]["shrunk_over_full"] = info["shrunk_over_full"]
+
+
+def write_chart(results: dict, path: Path) -> None:
+    """Images/s per runner, one group of bars per variant, speedups over eager written on the bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runners = list(dict.fromkeys(r for _, r in results))
+    variants = [v for v in ("full", "shrunk") if any(k[0] == v for k in results)]
+    width = 0.8 / len(runners)
+    fig, ax = plt.subplots(figsize=(2.5 + 2 * len(variants), 3.5))
+    for i, runner in enumerate(runners):
+        xs, ys, labels = [], [], []
+        for j, variant in enumerate(variants):
+            res = results.get((variant, runner))
+            if res is not None:
+                xs.append(j + (i - (len(runners) - 1) / 2) * width)
+                ys.append(res["images_per_s"])
+                speedup = res.get("speedup_vs", {}).get("eager")
+                labels.append(f"{speedup:.2f}x" if speedup else "")
+        bars = ax.bar(xs, ys, width, label=runner)
+        ax.bar_label(bars, labels=labels, fontsize=7)
+    ax.set_xticks(range(len(variants)), variants)
+    ax.set_ylabel("images / s")
+    device = torch.cuda.get_device_name() if ON_CUDA else "CPU"
+    ax.set_title(f"{SETUP['preset']} {SETUP['precision']} batch {SETUP['batch']} on {device}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

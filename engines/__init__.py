@@ -1,0 +1,101 @@
+"""Engine backends (``onnx``, ``aoti``, ``tensorrt``) behind one loader.
+
+Every engine computes the same graph (``graph.LogitsGraph``): a normalised
+fp32 image batch at the crop size in, ``(class_logits, mask_logits)`` fp32 out.
+A backend module provides ``ARTIFACT`` (file name), ``check_available(device)``,
+``default_device()``, ``export(graph, example, path, dynamic_batch=, max_batch=)``
+(returns metadata to record), ``check_compatible(meta, path, device)`` and
+``load(path, meta, device)`` (returns the raw callable). Backends import their
+libraries lazily: ``import segvit_rt.engines`` needs none of them.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+
+from .format import BACKENDS, FORMAT, EngineError, artifact_path, read_engine
+
+__all__ = ["BACKENDS", "FORMAT", "Engine", "EngineError", "auto_backend", "backend_module", "load_engine", "read_engine"]
+
+
+def backend_module(name: str):
+    if name not in BACKENDS:
+        raise EngineError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    return importlib.import_module(f".{name}_backend", __name__)
+
+
+def auto_backend() -> tuple[str, str]:
+    """The backend ``--backend auto`` picks, and why: tensorrt if it imports and there is a GPU,
+    else aoti on a GPU, else onnx on the CPU."""
+    if not torch.cuda.is_available():
+        return "onnx", "no CUDA GPU: ONNX Runtime on the CPU"
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "aoti", "CUDA GPU present, tensorrt does not import: AOTInductor with the Triton kernels"
+    return "tensorrt", "CUDA GPU present and tensorrt imports"
+
+
+class Engine:
+    """A loaded engine: ``engine(image)`` -> ``(class_logits, mask_logits)``, fp32, on ``engine.device``.
+
+    Takes any batch size: a static-batch engine gets its exact batch (the last
+    chunk zero-padded, the padding's outputs dropped), a dynamic one chunks of
+    at most ``max_batch``.
+    """
+
+    def __init__(self, path: Path, meta: dict, runner, device: torch.device):
+        self.path = path
+        self.meta = meta
+        self.device = device
+        self.static_batch: int | None = meta["batch"]
+        self.max_batch: int = meta["batch"] or meta["max_batch"]
+        self.input_hw = tuple(meta["input_size"])
+        self._runner = runner
+
+    def __repr__(self) -> str:
+        batch = self.static_batch or f"dynamic<= {self.max_batch}"
+        return (f"Engine({self.path}, backend={self.meta['backend']}, precision={self.meta['precision']}, "
+                f"batch={batch}, device={self.device})")
+
+    def check_input(self, image: torch.Tensor) -> None:
+        expected = (3, *self.input_hw)
+        if not isinstance(image, torch.Tensor) or image.dim() != 4 or tuple(image.shape[1:]) != expected:
+            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"{self.path}: the engine takes normalised images [B, {', '.join(map(str, expected))}], got {got}")
+        if image.dtype != torch.float32:
+            raise TypeError(f"{self.path}: the engine takes float32 images, got {image.dtype}")
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_input(image)
+        image = image.to(self.device)
+        n = image.shape[0]
+        classes, masks = [], []
+        for start in range(0, n, self.max_batch):
+            chunk = image[start : start + self.max_batch]
+            size = chunk.shape[0]
+            if self.static_batch and size < self.static_batch:
+                chunk = torch.cat([chunk, chunk.new_zeros(self.static_batch - size, *chunk.shape[1:])])
+            cls, mask = self._runner(chunk)
+            classes.append(cls[:size])
+            masks.append(mask[:size])
+        return torch.cat(classes), torch.cat(masks)
+
+
+def load_engine(directory, device=None, verify: bool = True) -> Engine:
+    """Check and load an engine directory; ``device`` defaults to the backend's choice
+    (onnx: CUDA where ONNX Runtime has the provider, else CPU; aoti: the device it was compiled for)."""
+    directory = Path(directory)
+    meta = read_engine(directory, verify=verify)
+    backend = backend_module(meta["backend"])
+    if device is None:
+        device = torch.device(meta["device"]) if meta["backend"] == "aoti" else backend.default_device()
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    path = artifact_path(directory, meta)
+    backend.check_compatible(meta, path, device)
+    return Engine(directory, meta, backend.load(path, meta, device), device)

@@ -1,0 +1,81 @@
+"""AOTInductor backend: ``torch.export`` then ``torch._inductor.aoti_compile_and_package`` into a ``.pt2``.
+
+On CUDA the model is exported with ``kernels="triton"``: our fused ops are
+``torch.library.triton_op`` custom ops, which ``torch.export`` keeps as single
+nodes and Inductor compiles into the package. On the CPU the reference ops are
+exported (fp32 only) and Inductor compiles C++ (a C++ compiler is needed).
+
+A package runs only on the device type it was compiled for, and only in the
+torch release that built it (AOTInductor has no stable ABI across releases):
+both are recorded and checked before loading.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .format import EngineError, major_minor
+
+ARTIFACT = "model.pt2"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def check_available(device: torch.device) -> None:
+    import torch._inductor
+
+    if not hasattr(torch._inductor, "aoti_compile_and_package"):
+        raise EngineError(f"torch {torch.__version__} has no torch._inductor.aoti_compile_and_package (need >= 2.6)")
+    if device.type == "cpu" and _compiler() is None:
+        raise EngineError("the aoti backend on the CPU compiles C++: install g++ (or set CXX)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError("a CUDA aoti engine needs a CUDA GPU, and torch sees none")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, max_batch: int) -> dict:
+    import torch._inductor
+
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if dynamic_batch else None
+    with torch.no_grad():
+        program = torch.export.export(graph, (example,), dynamic_shapes=dynamic_shapes)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    return {"device": example.device.type}
+
+
+def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
+    built = meta.get("versions", {}).get("torch")
+    if major_minor(built) != major_minor(torch.__version__):
+        raise EngineError(
+            f"{path} was compiled by torch {built} and this is torch {torch.__version__}: AOTInductor packages "
+            "load only in the torch release that built them; rebuild the engine with python -m segvit_rt.build"
+        )
+    if meta.get("device") != device.type:
+        raise EngineError(f"{path} was compiled for {meta.get('device')}, it cannot run on {device}")
+    check_available(device)
+
+
+def load(path: Path, meta: dict, device: torch.device):
+    import torch._inductor
+
+    try:
+        runner = torch._inductor.aoti_load_package(str(path))
+    except Exception as e:  # the loader raises RuntimeError or C++ errors alike
+        raise EngineError(f"cannot load the AOTInductor package {path}: {e}") from e
+
+    def run(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cls, masks = runner(image.contiguous())
+        return cls, masks
+
+    return run

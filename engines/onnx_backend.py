@@ -1,0 +1,132 @@
+"""ONNX backend: ``torch.onnx.export`` (dynamo exporter, opset 18) run by ONNX Runtime.
+
+The graph is exported on the CPU: fp32, or fp16 throughout with fp32 input and
+outputs cast at its edges (``graph.LogitsGraph``). ONNX Runtime runs it with the
+CUDA provider where torch sees a GPU and onnxruntime has that provider (I/O
+bound to torch CUDA tensors, no host copies), else with the CPU provider. An
+fp16 graph also runs on the CPU provider (ONNX Runtime computes the ops it
+has no fp16 CPU kernel for in fp32), correctly but without a speed-up: fp16
+engines are meant for GPUs.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .format import INPUT_NAME, OUTPUT_NAMES, EngineError
+
+ARTIFACT = "model.onnx"
+OPSET = 18
+_INSTALL_HINT = 'install the ONNX extras: pip install -e ".[onnx]" (onnx, onnxscript, onnxruntime)'
+
+
+def check_available(device: torch.device) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime as ort
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise EngineError(f"the onnx backend needs {e.name}: {_INSTALL_HINT}") from e
+    if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise EngineError(
+            f"onnxruntime {ort.__version__} has no CUDAExecutionProvider: install onnxruntime-gpu, or use the CPU"
+        )
+
+
+def default_device() -> torch.device:
+    import onnxruntime as ort
+
+    cuda = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+    return torch.device("cuda" if cuda else "cpu")
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter logs a warning per torchvision op it cannot register; those are not ours."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, max_batch: int) -> dict:
+    """Write ``graph`` to ``path`` as one self-contained ONNX file and run the full ONNX checker."""
+    import onnx
+
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if dynamic_batch else None
+    with _quiet_exporter():
+        torch.onnx.export(
+            graph, (example,), str(path), dynamo=True, opset_version=OPSET, verbose=False,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=dynamic_shapes, external_data=False,
+        )
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise EngineError(f"the exported graph {path} fails onnx.checker: {e}") from e
+    return {"opset": OPSET}
+
+
+def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
+    check_available(device)
+
+
+def load(path: Path, meta: dict, device: torch.device):
+    """A callable ``image [B, 3, H, W] fp32 -> (class_logits, mask_logits)`` on ``device``."""
+    import onnxruntime as ort
+
+    if device.type == "cuda":
+        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(path), providers=providers)
+    except Exception as e:  # onnxruntime raises its own pybind exception types
+        built = meta.get("versions", {}).get("onnxruntime")
+        raise EngineError(
+            f"onnxruntime {ort.__version__} cannot load {path} (opset {meta.get('opset')}, "
+            f"built next to onnxruntime {built}): {e}"
+        ) from e
+    if device.type == "cuda":
+        return _CudaRunner(session, device, meta["outputs"])
+    return _cpu_runner(session)
+
+
+def _cpu_runner(session):
+    def run(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cls, masks = session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.detach().cpu().contiguous().numpy()})
+        return torch.from_numpy(cls), torch.from_numpy(masks)
+
+    return run
+
+
+class _CudaRunner:
+    """Binds the input and preallocated outputs as torch CUDA memory (``IOBinding``): no host copies."""
+
+    def __init__(self, session, device: torch.device, output_shapes: dict):
+        self.session = session
+        self.device = device
+        self.output_shapes = output_shapes
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image = image.contiguous()
+        batch = image.shape[0]
+        index = self.device.index or 0
+        outs = {
+            name: torch.empty([batch, *self.output_shapes[name][1:]], dtype=torch.float32, device=self.device)
+            for name in OUTPUT_NAMES
+        }
+        binding = self.session.io_binding()
+        binding.bind_input(INPUT_NAME, "cuda", index, np.float32, tuple(image.shape), image.data_ptr())
+        for name, t in outs.items():
+            binding.bind_output(name, "cuda", index, np.float32, tuple(t.shape), t.data_ptr())
+        torch.cuda.current_stream(self.device).synchronize()  # ONNX Runtime reads on its own stream
+        self.session.run_with_iobinding(binding)
+        return outs["class_logits"], outs["mask_logits"]

@@ -1,0 +1,139 @@
+"""TensorRT backend: the typed ONNX graph parsed into a strongly-typed network, serialized as a plan.
+
+Precision comes from the graph, not from builder flags: an fp16 engine is
+exported as an fp16 ONNX graph (fp32 input and outputs cast at its edges) and
+parsed into a ``STRONGLY_TYPED`` network, so every tensor keeps the exported
+type. No precision flag is set: TensorRT 10 rejects precision flags on
+strongly-typed networks and TensorRT 11 has none (every network is strongly
+typed; the creation flag is accepted and ignored there, and only passed where
+it exists). Inference binds torch CUDA tensors by address and enqueues on
+torch's current stream (``execute_async_v3``): no pycuda.
+
+A plan runs only under the TensorRT version that built it, on a GPU of the
+same compute capability; both are recorded and checked before loading.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import onnx_backend
+from .format import INPUT_NAME, OUTPUT_NAMES, EngineError
+
+ARTIFACT = "model.plan"
+OPT_BATCH = 8  # the profile's optimum for dynamic batches: the runtime's sliding-window batch
+_INSTALL_HINT = "install TensorRT's Python package (pip install tensorrt) on a machine with a CUDA GPU"
+
+
+def _trt():
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise EngineError(f"the tensorrt backend needs the tensorrt package, which does not import here: {_INSTALL_HINT}") from e
+    return tensorrt
+
+
+def check_available(device: torch.device) -> None:
+    _trt()
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise EngineError("TensorRT engines need a CUDA GPU, and torch sees none here")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda")
+
+
+def _logger(trt):
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, max_batch: int) -> dict:
+    """Export the typed ONNX graph beside ``path``, build the plan from it, then drop the ONNX file."""
+    trt = _trt()
+    onnx_path = path.with_name("typed_graph.onnx")
+    onnx_backend.export(graph, example, onnx_path, dynamic_batch=dynamic_batch, max_batch=max_batch)
+    try:
+        plan = _build_plan(trt, onnx_path, example.shape, dynamic_batch, max_batch)
+    finally:
+        onnx_path.unlink(missing_ok=True)
+    path.write_bytes(plan)
+    return {  # the builder targets the current CUDA device
+        "gpu": torch.cuda.get_device_name(),
+        "compute_capability": list(torch.cuda.get_device_capability()),
+    }
+
+
+def _build_plan(trt, onnx_path: Path, shape, dynamic_batch: bool, max_batch: int) -> bytes:
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    _, c, h, w = shape
+    batch = shape[0]
+    if dynamic_batch:
+        lo, opt, hi = 1, min(OPT_BATCH, max_batch), max_batch
+    else:
+        lo = opt = hi = batch
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, (lo, c, h, w), (opt, c, h, w), (hi, c, h, w))
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError("TensorRT failed to build the engine (see its log above)")
+    return bytes(plan)
+
+
+def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
+    trt = _trt()
+    check_available(device)
+    built = meta.get("versions", {}).get("tensorrt")
+    if built != trt.__version__:
+        raise EngineError(
+            f"{path} was built by TensorRT {built} and this is TensorRT {trt.__version__}: plans load only in "
+            "the TensorRT version that built them; rebuild the engine with python -m segvit_rt.build"
+        )
+    capability = list(torch.cuda.get_device_capability(device))
+    if meta.get("compute_capability") != capability:
+        raise EngineError(
+            f"{path} was built for a GPU of compute capability {meta.get('compute_capability')} "
+            f"({meta.get('gpu')}), this GPU has {capability}: rebuild the engine here"
+        )
+
+
+def load(path: Path, meta: dict, device: torch.device):
+    trt = _trt()
+    runtime = trt.Runtime(_logger(trt))
+    with torch.cuda.device(device):
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise EngineError(f"TensorRT cannot deserialize {path} (corrupt, or built for another setup)")
+        context = engine.create_execution_context()
+    return _PlanRunner(runtime, engine, context, device)
+
+
+class _PlanRunner:
+    def __init__(self, runtime, engine, context, device: torch.device):
+        self.runtime, self.engine, self.context = runtime, engine, context  # keep the owners alive
+        self.device = device
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image = image.contiguous()
+        ctx = self.context
+        if not ctx.set_input_shape(INPUT_NAME, tuple(image.shape)):
+            raise EngineError(f"the TensorRT engine does not accept an input of shape {tuple(image.shape)}")
+        outs = {
+            name: torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=torch.float32, device=self.device)
+            for name in OUTPUT_NAMES
+        }
+        ctx.set_tensor_address(INPUT_NAME, image.data_ptr())
+        for name, t in outs.items():
+            ctx.set_tensor_address(name, t.data_ptr())
+        if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            raise RuntimeError("TensorRT execution failed (see its log above)")
+        return outs["class_logits"], outs["mask_logits"]

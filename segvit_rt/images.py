@@ -1,0 +1,169 @@
+"""Images in, images out: any accepted input to an ``HxWx3`` uint8 RGB array, and label visualisation.
+
+Accepted inputs (:func:`load_image`):
+
+* a path (``str`` or ``os.PathLike``) to any image file PIL reads;
+* a ``PIL.Image.Image`` in any mode (grayscale, palette, RGBA, 16-bit...);
+* a numpy array in the numpy/PIL layout, channels last: ``HxW`` (grayscale),
+  ``HxWx1``, ``HxWx3`` (RGB) or ``HxWx4`` (RGBA), dtype uint8;
+* a torch tensor in the torchvision layout, channels first: ``HxW``, ``1xHxW``,
+  ``3xHxW`` or ``4xHxW``, either uint8 (0–255) or floating point in [0, 1].
+
+Grayscale is replicated to three channels; an alpha channel is dropped (the
+colour is kept as is, not composited). Anything else raises a ``TypeError`` or
+``ValueError`` that says what was expected.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .io_utils import atomic_path
+
+__all__ = ["load_image", "overlay", "colorize", "save_labels", "save_png", "image_grid"]
+
+
+def load_image(src) -> np.ndarray:
+    """Any accepted image (see the module doc) as a new ``HxWx3`` uint8 RGB array."""
+    if isinstance(src, (str, os.PathLike)):
+        return _from_path(Path(src))
+    if isinstance(src, Image.Image):
+        return _from_pil(src)
+    if isinstance(src, np.ndarray):
+        return _from_array(src)
+    if isinstance(src, torch.Tensor):
+        return _from_tensor(src)
+    raise TypeError(
+        f"cannot read an image from a {type(src).__name__}: pass a path, a PIL image, "
+        "an HxWx3 uint8 numpy array or a 3xHxW tensor"
+    )
+
+
+def _from_path(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _from_pil(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def _from_pil(im: Image.Image) -> np.ndarray:
+    if im.width == 0 or im.height == 0:
+        raise ValueError(f"empty image ({im.width}x{im.height})")
+    if im.mode.startswith("I"):
+        return _from_wide_gray(np.asarray(im, dtype=np.int64), im.mode)
+    if im.mode != "RGB":
+        im = im.convert("RGBA" if "A" in im.mode or im.mode == "P" else "RGB")
+    return np.array(np.asarray(im)[..., :3])  # a writable copy
+
+
+def _from_wide_gray(values: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit grayscale (PIL modes ``I;16*``, and ``I`` as 16-bit PNGs open) to 8 bits: PIL's own
+    conversion clips at 255 instead of scaling. Mode ``I`` holding only 0..255 is taken as 8-bit."""
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"unsupported {mode!r} image: values outside 0..65535")
+    if mode.startswith("I;16") or (values.size and values.max() > 255):
+        values = (values + 128) // 257
+    return np.repeat(values.astype(np.uint8)[..., None], 3, axis=2)
+
+
+def _from_array(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype != np.uint8:
+        raise TypeError(
+            f"image arrays must be uint8 (0-255), got {arr.dtype}; "
+            "convert float images in [0, 1] with (a * 255).round().astype(np.uint8)"
+        )
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image arrays must be HxW, HxWx1, HxWx3 or HxWx4 (channels last), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"empty image array of shape {arr.shape}")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return np.array(arr[..., :3])  # a writable copy: never an alias of the caller's array
+
+
+def _from_tensor(t: torch.Tensor) -> np.ndarray:
+    if t.dim() == 2:
+        t = t[None]
+    if t.dim() != 3 or t.shape[0] not in (1, 3, 4):
+        raise ValueError(
+            f"image tensors must be HxW, 1xHxW, 3xHxW or 4xHxW (channels first), got shape {tuple(t.shape)}"
+        )
+    t = t.detach().cpu()
+    if t.is_floating_point():
+        lo, hi = (t.min().item(), t.max().item()) if t.numel() else (0.0, 0.0)
+        if not (0.0 <= lo and hi <= 1.0):
+            raise ValueError(
+                f"float image tensors must hold values in [0, 1], got [{lo:.3g}, {hi:.3g}]; "
+                "pass uint8 tensors for 0-255 values"
+            )
+        t = (t * 255.0).round().to(torch.uint8)
+    elif t.dtype != torch.uint8:
+        raise TypeError(f"image tensors must be uint8 (0-255) or float in [0, 1], got {t.dtype}")
+    return _from_array(t.permute(1, 2, 0).numpy())
+
+
+def overlay(image, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """The image with each pixel blended with its class colour (``alpha`` = weight of the colour)."""
+    rgb = load_image(image)
+    labels = np.asarray(labels)
+    if labels.shape != rgb.shape[:2]:
+        raise ValueError(f"labels of shape {labels.shape} do not match the {rgb.shape[0]}x{rgb.shape[1]} image")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    colours = colorize(labels, palette).astype(np.float32)
+    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colours
+    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """``HxW`` labels -> ``HxWx3`` uint8 colours; labels outside the palette (e.g. ignore) are black."""
+    from .class_names import colorize as _colorize
+
+    return _colorize(np.asarray(labels), np.asarray(palette, dtype=np.uint8))
+
+
+def save_png(image: Image.Image, path) -> Path:
+    """Write a PIL image as PNG, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return path
+
+
+def save_labels(labels: np.ndarray, path) -> Path:
+    """Write a label map as a PNG whose pixel values are the class indices
+    (8-bit up to 256 classes, else 16-bit), atomically."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be an HxW array, got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 65535):
+        raise ValueError(f"labels must be in 0..65535 to be stored as PNG, got [{labels.min()}, {labels.max()}]")
+    dtype = np.uint16 if labels.size and labels.max() > 255 else np.uint8
+    return save_png(Image.fromarray(np.ascontiguousarray(labels, dtype=dtype)), path)
+
+
+def image_grid(rows: list[list[np.ndarray]], gap: int = 4) -> Image.Image:
+    """Tile ``HxWx3`` uint8 arrays into one image: one list per row, white gaps between cells."""
+    if not rows or not all(rows):
+        raise ValueError("image_grid needs at least one non-empty row")
+    cell_h = max(a.shape[0] for row in rows for a in row)
+    cell_w = max(a.shape[1] for row in rows for a in row)
+    ncols = max(len(row) for row in rows)
+    canvas = np.full(
+        (len(rows) * cell_h + (len(rows) - 1) * gap, ncols * cell_w + (ncols - 1) * gap, 3), 255, np.uint8
+    )
+    for r, row in enumerate(rows):
+        for c, a in enumerate(row):
+            y, x = r * (cell_h + gap), c * (cell_w + gap)
+            canvas[y : y + a.shape[0], x : x + a.shape[1]] = load_image(a)
+    return Image.fromarray(canvas)

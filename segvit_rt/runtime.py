@@ -1,0 +1,120 @@
+"""``Runtime(engine).segment(img)``: label maps from a built engine, for images of any size.
+
+Thin on purpose: preprocessing (load, normalise, test-time resize), the engine
+call, and the post-process. Two modes:
+
+* ``"slide"`` (default, the official ADE20K evaluation): the image is resized
+  keeping its aspect ratio so that its short side is the crop size
+  (``inference.test_size``), scored by ``crop``-sized windows every
+  ``slide_stride`` pixels, and the scores are resized back to the original size
+  before the argmax (``inference.predict_labels``).
+* ``"whole"``: engines take a fixed input size, so the image is resized to the
+  crop size (aspect ratio not kept) and run once; the mask logits are
+  upsampled straight to the original size by the post-process
+  (``ops.segment_postprocess``: the fused Triton kernel on CUDA, the reference
+  elsewhere). Faster, less accurate on elongated images.
+
+Images are anything ``images.load_image`` reads: a path, a PIL image, an
+``HxWx3`` uint8 RGB array (grayscale and RGBA converted) or a ``3xHxW`` tensor
+(uint8, or float in [0, 1]). Labels come back as ``HxW`` numpy arrays at the
+original size: uint8 for up to 256 classes, else int32.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import engines, images, ops
+from .inference import MODES, predict_labels, test_size
+from .weights import config_from_metadata
+
+
+class Runtime:
+    """A loaded engine plus everything needed around it (see the module doc).
+
+    ``engine``: an engine directory (from ``python -m segvit_rt.build``).
+    ``device``: where the engine runs (default: the backend's choice).
+    ``mode``: ``"slide"`` or ``"whole"``.
+    """
+
+    def __init__(self, engine, device=None, mode: str = "slide"):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.engine = engines.load_engine(engine, device=device)
+        self.meta = self.engine.meta
+        self.mode = mode
+        self.device = self.engine.device
+        self.cfg = config_from_metadata(self.meta)
+        self.class_names: list[str] = list(self.meta["class_names"])
+        self.palette = np.asarray(self.meta["palette"], dtype=np.uint8)
+        self.crop = self.cfg.crop_size
+        self.stride = self.meta["slide_stride"]
+        self._mean = torch.tensor(self.meta["mean"], dtype=torch.float32, device=self.device).view(3, 1, 1)
+        self._std = torch.tensor(self.meta["std"], dtype=torch.float32, device=self.device).view(3, 1, 1)
+        self._post_impl = _postprocess_impl(self.device)
+
+    def __repr__(self) -> str:
+        return f"Runtime({self.engine!r}, mode={self.mode!r})"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def normalise(self, rgb: np.ndarray) -> torch.Tensor:
+        """``HxWx3`` uint8 -> normalised float32 ``[1, 3, H, W]`` on the engine's device."""
+        x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float()
+        return ((x - self._mean) / self._std)[None]
+
+    @torch.no_grad()
+    def segment(self, img) -> np.ndarray:
+        """``HxW`` class labels of one image, at its original size."""
+        return self.segment_batch([img])[0]
+
+    @torch.no_grad()
+    def segment_batch(self, imgs) -> list[np.ndarray]:
+        """Labels for several images; images of the same size share engine calls."""
+        rgbs = [images.load_image(img) for img in imgs]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, rgb in enumerate(rgbs):
+            by_size.setdefault(rgb.shape[:2], []).append(i)
+        results: list[np.ndarray | None] = [None] * len(rgbs)
+        for (h, w), indices in by_size.items():
+            batch = torch.cat([self.normalise(rgbs[i]) for i in indices])
+            labels = self._predict(batch, (h, w))
+            for i, lab in zip(indices, labels):
+                results[i] = self._to_numpy(lab)
+        return results
+
+    def _predict(self, batch: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        if self.mode == "whole":
+            x = F.interpolate(batch, size=(self.crop, self.crop), mode="bilinear", align_corners=False)
+            cls, masks = self.engine(x)
+            return ops.segment_postprocess(cls, masks, hw, impl=self._post_impl)
+        th, tw = test_size(*hw, self.crop)
+        x = batch if (th, tw) == hw else F.interpolate(batch, size=(th, tw), mode="bilinear", align_corners=False)
+        return predict_labels(self.engine, x, self.crop, self.stride, mode="slide", out_hw=hw)
+
+    def _to_numpy(self, labels: torch.Tensor) -> np.ndarray:
+        dtype = np.uint8 if self.num_classes <= 256 else np.int32
+        return labels.cpu().numpy().astype(dtype)
+
+    def overlay(self, img, labels: np.ndarray, alpha: float = 0.5) -> Image.Image:
+        """The image blended with the class colours of ``labels`` (``alpha`` = colour weight)."""
+        return images.overlay(img, labels, self.palette, alpha)
+
+    def colorize(self, labels: np.ndarray) -> np.ndarray:
+        """``HxW`` labels -> ``HxWx3`` uint8 class colours."""
+        return images.colorize(labels, self.palette)
+
+
+def _postprocess_impl(device: torch.device) -> str:
+    """The fused post-process kernel on CUDA where it imports, the reference elsewhere."""
+    if device.type != "cuda":
+        return "reference"
+    try:
+        from segvit_rt.kernels import segment_postprocess  # noqa: F401
+    except (ImportError, AttributeError):
+        return "reference"
+    return "triton"

@@ -1,0 +1,83 @@
+"""Segment images with a built engine.
+
+``python -m segvit_rt.segment IMG... --engine E --out DIR [--mode slide|whole] [--alpha 0.5]``
+
+For each image ``<stem>.<ext>`` writes ``DIR/<stem>_labels.png`` (pixel value =
+class index; 16-bit past 256 classes) and ``DIR/<stem>_overlay.png`` (the image
+blended with the class colours), each atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .engines import EngineError
+from .images import save_labels, save_png
+from .inference import MODES
+
+
+def output_paths(image: Path, out: Path) -> tuple[Path, Path]:
+    return out / f"{image.stem}_labels.png", out / f"{image.stem}_overlay.png"
+
+
+def check_inputs(paths: list[Path]) -> None:
+    """Fail before any work on missing files, or on two inputs that would write the same outputs."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"image(s) not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    seen: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in seen:
+            raise ValueError(f"{seen[p.stem]} and {p} share the stem {p.stem!r}: their outputs would overwrite each other")
+        seen[p.stem] = p
+
+
+def segment_files(runtime, paths: list[Path], out: Path, alpha: float = 0.5, progress: bool = True) -> list[Path]:
+    """Segment ``paths`` into ``out``; returns the label PNGs written."""
+    check_inputs(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in tqdm(paths, desc="segment", unit="img", disable=not progress):
+        labels = runtime.segment(path)
+        label_png, overlay_png = output_paths(path, out)
+        save_labels(labels, label_png)
+        save_png(runtime.overlay(path, labels, alpha), overlay_png)
+        written.append(label_png)
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m segvit_rt.segment", description=__doc__.split("\n\n")[0])
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--engine", required=True, help="engine directory (python -m segvit_rt.build)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--mode", choices=MODES, default="slide", help="slide (official evaluation) or whole (resize)")
+    p.add_argument("--device", help="cpu or cuda (default: the engine backend's choice)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight in [0, 1]")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> list[Path]:
+    args = build_parser().parse_args(argv)
+    from .runtime import Runtime
+
+    try:
+        if not 0.0 <= args.alpha <= 1.0:
+            raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
+        paths = [Path(p) for p in args.images]
+        check_inputs(paths)
+        runtime = Runtime(args.engine, device=args.device, mode=args.mode)
+        written = segment_files(runtime, paths, Path(args.out), args.alpha, progress=not args.quiet)
+    except (EngineError, ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+    print(f"wrote {len(written)} label maps and overlays to {args.out}")
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""Engine backends, the engine directory format and its checks, and the builder's parity gate."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import segvit_rt
+from engine_helpers import SMALL, sharp_model
+from segvit_rt import engines
+from segvit_rt.build import TOLERANCES, BuildError, Parity, build_engine, check_parity
+from segvit_rt.data import normalize
+from segvit_rt.engines import EngineError, load_engine, read_engine
+from segvit_rt.engines import onnx_backend
+from segvit_rt.engines.graph import LogitsGraph, example_input
+from segvit_rt.io_utils import sha256_file
+from segvit_rt.ops.reference import segment_postprocess
+
+CROP = 128
+
+
+def quiet(_msg):
+    pass
+
+
+def model_outputs(model, x):
+    with torch.no_grad():
+        out = model(x)
+    return out["pred_logits"], out["pred_masks"]
+
+
+def randn(batch, seed=0):
+    return torch.randn(batch, 3, CROP, CROP, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def shrunk():
+    return sharp_model("shrunk")
+
+
+@pytest.fixture(scope="module")
+def onnx_engine(tmp_path_factory, shrunk):
+    """A dynamic-batch fp32 ONNX engine of the shrunk model, batches of at most 4."""
+    return build_engine(shrunk, backend="onnx", precision="fp32", max_batch=4,
+                        out=tmp_path_factory.mktemp("eng") / "onnx_fp32", log=quiet)
+
+
+@pytest.fixture
+def engine_copy(onnx_engine, tmp_path):
+    """A private copy of the engine for tests that damage it."""
+    return shutil.copytree(onnx_engine, tmp_path / "engine")
+
+
+def test_onnx_engine_matches_pytorch_for_any_batch(onnx_engine, shrunk):
+    engine = load_engine(onnx_engine)
+    assert engine.static_batch is None and engine.max_batch == 4 and engine.device.type == "cpu"
+    for batch in (1, 3, 6):  # 6 > max_batch: runs as 4 + 2
+        x = randn(batch, seed=batch)
+        cls, masks = engine(x)
+        ref_cls, ref_masks = model_outputs(shrunk, x)
+        assert cls.shape == ref_cls.shape and masks.shape == ref_masks.shape
+        torch.testing.assert_close(cls, ref_cls, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(masks, ref_masks, atol=1e-4, rtol=1e-4)
+
+
+def test_engine_json_describes_the_engine(onnx_engine, shrunk):
+    meta = json.loads((onnx_engine / "engine.json").read_text())
+    artifact = onnx_engine / "model.onnx"
+    assert meta["format"] == engines.FORMAT and meta["backend"] == "onnx" and meta["artifact"] == "model.onnx"
+    assert meta["sha256"] == sha256_file(artifact) and meta["artifact_bytes"] == artifact.stat().st_size
+    assert meta["precision"] == "fp32" and meta["batch"] is None and meta["max_batch"] == 4
+    assert meta["preset"] == "tiny" and meta["variant"] == "shrunk"
+    assert meta["class_names"] == list(shrunk.cfg.names())
+    assert np.asarray(meta["palette"]).shape == (5, 3)
+    assert meta["input_size"] == [CROP, CROP] and meta["mean"] == list(shrunk.cfg.mean)
+    assert meta["config"]["depth"] == SMALL["depth"]
+    assert meta["versions"]["torch"] == torch.__version__ and meta["versions"]["onnxruntime"]
+    assert meta["opset"] >= 17
+    parity = meta["parity"]
+    assert parity["label_agreement"] >= parity["min_label_agreement"] == 0.995
+    assert parity["class_logits_err"] <= parity["class_logits_tol"]
+    graph = onnx.load(str(artifact))
+    onnx.checker.check_model(graph, full_check=True)
+    assert [i.name for i in graph.graph.input] == ["image"]
+    assert [o.name for o in graph.graph.output] == ["class_logits", "mask_logits"]
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a symbolic (dynamic) batch
+
+
+def test_static_batch_engine_pads_the_last_chunk(tmp_path):
+    model = sharp_model("full", seed=1)
+    out = build_engine(model, backend="onnx", precision="fp32", batch=2, out=tmp_path / "static", log=quiet)
+    dims = onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [2, 3, CROP, CROP]
+    engine = load_engine(out)
+    assert engine.static_batch == 2
+    x = randn(3, seed=5)  # one full chunk and one padded chunk
+    cls, masks = engine(x)
+    ref_cls, ref_masks = model_outputs(model, x)
+    torch.testing.assert_close(cls, ref_cls, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(masks, ref_masks, atol=1e-4, rtol=1e-4)
+
+
+def test_fp16_onnx_engine_is_half_inside_and_close_to_fp32(tmp_path, shrunk):
+    out = build_engine(shrunk, backend="onnx", precision="fp16", out=tmp_path / "fp16", log=quiet)
+    graph = onnx.load(str(out / "model.onnx")).graph
+    weight_types = {init.data_type for init in graph.initializer if len(init.dims) >= 2}
+    assert weight_types == {onnx.TensorProto.FLOAT16}
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O, cast at the edges
+    engine = load_engine(out)
+    x = randn(2, seed=9)
+    cls, masks = engine(x)
+    assert cls.dtype == masks.dtype == torch.float32
+    ref_cls, ref_masks = model_outputs(shrunk, x)
+    tol = TOLERANCES["fp16"]
+    assert (masks - ref_masks).abs().max() <= tol.bound(ref_masks)
+    assert (cls - ref_cls).abs().max() <= tol.bound(ref_cls)
+    agree = (segment_postprocess(cls, masks, (CROP, CROP)) == segment_postprocess(ref_cls, ref_masks, (CROP, CROP)))
+    assert agree.float().mean() >= 0.995
+    assert (masks - ref_masks).abs().max() > 0, "an fp16 graph cannot reproduce fp32 bit for bit"
+
+
+def test_failed_parity_writes_nothing(tmp_path, shrunk, monkeypatch):
+    """An exporter that gets the weights wrong must not produce an engine."""
+    real_export = onnx_backend.export
+
+    def wrong_weights_export(graph, example, path, **kw):
+        with torch.no_grad():
+            graph.model.decode_head.class_embed.bias.add_(3.0 * torch.arange(6.0))
+        return real_export(graph, example, path, **kw)
+
+    monkeypatch.setattr(onnx_backend, "export", wrong_weights_export)
+    out = tmp_path / "engine"
+    with pytest.raises(BuildError, match="does not match the PyTorch model"):
+        build_engine(shrunk, backend="onnx", precision="fp32", out=out, log=quiet)
+    assert list(tmp_path.iterdir()) == [], "neither the engine nor a temporary directory may remain"
+
+
+def test_a_crashed_build_keeps_the_previous_engine(tmp_path, shrunk, onnx_engine, monkeypatch):
+    def crash_midway(graph, example, path, **kw):
+        path.write_bytes(b"half an artifact")
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(onnx_backend, "export", crash_midway)
+    old = shutil.copytree(onnx_engine, tmp_path / "engine")
+    before = sha256_file(old / "model.onnx")
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        build_engine(shrunk, backend="onnx", precision="fp32", out=old, log=quiet)
+    assert sha256_file(old / "model.onnx") == before
+    read_engine(old)  # still whole and valid
+    assert [p.name for p in tmp_path.iterdir()] == ["engine"], "no temporary directories left behind"
+
+
+def test_check_parity_measures_both_logits_and_labels(shrunk):
+    class Echo:
+        """A stand-in engine: the model itself, with chosen offsets added to its outputs."""
+
+        device = torch.device("cpu")
+
+        def __init__(self, cls_offset=0.0, mask_offset=0.0):
+            self.cls_offset, self.mask_offset = cls_offset, mask_offset
+
+        def __call__(self, x):
+            cls, masks = model_outputs(shrunk, x)
+            return cls + self.cls_offset, masks + self.mask_offset
+
+    exact = check_parity(Echo(), shrunk, "fp32", batch=2)
+    assert exact.ok and exact.label_agreement == 1.0 and exact.mask_logits_err == 0.0
+    assert "labels agree" in str(exact) and isinstance(exact, Parity)
+    shifted = check_parity(Echo(mask_offset=torch.linspace(-8, 8, 8).view(1, 1, 1, 8)), shrunk, "fp32", batch=2)
+    assert not shifted.ok and shifted.label_agreement < 0.995 and shifted.mask_logits_err > 1
+    # A constant added to every class logit leaves the softmax, so the labels, unchanged:
+    # only the logit tolerance can catch it, and fp16's is wider than fp32's.
+    ref_cls, _ = model_outputs(shrunk, example_input(shrunk.cfg, 1, "cpu", seed=1))
+    offset = TOLERANCES["fp16"].bound(ref_cls) / 2
+    assert offset > 10 * TOLERANCES["fp32"].bound(ref_cls)
+    fp16 = check_parity(Echo(cls_offset=offset), shrunk, "fp16", batch=1)
+    assert fp16.ok and fp16.label_agreement == 1.0
+    fp32 = check_parity(Echo(cls_offset=offset), shrunk, "fp32", batch=1)
+    assert not fp32.ok and fp32.label_agreement == 1.0 and fp32.class_logits_err > fp32.class_logits_tol
+
+
+# ------------------------------------------------------------------ engine checks
+
+
+def test_refuses_a_directory_without_engine_json(engine_copy):
+    (engine_copy / "engine.json").unlink()
+    with pytest.raises(EngineError, match="engine.json is missing"):
+        load_engine(engine_copy)
+    with pytest.raises(EngineError, match="not a directory"):
+        load_engine(engine_copy / "nowhere")
+
+
+def test_refuses_corrupt_and_truncated_artifacts(engine_copy):
+    artifact = engine_copy / "model.onnx"
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    with pytest.raises(EngineError, match="sha256"):
+        load_engine(engine_copy)
+    artifact.write_bytes(bytes(data[: len(data) // 3]))
+    with pytest.raises(EngineError, match="truncated"):
+        load_engine(engine_copy)
+    artifact.unlink()
+    with pytest.raises(EngineError, match="model.onnx is missing"):
+        load_engine(engine_copy)
+
+
+def edit_meta(engine_dir, **changes):
+    path = engine_dir / "engine.json"
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    path.write_text(json.dumps(meta))
+    return meta
+
+
+def test_refuses_unknown_format_backend_and_bad_json(engine_copy):
+    edit_meta(engine_copy, format="segvit_rt.engine/99")
+    with pytest.raises(EngineError, match="unknown engine format"):
+        load_engine(engine_copy)
+    edit_meta(engine_copy, format=engines.FORMAT, backend="openvino")
+    with pytest.raises(EngineError, match="unknown backend 'openvino'"):
+        load_engine(engine_copy)
+    edit_meta(engine_copy, backend="onnx", artifact="../model.onnx")
+    with pytest.raises(EngineError, match="inside the engine"):
+        load_engine(engine_copy)
+    (engine_copy / "engine.json").write_text("{ not json")
+    with pytest.raises(EngineError, match="not readable JSON"):
+        load_engine(engine_copy)
+
+
+def test_an_unloadable_artifact_is_reported_by_name(engine_copy):
+    artifact = engine_copy / "model.onnx"
+    artifact.write_bytes(b"\x08\x07garbage that is not a protobuf graph")
+    edit_meta(engine_copy, sha256=sha256_file(artifact), artifact_bytes=artifact.stat().st_size)
+    with pytest.raises(EngineError, match="cannot load .*model.onnx"):
+        load_engine(engine_copy)
+
+
+def test_engine_rejects_wrong_input(onnx_engine):
+    engine = load_engine(onnx_engine)
+    with pytest.raises(ValueError, match=r"\[B, 3, 128, 128\]"):
+        engine(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(TypeError, match="float32"):
+        engine(torch.zeros(1, 3, CROP, CROP, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------ backend choice
+
+
+def test_auto_backend_choices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert engines.auto_backend()[0] == "onnx"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # "import tensorrt" raises ImportError
+    name, why = engines.auto_backend()
+    assert name == "aoti" and "tensorrt does not import" in why
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    assert engines.auto_backend()[0] == "tensorrt"
+
+
+def test_tensorrt_without_tensorrt_is_a_clear_error(monkeypatch, shrunk, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(EngineError, match="needs the tensorrt package"):
+        build_engine(shrunk, backend="tensorrt", device="cuda", out=tmp_path / "trt", log=quiet)
+    assert not (tmp_path / "trt").exists()
+
+
+def test_bad_build_arguments(shrunk, tmp_path):
+    with pytest.raises(EngineError, match="unknown backend"):
+        build_engine(shrunk, backend="tvm", out=tmp_path / "x", log=quiet)
+    with pytest.raises(EngineError, match="fp16 aoti engines need CUDA"):
+        build_engine(shrunk, backend="aoti", precision="fp16", device="cpu", out=tmp_path / "x", log=quiet)
+    with pytest.raises(EngineError, match="precision"):
+        build_engine(shrunk, backend="onnx", precision="int8", out=tmp_path / "x", log=quiet)
+    with pytest.raises(EngineError, match="batch"):
+        build_engine(shrunk, backend="onnx", batch=0, out=tmp_path / "x", log=quiet)
+    with pytest.raises(EngineError, match="Triton kernels compile only into aoti engines on CUDA"):
+        build_engine(shrunk, backend="onnx", kernels="triton", out=tmp_path / "x", log=quiet)
+    assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------ aoti
+
+
+@pytest.mark.slow
+def test_aoti_cpu_engine_matches_and_checks_its_torch_version(tmp_path, shrunk):
+    out = build_engine(shrunk, backend="aoti", precision="fp32", device="cpu", max_batch=4,
+                       out=tmp_path / "aoti", log=quiet)
+    meta = read_engine(out)
+    assert meta["artifact"] == "model.pt2" and meta["device"] == "cpu" and meta["kernels"] == "reference"
+    engine = load_engine(out)
+    for batch in (1, 5):
+        x = randn(batch, seed=20 + batch)
+        cls, masks = engine(x)
+        ref_cls, ref_masks = model_outputs(shrunk, x)
+        torch.testing.assert_close(cls, ref_cls, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(masks, ref_masks, atol=1e-4, rtol=1e-4)
+    edit_meta(out, versions={**meta["versions"], "torch": "2.0.1"})
+    with pytest.raises(EngineError, match="torch 2.0.1 .* only in the torch release that built them"):
+        load_engine(out)
+    edit_meta(out, versions=meta["versions"], device="cuda")
+    with pytest.raises(EngineError, match="compiled for cuda"):
+        load_engine(out, device="cpu")
+
+
+@pytest.mark.gpu
+def test_aoti_cuda_fp16_engine_keeps_the_triton_ops(tmp_path):
+    model = sharp_model("shrunk").cuda()
+    graph = LogitsGraph(sharp_model("shrunk").cuda().half().set_kernels("triton"), "fp16").eval()
+    program = torch.export.export(graph, (example_input(model.cfg, 2, "cuda"),))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert any("segvit_rt" in t for t in targets), f"no segvit_rt custom op survived export: {sorted(targets)[:20]}"
+    out = build_engine(model, backend="aoti", precision="fp16", batch=2, out=tmp_path / "aoti16", log=quiet)
+    meta = read_engine(out)
+    assert meta["kernels"] == "triton" and meta["device"] == "cuda" and meta["parity"]["label_agreement"] >= 0.995
+    engine = load_engine(out)
+    x = randn(3, seed=3).cuda()
+    cls, masks = engine(x)
+    ref_cls, ref_masks = model_outputs(model, x)
+    assert (masks - ref_masks).abs().max() <= TOLERANCES["fp16"].bound(ref_masks)
+    # The runtime's whole mode post-processes with the fused kernel on CUDA.
+    runtime = segvit_rt.Runtime(out, mode="whole")
+    assert runtime._post_impl == "triton"
+    img = np.random.default_rng(0).integers(0, 256, size=(100, 150, 3), dtype=np.uint8)
+    x = torch.nn.functional.interpolate(normalize(img, model.cfg.mean, model.cfg.std)[None].cuda(), size=(CROP, CROP),
+                                        mode="bilinear", align_corners=False)
+    ref_cls, ref_masks = model_outputs(model, x)
+    expected = segment_postprocess(ref_cls, ref_masks, (100, 150))[0].cpu().numpy()
+    assert (runtime.segment(img) == expected).mean() >= 0.99
+
+
+_DYNAMIC_AOTI_SCRIPT = """
+import sys
+import torch
+sys.path.insert(0, {tests!r})
+from engine_helpers import sharp_model
+from segvit_rt.build import build_engine
+from segvit_rt.engines import load_engine
+model = sharp_model("shrunk").cuda()
+out = build_engine(model, backend="aoti", precision="fp16", kernels="reference", max_batch=8, out={out!r})
+engine = load_engine(out)
+for batch in (1, 3, 11):
+    cls, masks = engine(torch.randn(batch, 3, 128, 128, device="cuda"))
+    assert cls.shape[0] == masks.shape[0] == batch
+print("dynamic aoti ok")
+"""
+
+
+@pytest.mark.gpu
+def test_aoti_cuda_dynamic_batch_engine_in_a_subprocess(tmp_path):
+    """A dynamic-batch CUDA package once crashed the loader (SIGSEGV in aoti_load_package, torch 2.11):
+    run it in a child process so a crash fails this test instead of killing the session."""
+    tests = str(Path(__file__).resolve().parent)
+    script = _DYNAMIC_AOTI_SCRIPT.format(tests=tests, out=str(tmp_path / "aoti_dyn"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tests).parent), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", script], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert run.returncode == 0 and "dynamic aoti ok" in run.stdout, (
+        f"exit status {run.returncode}\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"
+    )

@@ -1,0 +1,133 @@
+"""Image loading (every accepted input kind, conversions, clear errors) and label/overlay output."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segvit_rt.images import colorize, image_grid, load_image, overlay, save_labels
+
+
+@pytest.fixture
+def rgb():
+    return np.random.default_rng(0).integers(0, 256, size=(12, 17, 3), dtype=np.uint8)
+
+
+def test_rgb_array_is_returned_as_a_copy(rgb):
+    out = load_image(rgb)
+    assert out.dtype == np.uint8 and out.shape == (12, 17, 3)
+    np.testing.assert_array_equal(out, rgb)
+    out[0, 0] = rgb[0, 0] + 1
+    assert (out[0, 0] != rgb[0, 0]).any(), "load_image must not alias the caller's array"
+    assert out.flags.writeable
+
+
+def test_png_path_and_pil_image(rgb, tmp_path):
+    path = tmp_path / "a.png"
+    Image.fromarray(rgb).save(path)
+    np.testing.assert_array_equal(load_image(path), rgb)
+    np.testing.assert_array_equal(load_image(str(path)), rgb)
+    np.testing.assert_array_equal(load_image(Image.fromarray(rgb)), rgb)
+
+
+def test_grayscale_is_replicated(rgb):
+    gray = rgb[..., 0]
+    for src in (gray, gray[..., None], Image.fromarray(gray), torch.from_numpy(gray), torch.from_numpy(gray)[None]):
+        out = load_image(src)
+        assert out.shape == (12, 17, 3)
+        for c in range(3):
+            np.testing.assert_array_equal(out[..., c], gray)
+
+
+def test_alpha_is_dropped(rgb):
+    alpha = np.full((12, 17, 1), 7, np.uint8)
+    rgba = np.concatenate([rgb, alpha], axis=2)
+    np.testing.assert_array_equal(load_image(rgba), rgb)
+    np.testing.assert_array_equal(load_image(Image.fromarray(rgba, mode="RGBA")), rgb)
+    np.testing.assert_array_equal(load_image(torch.from_numpy(rgba).permute(2, 0, 1)), rgb)
+
+
+def test_palette_and_16_bit_images(rgb, tmp_path):
+    pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    np.testing.assert_array_equal(load_image(pal), np.asarray(pal.convert("RGB")))
+    wide = (np.arange(12 * 17, dtype=np.uint16).reshape(12, 17) * 300)
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    out = load_image(path)
+    np.testing.assert_array_equal(out[..., 0], ((wide.astype(np.int64) + 128) // 257).astype(np.uint8))
+
+
+def test_tensors_are_channels_first(rgb):
+    chw = torch.from_numpy(rgb).permute(2, 0, 1)
+    np.testing.assert_array_equal(load_image(chw), rgb)
+    np.testing.assert_array_equal(load_image(chw.float() / 255.0), rgb)
+    with pytest.raises(ValueError, match="channels first"):
+        load_image(torch.from_numpy(rgb))  # HxWx3 tensor: 12 rows is not a channel count
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        load_image(chw.float())
+    with pytest.raises(TypeError, match="uint8"):
+        load_image(chw.long())
+
+
+def test_bad_arrays_and_types(rgb):
+    with pytest.raises(TypeError, match="uint8"):
+        load_image(rgb.astype(np.float32) / 255)
+    with pytest.raises(ValueError, match="HxWx3"):
+        load_image(rgb[..., :2])
+    with pytest.raises(ValueError, match="empty"):
+        load_image(np.zeros((0, 4, 3), np.uint8))
+    with pytest.raises(TypeError, match="list"):
+        load_image([[1, 2, 3]])
+
+
+def test_unreadable_files_name_the_path(tmp_path, rgb):
+    missing = tmp_path / "nope.jpg"
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        load_image(missing)
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match="garbage.png"):
+        load_image(garbage)
+    good = tmp_path / "cut.png"
+    Image.fromarray(rgb).save(good)
+    cut = tmp_path / "cut_short.png"
+    cut.write_bytes(good.read_bytes()[:60])
+    with pytest.raises(ValueError, match="cut_short.png"):
+        load_image(cut)
+
+
+def test_overlay_blends_with_class_colours(rgb):
+    labels = np.zeros((12, 17), np.int64)
+    labels[:, 8:] = 1
+    pal = np.array([[255, 0, 0], [0, 0, 255]], np.uint8)
+    np.testing.assert_array_equal(np.asarray(overlay(rgb, labels, pal, alpha=0.0)), rgb)
+    np.testing.assert_array_equal(np.asarray(overlay(rgb, labels, pal, alpha=1.0)), colorize(labels, pal))
+    half = np.asarray(overlay(rgb, labels, pal, alpha=0.5)).astype(int)
+    expected = (rgb.astype(float) + colorize(labels, pal)) / 2
+    assert np.abs(half - expected).max() <= 0.5 + 1e-9
+    with pytest.raises(ValueError, match="do not match"):
+        overlay(rgb, labels[:5], pal)
+    with pytest.raises(ValueError, match="alpha"):
+        overlay(rgb, labels, pal, alpha=1.5)
+
+
+def test_save_labels_round_trip_8_and_16_bit(tmp_path):
+    small = np.random.default_rng(1).integers(0, 150, size=(9, 11))
+    save_labels(small, tmp_path / "small.png")
+    back = np.asarray(Image.open(tmp_path / "small.png"))
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, small)
+    big = np.random.default_rng(2).integers(0, 1000, size=(9, 11))
+    save_labels(big, tmp_path / "big.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "big.png")).astype(np.int64), big)
+    with pytest.raises(ValueError, match="0..65535"):
+        save_labels(-small, tmp_path / "neg.png")
+    assert not (tmp_path / "neg.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png", "small.png"], "no temporary files left"
+
+
+def test_image_grid_layout(rgb):
+    grid = np.asarray(image_grid([[rgb, rgb], [rgb[:5]]], gap=2))
+    assert grid.shape == (2 * 12 + 2, 2 * 17 + 2, 3)
+    np.testing.assert_array_equal(grid[:12, :17], rgb)
+    np.testing.assert_array_equal(grid[14:19, :17], rgb[:5])
+    assert (grid[14:, 19:] == 255).all()  # the missing cell stays blank

@@ -1,0 +1,157 @@
+"""``segvit_rt.Runtime`` and ``python -m segvit_rt.segment`` against the PyTorch model they were built from."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import segvit_rt
+from engine_helpers import sharp_model
+from segvit_rt import segment
+from segvit_rt.build import build_engine
+from segvit_rt.data import normalize
+from segvit_rt.engines import EngineError
+from segvit_rt.evaluate import predict_image
+from segvit_rt.inference import model_logits_fn
+from segvit_rt.ops.reference import segment_postprocess
+
+
+@pytest.fixture(scope="module")
+def model():
+    return sharp_model("shrunk")
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tmp_path_factory, model):
+    return build_engine(model, backend="onnx", precision="fp32", max_batch=4,
+                        out=tmp_path_factory.mktemp("rt") / "engine", log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def runtime(engine_dir):
+    return segvit_rt.Runtime(engine_dir)
+
+
+def image(h, w, seed=0):
+    """Blocky colour regions plus noise: a texture the sharpened model splits into several classes."""
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    big = np.asarray(Image.fromarray(cells).resize((w, h), Image.NEAREST)).astype(np.int16)
+    return np.clip(big + rng.integers(-20, 21, size=big.shape), 0, 255).astype(np.uint8)
+
+
+def pytorch_labels(model, img, mode="slide"):
+    x = normalize(img, model.cfg.mean, model.cfg.std)[None]
+    with torch.no_grad():
+        return predict_image(model_logits_fn(model), x, model.cfg.crop_size, model.cfg.slide_stride, mode)[0].numpy()
+
+
+@pytest.mark.parametrize("hw", [(160, 160), (96, 300), (50, 70), (257, 131)])
+def test_slide_mode_matches_the_pytorch_evaluation(runtime, model, hw):
+    img = image(*hw, seed=hw[0])
+    labels = runtime.segment(img)
+    assert labels.shape == hw and labels.dtype == np.uint8
+    expected = pytorch_labels(model, img)
+    assert len(np.unique(expected)) >= 2, "the comparison needs a label map with boundaries"
+    assert (labels == expected).mean() >= 0.999
+
+
+def test_whole_mode_resizes_to_the_engine_input(engine_dir, model):
+    runtime = segvit_rt.Runtime(engine_dir, mode="whole")
+    img = image(90, 200, seed=3)
+    labels = runtime.segment(img)
+    x = normalize(img, model.cfg.mean, model.cfg.std)[None]
+    x = F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        out = model(x)
+    expected = segment_postprocess(out["pred_logits"], out["pred_masks"], (90, 200))[0].numpy()
+    assert labels.shape == (90, 200) and len(np.unique(expected)) >= 2
+    assert (labels == expected).mean() >= 0.999
+
+
+def test_every_input_kind_gives_the_same_labels(runtime, tmp_path):
+    img = image(120, 140, seed=7)
+    path = tmp_path / "img.png"
+    Image.fromarray(img).save(path)
+    rgba = np.concatenate([img, np.full((120, 140, 1), 255, np.uint8)], axis=2)
+    chw = torch.from_numpy(img).permute(2, 0, 1)
+    reference = runtime.segment(img)
+    for src in (path, str(path), Image.fromarray(img), rgba, chw, chw.float() / 255):
+        np.testing.assert_array_equal(runtime.segment(src), reference)
+
+
+def test_grayscale_input(runtime):
+    gray = image(100, 100, seed=2)[..., 0]
+    np.testing.assert_array_equal(runtime.segment(gray), runtime.segment(np.repeat(gray[..., None], 3, axis=2)))
+
+
+def test_segment_batch_equals_one_by_one(runtime):
+    imgs = [image(130, 130, seed=1), image(64, 200, seed=2), image(130, 130, seed=3)]
+    batch = runtime.segment_batch(imgs)
+    assert [b.shape for b in batch] == [(130, 130), (64, 200), (130, 130)]
+    for got, img in zip(batch, imgs):
+        np.testing.assert_array_equal(got, runtime.segment(img))
+
+
+def test_overlay_and_metadata(runtime):
+    img = image(60, 80)
+    labels = runtime.segment(img)
+    over = runtime.overlay(img, labels, alpha=0.0)
+    assert isinstance(over, Image.Image) and over.size == (80, 60)
+    np.testing.assert_array_equal(np.asarray(over), img)
+    colours = np.asarray(runtime.overlay(img, labels, alpha=1.0))
+    np.testing.assert_array_equal(colours, runtime.palette[labels])
+    assert runtime.class_names == list(sharp_model("shrunk").cfg.names()) and runtime.palette.shape == (5, 3)
+
+
+def test_bad_inputs_are_clear_errors(runtime, engine_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        runtime.segment(tmp_path / "missing.jpg")
+    with pytest.raises(ValueError, match="HxWx3"):
+        runtime.segment(np.zeros((10, 10, 2), np.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        runtime.segment(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(ValueError, match="mode"):
+        segvit_rt.Runtime(engine_dir, mode="tiles")
+    broken = shutil.copytree(engine_dir, tmp_path / "broken")
+    (broken / "model.onnx").write_bytes((broken / "model.onnx").read_bytes()[:1000])
+    with pytest.raises(EngineError, match="truncated"):
+        segvit_rt.Runtime(broken)
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_segment_cli_writes_labels_and_overlays(runtime, engine_dir, tmp_path, capsys):
+    paths = []
+    for i, hw in enumerate([(100, 120), (140, 90)]):
+        paths.append(tmp_path / f"photo{i}.png")
+        Image.fromarray(image(*hw, seed=10 + i)).save(paths[-1])
+    out = tmp_path / "out"
+    segment.main([*map(str, paths), "--engine", str(engine_dir), "--out", str(out), "--quiet"])
+    assert "wrote 2 label maps" in capsys.readouterr().out
+    for p in paths:
+        labels = np.asarray(Image.open(out / f"{p.stem}_labels.png"))
+        np.testing.assert_array_equal(labels, runtime.segment(p))
+        overlay = Image.open(out / f"{p.stem}_overlay.png")
+        assert overlay.size == Image.open(p).size and overlay.mode == "RGB"
+
+
+def test_segment_cli_errors(engine_dir, tmp_path, capsys):
+    a = tmp_path / "a" / "same.png"
+    b = tmp_path / "b" / "same.png"
+    for p in (a, b):
+        p.parent.mkdir()
+        Image.fromarray(image(40, 40)).save(p)
+    with pytest.raises(SystemExit) as exc:
+        segment.main([str(a), str(b), "--engine", str(engine_dir), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "share the stem 'same'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        segment.main([str(tmp_path / "gone.png"), "--engine", str(engine_dir), "--out", str(tmp_path / "o")])
+    assert "gone.png" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        segment.main([str(a), "--engine", str(tmp_path / "no_engine"), "--out", str(tmp_path / "o")])
+    assert "no_engine" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
