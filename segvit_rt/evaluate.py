@@ -1,0 +1,146 @@
+"""Evaluate a SegViT model: mIoU, aAcc, mAcc and per-class IoU on a dataset split.
+
+``python -m segvit_rt.evaluate --weights W --data ROOT [--split validation] [--mode slide|whole]``
+
+As the official evaluation: each image is resized keeping its aspect ratio
+(``inference.test_size``), predicted whole or by sliding ``crop`` windows every
+``stride`` pixels, and the scores are resized back to the original size before
+the argmax, so the metrics are computed against the original labels.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import EvalTransform, open_dataset
+from .inference import MODES, model_logits_fn, predict_labels, test_size
+from .metrics import ConfusionMatrix, chance_levels
+from .training.distributed import all_reduce_sum_, pick_device
+from .training.logs import write_json
+from .weights import WeightsError, load_weights
+
+
+def use_interpreter_on_cpu(kernels: str, device: torch.device) -> None:
+    """Triton kernels on a CPU device run in Triton's interpreter, which must be switched on
+    before triton is first imported (``segvit_rt.kernels`` imports it lazily)."""
+    if kernels == "triton" and device.type == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def predict_image(logits_fn, image: torch.Tensor, crop: int, stride: int, mode: str = "slide") -> torch.Tensor:
+    """Labels [B, H, W] for a normalised batch [B, 3, H, W] at its own size (test-time resize inside)."""
+    h, w = image.shape[-2:]
+    th, tw = test_size(h, w, crop)
+    resized = image if (th, tw) == (h, w) else F.interpolate(image, size=(th, tw), mode="bilinear",
+                                                            align_corners=False)
+    return predict_labels(logits_fn, resized, crop, stride, mode=mode, out_hw=(h, w))
+
+
+@torch.no_grad()
+def evaluate_model(
+    model,
+    dataset,
+    mode: str = "slide",
+    crop: int | None = None,
+    stride: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = False,
+) -> dict:
+    """Metrics of ``model`` on ``dataset`` (samples: normalised image [3, H, W], labels [H, W]).
+
+    Under data parallelism each replica takes every ``world_size``-th image and
+    the confusion matrices are summed, so every replica returns the whole
+    split's metrics. Also returns ``chance`` (see ``metrics.chance_levels``).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    cfg = model.cfg
+    if dataset.num_classes != cfg.num_classes:
+        raise ValueError(f"the dataset has {dataset.num_classes} classes, the model {cfg.num_classes}")
+    crop = crop or cfg.crop_size
+    stride = stride or cfg.slide_stride
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    confusion = ConfusionMatrix(cfg.num_classes, device=device)
+    logits_fn = model_logits_fn(model)
+    amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    indices = range(rank, len(dataset), world_size)
+    for i in tqdm(indices, desc=f"eval ({mode})", unit="img", disable=not progress, leave=False):
+        image, label = dataset[i]
+        with amp:
+            pred = predict_image(logits_fn, image[None].to(device), crop, stride, mode)
+        confusion.update(pred[0], label.to(device))
+    model.train(was_training)
+    all_reduce_sum_(confusion.mat)
+    metrics = confusion.compute()
+    return {**metrics, "chance": chance_levels(confusion.mat.sum(1)), "images": len(dataset),
+            "mode": mode, "crop": crop, "stride": stride}
+
+
+def format_table(metrics: dict, class_names) -> str:
+    """Per-class IoU / Acc table and the summary line, in percent."""
+    def pct(v):
+        return "   -  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}"
+
+    width = max([len("class")] + [len(n) for n in class_names])
+    lines = [f"{'class':<{width}}    IoU    Acc"]
+    lines += [f"{name:<{width}} {pct(iou)} {pct(acc)}"
+              for name, iou, acc in zip(class_names, metrics["IoU"], metrics["Acc"])]
+    chance = metrics.get("chance", {})
+    lines.append(f"mIoU {pct(metrics['mIoU'])}  aAcc {pct(metrics['aAcc'])}  mAcc {pct(metrics['mAcc'])}  "
+                 f"({metrics['images']} images, {metrics['mode']}, crop {metrics['crop']}, stride {metrics['stride']})")
+    if chance:
+        lines.append(f"chance: constant mIoU {pct(chance['constant_mIoU'])}, random mIoU {pct(chance['random_mIoU'])}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m segvit_rt.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", required=True, help="a segvit_rt .safetensors weights file")
+    p.add_argument("--data", required=True, help="dataset root (ADE20K layout or images/ + masks/)")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--mode", choices=MODES, default="slide")
+    p.add_argument("--crop", type=int, help="window size (default: the model's crop size)")
+    p.add_argument("--stride", type=int, help="window stride (default: the preset's slide stride)")
+    p.add_argument("--kernels", choices=("reference", "triton"), default="reference")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    try:
+        device = pick_device(args.device)
+        use_interpreter_on_cpu(args.kernels, device)
+        model = load_weights(args.weights, kernels=args.kernels).to(device)
+        cfg = model.cfg
+        dataset = open_dataset(args.data, args.split, transform=EvalTransform(cfg.mean, cfg.std))
+        metrics = evaluate_model(model, dataset, args.mode, args.crop, args.stride, progress=not args.quiet)
+    except (WeightsError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+    if tuple(dataset.classes) != tuple(cfg.names()):
+        print(f"warning: the dataset's class names differ from the weights' ({list(dataset.classes)[:5]} ... vs "
+              f"{list(cfg.names())[:5]} ...); the table uses the weights' names", file=sys.stderr)
+    metrics = {**metrics, "weights": str(args.weights), "data": str(args.data), "split": args.split,
+               "class_names": list(cfg.names())}
+    print(format_table(metrics, cfg.names()))
+    if args.json:
+        write_json(args.json, metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""Train SegViT on a segmentation dataset.
+
+``python -m segvit_rt.train --data ROOT --preset tiny --variant shrunk --out runs/x``
+
+On several processes: ``torchrun --nproc_per_node N -m segvit_rt.train ...``
+(DDP: NCCL on CUDA, gloo on CPU). ``--batch`` is the global batch, split evenly
+over the processes, so a run gives the same batches, and the same losses, on
+any number of processes. Only rank 0 writes.
+
+OUT receives ``log.jsonl`` (one record per logged step and per evaluation),
+``checkpoint.pt`` (full state every ``--ckpt-every`` steps; ``--resume``
+continues from it exactly), ``weights.safetensors`` (final weights and their
+metadata, for ``segvit_rt.weights.load_weights``), ``curves.png`` (loss and
+mIoU) and ``summary.json`` (final metrics).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .config import PRESETS, VARIANTS, get_config
+from .data import DatasetError, EvalTransform, TrainTransform, open_dataset
+from .evaluate import evaluate_model, use_interpreter_on_cpu
+from .inference import MODES
+from .models import SegViT
+from .training.checkpoint import CheckpointError, load_checkpoint, restore, rng_state, save_checkpoint
+from .training.distributed import (
+    DistInfo, all_reduce_mean, cleanup, gather_objects, init_distributed, replica_digests,
+)
+from .training.logs import JsonlLog, plot_curves, write_json
+from .training.losses import ATMLoss
+from .training.optim import make_optimizer, make_scheduler
+from .training.sampler import ResumableSampler
+from .weights import WeightsError, import_official_segvit, import_timm_vit, save_weights
+
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "weights.safetensors"
+
+# The official SegViT schedule (160k iterations, batch 16, AdamW 2e-5, 1500 warm-up steps)...
+DEFAULTS = dict(iters=160_000, batch=16, lr=2e-5, warmup=1500, eval_every=16_000, ckpt_every=4000)
+# ...and what trains the tiny preset from scratch on the synthetic data in minutes on 2 CPU cores.
+PRESET_DEFAULTS = {"tiny": dict(iters=3000, batch=8, lr=3e-4, warmup=100, eval_every=500, ckpt_every=500)}
+
+# Arguments a resumed run must share with the run it continues.
+RUN_DEFINING = ("preset", "variant", "iters", "batch", "lr", "weight_decay", "head_lr_mult", "warmup",
+                "clip_grad", "crop", "stride", "dropout", "seed", "amp", "init", "init_format")
+
+
+class UsageError(ValueError):
+    """Arguments that cannot work together."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m segvit_rt.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="dataset root (ADE20K layout or images/ + masks/ + classes.txt)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    p.add_argument("--variant", default="full", choices=VARIANTS)
+    p.add_argument("--iters", type=int, help="optimizer steps (default: per preset, 160000 for the paper's)")
+    p.add_argument("--batch", type=int, help="global batch size, split over the processes")
+    p.add_argument("--lr", type=float, help="backbone learning rate (the head's is --head-lr-mult times it)")
+    p.add_argument("--head-lr-mult", type=float, default=10.0)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup", type=int, help="linear warm-up steps")
+    p.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    p.add_argument("--crop", type=int, help="training crop (default: the preset's)")
+    p.add_argument("--stride", type=int, help="sliding-window eval stride (default: the preset's, scaled to --crop)")
+    p.add_argument("--dropout", type=float, help="decoder dropout (default: the preset's)")
+    p.add_argument("--kernels", choices=("reference", "triton"), default="reference")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
+                   help="mixed precision on CUDA (auto: bf16 where supported, else fp16; none on CPU)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="data-loading processes per training process")
+    p.add_argument("--mode", choices=MODES, default="slide", help="evaluation inference mode")
+    p.add_argument("--eval-every", type=int, help="evaluate every K steps (0: only at the end)")
+    p.add_argument("--ckpt-every", type=int, help="checkpoint every K steps (and at the end)")
+    p.add_argument("--log-every", type=int, default=10, help="log the mean loss every K steps")
+    p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
+    p.add_argument("--init", help="initial weights: a timm ViT or an official SegViT checkpoint")
+    p.add_argument("--init-format", choices=("timm", "official"), default="timm")
+    p.add_argument("--weights-dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+                   help="storage dtype of the final weights file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the arguments left unset from the preset's defaults (and check them)."""
+    preset = PRESETS[args.preset]
+    for key, value in {**DEFAULTS, **PRESET_DEFAULTS.get(args.preset, {})}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.crop is None:
+        args.crop = preset.crop_size
+    if args.stride is None:
+        args.stride = max(1, round(args.crop * preset.slide_stride / preset.crop_size))
+    if args.dropout is None:
+        args.dropout = preset.decoder_dropout
+    for key in ("iters", "batch", "crop", "stride", "log_every"):
+        if getattr(args, key) < 1:
+            raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    for key in ("eval_every", "ckpt_every", "warmup", "workers"):
+        if getattr(args, key) < 0:
+            raise UsageError(f"--{key.replace('_', '-')} must be >= 0, got {getattr(args, key)}")
+    return args
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if device.type != "cuda":
+        raise UsageError(f"--amp {amp} needs a CUDA device; use --amp none (or auto) on {device.type}")
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def check_same_run(saved: dict, args: argparse.Namespace) -> None:
+    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}"
+               for k in RUN_DEFINING if saved.get(k) != getattr(args, k)]
+    if changed:
+        raise UsageError("--resume must continue the same run; these arguments differ from the checkpoint's: "
+                         + ", ".join(changed))
+
+
+def load_init(model: SegViT, path: str, fmt: str, info: DistInfo) -> None:
+    importer = import_timm_vit if fmt == "timm" else import_official_segvit
+    report = importer(model, path)
+    if info.is_main:
+        print(f"--init {path} ({fmt}): {report}", file=sys.stderr)
+
+
+def open_datasets(args):
+    preset = PRESETS[args.preset]
+    train = open_dataset(args.data, "training", seed=args.seed,
+                         transform=TrainTransform(args.crop, preset.mean, preset.std))
+    val = open_dataset(args.data, "validation", transform=EvalTransform(preset.mean, preset.std))
+    if tuple(train.classes) != tuple(val.classes):
+        raise DatasetError(f"{args.data}: the training and validation splits list different classes")
+    if len(train) < args.batch:
+        raise UsageError(f"the training split has {len(train)} images, fewer than one batch (--batch {args.batch})")
+    return train, val
+
+
+def synth_metadata(dataset) -> dict | None:
+    """The synthetic generator's arguments, when the dataset was made by ``segvit_rt.data.synth``."""
+    path = Path(getattr(dataset, "root", "")) / "synth.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def previous_state(args) -> dict | None:
+    """The checkpoint to continue from with ``--resume``; without it, refuse to overwrite a run."""
+    path = Path(args.out) / CHECKPOINT
+    if args.resume:
+        state = load_checkpoint(path)
+        check_same_run(state["args"], args)
+        return state
+    if path.exists():
+        raise UsageError(f"{args.out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
+                         "or choose another --out")
+    return None
+
+
+class Trainer:
+    """One process's share of a (possibly data-parallel) training run."""
+
+    def __init__(self, args: argparse.Namespace, info: DistInfo):
+        self.args, self.info = args, info
+        self.out = Path(args.out)
+        self.device = info.device
+        if args.batch % info.world_size:
+            raise UsageError(f"--batch {args.batch} does not split over {info.world_size} processes")
+        state = previous_state(args)
+        use_interpreter_on_cpu(args.kernels, self.device)
+        self.amp_dtype = autocast_dtype(args.amp, self.device)
+
+        self.train_set, self.val_set = open_datasets(args)
+        self.cfg = get_config(
+            args.preset, num_classes=self.train_set.num_classes, class_names=tuple(self.train_set.classes),
+            crop_size=args.crop, slide_stride=args.stride, decoder_dropout=args.dropout,
+        )
+        torch.manual_seed(args.seed)
+        self.model = SegViT(self.cfg, args.variant, kernels=args.kernels)
+        if args.init and state is None:
+            load_init(self.model, args.init, args.init_format, info)
+        self.model.to(self.device)
+        self.criterion = ATMLoss(self.cfg.num_classes)
+        self.optimizer = make_optimizer(self.model, args.lr, args.weight_decay, args.head_lr_mult)
+        self.scheduler = make_scheduler(self.optimizer, args.iters, args.warmup)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.log = JsonlLog(self.out / "log.jsonl")
+        self.step, self.elapsed = self.start(state)
+        self.net = (DistributedDataParallel(self.model, device_ids=[info.local_rank] if self.device.type == "cuda"
+                                            else None) if info.distributed else self.model)
+        self.sampler = ResumableSampler(self.train_set, info.world_size, info.rank, seed=args.seed)
+        self.steps_per_epoch = len(self.train_set) // args.batch
+
+    def start(self, state: dict | None) -> tuple[int, float]:
+        """Step to start from and training seconds already spent (by interrupted processes)."""
+        if state is None:
+            if self.info.is_main:
+                self.log.truncate(0)  # a run killed before its first checkpoint starts over
+            torch.manual_seed(self.args.seed + self.info.rank)  # replicas draw different dropout masks
+            return 0, 0.0
+        step = restore(state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                       scaler=self.scaler, rank=self.info.rank, world_size=self.info.world_size)
+        if self.info.is_main:
+            self.log.truncate(step)  # drop what the interrupted process logged after its checkpoint
+        return step, float(state["extra"]["elapsed"])
+
+    # ------------------------------------------------------------------ loop
+
+    def batches(self):
+        """(images, labels) from the current step on, epoch after epoch."""
+        local_batch = self.args.batch // self.info.world_size
+        while True:
+            epoch, position = divmod(self.step, self.steps_per_epoch)
+            self.sampler.set_position(epoch, position * local_batch)
+            self.train_set.set_epoch(epoch)
+            loader = DataLoader(
+                self.train_set, batch_size=local_batch, sampler=self.sampler, drop_last=True,
+                num_workers=self.args.workers, pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(self.args.seed),  # keeps the global RNG untouched
+            )
+            yield from loader
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimizer step; returns the detached [loss, ce, focal, dice, grad_norm] of this replica."""
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        reducer = all_reduce_mean if self.info.distributed else None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            outputs = self.net(images)
+        losses = self.criterion(outputs, labels, count_reducer=reducer)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = losses["loss"]
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        max_norm = self.args.clip_grad if self.args.clip_grad > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return torch.stack([loss.detach(), losses["ce"].detach(), losses["focal"].detach(),
+                            losses["dice"].detach(), grad_norm.detach().float()])
+
+    def evaluate(self) -> dict:
+        metrics = evaluate_model(self.model, self.val_set, self.args.mode, autocast_dtype=self.amp_dtype,
+                                 rank=self.info.rank, world_size=self.info.world_size,
+                                 progress=self.info.is_main and not self.args.quiet)
+        if self.info.is_main:
+            self.log.append({"kind": "eval", "step": self.step, "mIoU": metrics["mIoU"], "aAcc": metrics["aAcc"],
+                             "mAcc": metrics["mAcc"], "IoU": metrics["IoU"]})
+        return metrics
+
+    def checkpoint(self, elapsed: float) -> None:
+        rng = gather_objects(rng_state())
+        if self.info.is_main:
+            save_checkpoint(self.out / CHECKPOINT, model=self.model, optimizer=self.optimizer,
+                            scheduler=self.scheduler, scaler=self.scaler, step=self.step, args=vars(self.args),
+                            rng=rng, extra={"elapsed": elapsed})
+
+    def run(self) -> dict:
+        args, main = self.args, self.info.is_main
+        start = time.perf_counter()
+        metrics, window, loss = None, [], float("nan")
+        bar = tqdm(total=args.iters, initial=self.step, desc="train", unit="it", disable=not main or args.quiet)
+        batches = self.batches()
+        while self.step < args.iters:
+            window.append(self.train_step(*next(batches)))
+            bar.update()
+            if self.step % args.log_every == 0 or self.step == args.iters:
+                loss, ce, focal, dice, grad_norm = all_reduce_mean(torch.stack(window).mean(0)).tolist()
+                window = []
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+                if main:
+                    self.log.append({"kind": "train", "step": self.step, "epoch": self.step // self.steps_per_epoch,
+                                     "loss": loss, "ce": ce, "focal": focal, "dice": dice, "grad_norm": grad_norm,
+                                     "lr": lr, "time": round(self.elapsed + time.perf_counter() - start, 3)})
+            if args.eval_every and self.step % args.eval_every == 0 or self.step == args.iters:
+                metrics = self.evaluate()
+                bar.set_postfix(loss=f"{loss:.3f}", mIoU=f"{metrics['mIoU']:.3f}")
+            if args.ckpt_every and self.step % args.ckpt_every == 0 or self.step == args.iters:
+                self.checkpoint(self.elapsed + time.perf_counter() - start)
+        bar.close()
+        if metrics is None:  # resumed from the final checkpoint
+            metrics = self.evaluate()
+        return self.finish(metrics, self.elapsed + time.perf_counter() - start)
+
+    def finish(self, metrics: dict, seconds: float) -> dict:
+        digests = replica_digests(self.model)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"data-parallel replicas diverged: parameter digests {digests}")
+        summary = {"steps": self.step, "train_seconds": round(seconds, 1), "world_size": self.info.world_size,
+                   "replica_digests": digests, "metrics": metrics, "weights": str(self.out / WEIGHTS)}
+        if self.info.is_main:
+            dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[self.args.weights_dtype]
+            extra = {"trained_iters": self.step, "dataset": str(self.args.data), "miou": metrics["mIoU"],
+                     "aacc": metrics["aAcc"], "eval_mode": self.args.mode, "train_args": vars(self.args)}
+            synth = synth_metadata(self.train_set)
+            if synth is not None:
+                extra["synth"] = synth
+            save_weights(self.out / WEIGHTS, self.model, extra=extra, dtype=dtype)
+            plot_curves(self.log.records(), self.out / "curves.png")
+            write_json(self.out / "summary.json", summary)
+            chance = metrics["chance"]
+            print(f"step {self.step}: mIoU {metrics['mIoU']:.4f} aAcc {metrics['aAcc']:.4f} (chance: constant "
+                  f"mIoU {chance['constant_mIoU']:.4f}, random {chance['random_mIoU']:.4f}) after {seconds:.0f} s; "
+                  f"weights: {self.out / WEIGHTS}", file=sys.stderr)
+        return summary
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run training as this process's share of the (torchrun) world; returns the summary."""
+    info = init_distributed(args.device)
+    try:
+        return Trainer(resolve_defaults(args), info).run()
+    finally:
+        cleanup()
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    try:
+        return train(args)
+    except (UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+if __name__ == "__main__":
+    main()

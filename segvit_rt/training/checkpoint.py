@@ -1,0 +1,101 @@
+"""Full training state, written atomically and read back with ``torch.load(weights_only=True)``.
+
+A checkpoint holds the model, optimizer, LR scheduler and gradient-scaler
+states, the step, the run's arguments and every replica's RNG states (torch CPU
+and CUDA, numpy, Python; dropout draws differ between replicas). RNG states that are not tensors are stored as tensors and lists
+so that no pickled object has to be trusted on load. Where the data stream
+stands follows from the step (see ``ResumableSampler``), so it needs no state.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io_utils import atomic_path
+
+FORMAT = "segvit_rt.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not belong to this run."""
+
+
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, mt, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": [version, list(mt), gauss_next],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, mt, gauss_next = state["python"]
+    random.setstate((version, tuple(mt), gauss_next))
+
+
+def save_checkpoint(path, *, model, optimizer, scheduler, step: int, args: dict, rng: list[dict],
+                    scaler=None, extra: dict | None = None) -> Path:
+    """Write the full training state after ``step`` optimizer steps (atomically: a kill mid-write
+    leaves the previous checkpoint in place). ``rng`` holds each replica's :func:`rng_state`, by rank;
+    ``extra`` any other plain values (numbers, strings, lists, dicts)."""
+    path = Path(path)
+    state = {
+        "format": FORMAT,
+        "step": step,
+        "args": args,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng,
+        "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """The state written by :func:`save_checkpoint` (tensors on ``map_location``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, truncated or unsafe): {e}") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a segvit_rt training checkpoint (format {found!r}, "
+                              f"expected {FORMAT!r})")
+    return state
+
+
+def restore(state: dict, *, model, optimizer, scheduler, rank: int = 0, world_size: int = 1, scaler=None) -> int:
+    """Load a checkpoint's states into the training objects and this replica's RNGs; returns the
+    step to continue from."""
+    if len(state["rng"]) != world_size:
+        raise CheckpointError(
+            f"the checkpoint was written by {len(state['rng'])} process(es); resume it with as many "
+            f"(got {world_size}) to continue exactly"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"][rank])
+    return int(state["step"])

@@ -1,0 +1,89 @@
+"""The run's JSONL log and the loss / mIoU curves drawn from it.
+
+The log is appended one line per record (rewriting it whole at every record
+would cost quadratic time); a kill can at worst cut the last line short, and
+:meth:`JsonlLog.truncate`, run on resume, drops such a line along with every
+record after the checkpoint, so the resumed log reads as if never interrupted.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ..io_utils import atomic_path
+
+
+def _finite(value):
+    """JSON has no NaN: undefined metrics are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def write_json(path, obj) -> Path:
+    """Write ``obj`` as indented JSON (NaN -> null), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_finite(obj), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+class JsonlLog:
+    """Records ``{"kind": "train"|"eval", "step": ..., ...}``, one JSON object a line."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(_finite(record)) + "\n")
+            f.flush()
+
+    def records(self) -> list[dict]:
+        """Every complete record (a half-written last line is skipped)."""
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def truncate(self, step: int) -> None:
+        """Keep only the records up to ``step`` (rewritten atomically)."""
+        kept = [r for r in self.records() if r.get("step", 0) <= step]
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+
+def plot_curves(records: list[dict], path) -> Path:
+    """PNG of the training loss (left) and validation mIoU (right) against the step, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval" and r.get("mIoU") is not None]
+    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
+    ax_loss.set(xlabel="step", ylabel="loss", title="training loss (final + aux outputs)")
+    ax_loss.set_yscale("log")
+    ax_miou.plot([r["step"] for r in evals], [r["mIoU"] for r in evals], "o-")
+    ax_miou.set(xlabel="step", ylabel="mIoU", title="validation mIoU", ylim=(0, 1))
+    for ax in (ax_loss, ax_miou):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path

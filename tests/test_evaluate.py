@@ -1,0 +1,103 @@
+"""``python -m segvit_rt.evaluate`` against metrics computed here from the model's own forward pass."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import segvit_rt
+from segvit_rt import evaluate
+from segvit_rt.data import normalize
+from segvit_rt.data.synth import generate
+from segvit_rt.evaluate import evaluate_model, predict_image
+from segvit_rt.inference import model_logits_fn
+from segvit_rt.weights import save_weights
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    ade = generate(root / "data", classes=K, train=1, val=3, size=64, seed=2, progress=False)
+    torch.manual_seed(0)
+    model = segvit_rt.create_model("tiny", num_classes=K, crop_size=64, slide_stride=48)
+    names = (ade / "classes.txt").read_text().split()
+    weights = save_weights(root / "w.safetensors", model, class_names=names)
+    return root, ade, model.eval(), weights
+
+
+def expected_miou(model, ade) -> float:
+    """mIoU by hand: the 64-pixel images equal the 64-pixel crop, so one forward pass each, no resizing."""
+    inter, union = np.zeros(K), np.zeros(K)
+    for img_path in sorted((ade / "images" / "validation").glob("*.jpg")):
+        image = np.asarray(Image.open(img_path).convert("RGB"))
+        ann = np.asarray(Image.open(ade / "annotations" / "validation" / f"{img_path.stem}.png")).astype(int)
+        label = np.where(ann == 0, 255, ann - 1)
+        x = normalize(image, model.cfg.mean, model.cfg.std)[None]
+        with torch.no_grad():
+            pred = model.semantic_logits(x).argmax(1)[0].numpy()
+        valid = label != 255
+        for c in range(K):
+            p, t = (pred == c) & valid, (label == c) & valid
+            inter[c] += (p & t).sum()
+            union[c] += (p | t).sum()
+    return float(np.mean(inter[union > 0] / union[union > 0]))
+
+
+@pytest.mark.parametrize("mode", ["slide", "whole"])
+def test_cli_metrics_match_a_hand_computation(setup, mode, capsys):
+    root, ade, model, weights = setup
+    out_json = root / f"metrics_{mode}.json"
+    evaluate.main(["--weights", str(weights), "--data", str(ade.parent), "--mode", mode, "--json", str(out_json),
+                   "--quiet"])
+    printed = capsys.readouterr().out
+    metrics = json.loads(out_json.read_text())
+    assert metrics["mIoU"] == pytest.approx(expected_miou(model, ade), abs=1e-9)
+    assert metrics["images"] == 3 and metrics["mode"] == mode and metrics["crop"] == 64 and metrics["stride"] == 48
+    assert len(metrics["IoU"]) == K and metrics["class_names"] == (ade / "classes.txt").read_text().split()
+    assert f"mIoU {100 * metrics['mIoU']:6.2f}" in printed
+    assert all(name in printed for name in metrics["class_names"])
+
+
+def test_predictions_come_back_at_the_original_size():
+    torch.manual_seed(0)
+    model = segvit_rt.create_model("tiny", variant="shrunk", num_classes=K, crop_size=64, slide_stride=48).eval()
+    image = torch.randn(1, 3, 70, 150)  # not a multiple of 32, not square: resized, padded, slid
+    with torch.no_grad():
+        for mode in ("slide", "whole"):
+            labels = predict_image(model_logits_fn(model), image, crop=64, stride=48, mode=mode)
+            assert labels.shape == (1, 70, 150) and labels.dtype == torch.int64
+            assert 0 <= labels.min() and labels.max() < K
+
+
+def test_sharded_evaluation_sums_to_the_whole(setup):
+    """Each replica evaluates every world_size-th image; without a process group the shards' confusion
+    counts stay separate, so their pixel-weighted aAcc must recombine to the whole split's."""
+    _, ade, model, _ = setup
+    from segvit_rt.data import EvalTransform, open_dataset
+
+    ds = open_dataset(ade, "validation", transform=EvalTransform(model.cfg.mean, model.cfg.std))
+    whole = evaluate_model(model, ds, "whole")
+    shards = [evaluate_model(model, ds, "whole", rank=r, world_size=2) for r in range(2)]
+    pixels = [sum((ds[i][1] != 255).sum().item() for i in range(r, len(ds), 2)) for r in range(2)]
+    combined = sum(s["aAcc"] * n for s, n in zip(shards, pixels)) / sum(pixels)
+    assert combined == pytest.approx(whole["aAcc"], rel=1e-12)
+
+
+def test_errors_name_the_problem(setup, tmp_path, capsys):
+    root, ade, _, weights = setup
+
+    def fails(args, needle):
+        with pytest.raises(SystemExit) as exc:
+            evaluate.main(["--quiet", *args])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and needle in err, err
+
+    fails(["--weights", str(tmp_path / "none.safetensors"), "--data", str(ade)], "weights file not found")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
+    fails(["--weights", str(tmp_path / "bad.safetensors"), "--data", str(ade)], "not a readable safetensors")
+    fails(["--weights", str(weights), "--data", str(tmp_path)], "no dataset at")
+    other = generate(tmp_path / "five", classes=5, train=1, val=1, size=32, seed=0, progress=False)
+    fails(["--weights", str(weights), "--data", str(other)], "the dataset has 5 classes, the model 3")

@@ -1,0 +1,260 @@
+"""Trainer: parameter groups, schedule, checkpoints, sampler, the CLI end to end, and resume after SIGKILL."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import segvit_rt
+from segvit_rt import train as train_cli
+from segvit_rt.data.synth import generate
+from segvit_rt.training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segvit_rt.training.optim import WarmupPoly, make_optimizer, make_scheduler, param_groups
+from segvit_rt.training.sampler import ResumableSampler
+from segvit_rt.weights import load_weights, read_metadata
+
+REPO = Path(__file__).resolve().parents[1]
+# Small and quick: 64-pixel crops of 64-pixel synthetic images.
+FAST = ["--crop", "64", "--batch", "4", "--workers", "0", "--quiet", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, classes=3, train=8, val=2, size=64, seed=0, progress=False)
+    return out
+
+
+def run_cli(args, timeout=120):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "segvit_rt.train", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+# ---------------------------------------------------------------- optimizer and schedule
+
+
+def test_param_groups_head_lr_and_no_decay_sets():
+    model = segvit_rt.create_model("tiny", variant="shrunk")
+    groups = {g["name"]: g for g in param_groups(model, lr=1e-4, weight_decay=0.05)}
+    names = {n: g for g in groups.values() for n in g["param_names"]}
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())  # each parameter exactly once
+    assert sum(len(g["param_names"]) for g in groups.values()) == len(names)
+    for name, group in names.items():
+        head = name.startswith("decode_head.")
+        assert group["lr"] == pytest.approx(1e-3 if head else 1e-4), name
+        no_decay = (name.endswith("bias") or "norm" in name or name in (
+            "backbone.pos_embed", "decode_head.q.weight", "decode_head.up_queries.weight"))
+        assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
+    assert names["decode_head.decoder_1.layers.0.multihead_attn.q.weight"]["weight_decay"] == 0.05  # a Linear
+    assert names["backbone.blocks.0.attn.qkv.weight"]["weight_decay"] == 0.05
+
+
+def test_warmup_poly_values():
+    f = WarmupPoly(max_iters=100, warmup_iters=10, power=1.0, warmup_ratio=0.1)
+    # warm-up multiplies the poly factor by 1 - (1 - step/10) * 0.9
+    assert f(0) == pytest.approx(0.1)
+    assert f(5) == pytest.approx(0.95 * 0.55)
+    assert f(10) == pytest.approx(0.9)
+    assert f(60) == pytest.approx(0.4)
+    assert f(100) == 0.0
+    assert WarmupPoly(100, 0, power=2.0)(50) == pytest.approx(0.25)
+
+
+def test_scheduler_drives_every_group():
+    model = segvit_rt.create_model("tiny")
+    opt = make_optimizer(model, lr=1e-3, head_lr_mult=10)
+    sched = make_scheduler(opt, max_iters=20, warmup_iters=0)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["backbone"] == pytest.approx(1e-3 * 15 / 20)
+    assert lrs["head"] == pytest.approx(1e-2 * 15 / 20)
+
+
+# ---------------------------------------------------------------- checkpoints and sampler
+
+
+def _draws():
+    return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+
+
+def test_checkpoint_round_trip_restores_rng(tmp_path):
+    model = segvit_rt.create_model("tiny", crop_size=64)
+    opt = make_optimizer(model, lr=1e-3)
+    sched = make_scheduler(opt, 10, 2)
+    model(torch.randn(1, 3, 64, 64))["pred_masks"].sum().backward()
+    opt.step()
+    sched.step()
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    path = save_checkpoint(tmp_path / "c.pt", model=model, optimizer=opt, scheduler=sched, step=1,
+                           args={"lr": 1e-3}, rng=[rng_state()], extra={"elapsed": 2.5})
+    expected = _draws()
+    state = load_checkpoint(path)  # weights_only=True inside
+    set_rng_state(state["rng"][0])
+    assert _draws() == expected
+    assert state["step"] == 1 and state["args"] == {"lr": 1e-3} and state["extra"] == {"elapsed": 2.5}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state["model"].items())
+    opt2 = make_optimizer(segvit_rt.create_model("tiny", crop_size=64), lr=1e-3)
+    opt2.load_state_dict(state["optimizer"])
+    assert opt2.state_dict()["state"][0]["exp_avg"].equal(opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"some": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a segvit_rt training checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_sampler_global_batches_do_not_depend_on_world_size():
+    data = list(range(23))
+    one = list(ResumableSampler(data, 1, 0, seed=5))
+    ranks = [list(ResumableSampler(data, 2, r, seed=5)) for r in range(2)]
+    global_batch = 4
+    for k in range(len(data) // global_batch):
+        from_two = ranks[0][2 * k : 2 * k + 2] + ranks[1][2 * k : 2 * k + 2]
+        assert sorted(from_two) == sorted(one[k * global_batch : (k + 1) * global_batch])
+    resumed = ResumableSampler(data, 1, 0, seed=5)
+    resumed.set_position(epoch=0, skip=8)
+    assert list(resumed) == one[8:] and len(resumed) == len(one) - 8
+    resumed.set_position(epoch=1, skip=0)
+    assert list(resumed) != one  # a new epoch, a new order
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_training_run_writes_everything_and_learns(synth, tmp_path):
+    out = tmp_path / "run"
+    summary = train_cli.main(["--data", str(synth), "--out", str(out), "--variant", "shrunk", "--iters", "30",
+                              "--lr", "5e-4", "--eval-every", "15", "--ckpt-every", "10", *FAST])
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train] == list(range(1, 31))
+    assert [r["step"] for r in evals] == [15, 30]
+    first, last = np.mean([r["loss"] for r in train[:5]]), np.mean([r["loss"] for r in train[-5:]])
+    assert last < 0.8 * first, (first, last)
+    assert train[0]["lr"] < train[5]["lr"]  # warm-up
+    meta = read_metadata(out / "weights.safetensors")
+    assert meta["variant"] == "shrunk" and meta["trained_iters"] == 30
+    assert meta["synth"] == {"generator": "segvit_rt.data.synth", "classes": 3, "train": 8, "val": 2, "size": 64,
+                             "seed": 0}
+    assert meta["class_names"] == (synth / "ADEChallengeData2016" / "classes.txt").read_text().split()
+    assert meta["miou"] == pytest.approx(summary["metrics"]["mIoU"]) == pytest.approx(evals[-1]["mIoU"])
+    model = load_weights(out / "weights.safetensors")
+    assert model.cfg.num_classes == 3 and model.cfg.crop_size == 64
+    with Image.open(out / "curves.png") as png:
+        assert png.format == "PNG" and png.size[0] > 100
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 30
+
+
+def test_resume_after_sigkill_continues_exactly(synth, tmp_path):
+    common = ["--data", str(synth), "--iters", "40", "--ckpt-every", "5", "--eval-every", "20", "--lr", "5e-4",
+              "--dropout", "0.1", *FAST]  # dropout on: the RNG state has to be restored too
+    ref = run_cli([*common, "--out", str(tmp_path / "ref")])
+    assert ref.returncode == 0, ref.stderr
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "segvit_rt.train", *common, "--out", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    still_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert still_running, "the run ended before it could be killed"
+    killed_at = load_checkpoint(out / "checkpoint.pt")["step"]
+    assert 5 <= killed_at < 40 and not (out / "weights.safetensors").exists()
+
+    again = run_cli([*common, "--out", str(out)])
+    assert again.returncode == 2 and "--resume" in again.stderr  # refuses to overwrite a run
+    resumed = run_cli([*common, "--out", str(out), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+
+    a, b = load_file(str(tmp_path / "ref" / "weights.safetensors")), load_file(str(out / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def losses(run):
+        return [(r["kind"], r["step"], r.get("loss"), r.get("mIoU"))
+                for r in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())]
+
+    assert losses("killed") == losses("ref")
+
+
+def test_resume_refuses_changed_arguments_and_missing_checkpoint(synth, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(["--data", str(synth), "--out", str(tmp_path / "none"), "--resume", *FAST])
+    assert exc.value.code == 2
+    out = tmp_path / "run"
+    train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", *FAST])
+    result = run_cli(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", "--resume",
+                      "--lr", "0.5", *FAST])
+    assert result.returncode == 2 and "--lr" in result.stderr and "differ" in result.stderr
+
+
+def test_usage_and_data_errors_are_reported(synth, tmp_path, capsys):
+    def fails(args, *needles, data=synth):
+        with pytest.raises(SystemExit) as exc:
+            train_cli.main(["--data", str(data), "--out", str(tmp_path / "x"), "--iters", "2", *FAST, *args])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and all(n in err for n in needles), err
+
+    fails(["--batch", "64"], "fewer than one batch")
+    fails(["--amp", "bf16", "--device", "cpu"], "needs a CUDA device")
+    fails([], "no dataset at", data=tmp_path)
+
+    broken = tmp_path / "broken"
+    ade = generate(broken, classes=3, train=4, val=1, size=64, seed=1, progress=False)
+    (ade / "images" / "training" / "synth_training_000002.jpg").write_bytes(b"not a jpeg")
+    fails(["--eval-every", "0"], "cannot read image", "synth_training_000002.jpg", data=broken)
+    (ade / "annotations" / "training" / "synth_training_000003.png").unlink()
+    fails([], "unpaired", "synth_training_000003", data=broken)
+
+
+@pytest.mark.parametrize("fmt", ["timm", "official"])
+def test_init_loads_checkpoints_through_the_importers(synth, tmp_path, fmt, capsys):
+    torch.manual_seed(123)
+    source = segvit_rt.create_model("tiny", num_classes=3, crop_size=64)
+    if fmt == "timm":  # a timm ViT: backbone keys only, plus a cls token the backbone does not use
+        state = {**source.backbone.state_dict(), "cls_token": torch.zeros(1, 1, 128)}
+    else:  # an mmseg SegViT checkpoint: backbone.* and decode_head.*
+        state = source.state_dict()
+    torch.save({"state_dict": state}, tmp_path / "init.pth")
+    out = tmp_path / "run"
+    # A learning rate of 1e-12 leaves the weights where --init put them.
+    train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "1", "--lr", "1e-12", "--eval-every", "0",
+                    "--init", str(tmp_path / "init.pth"), "--init-format", fmt, *FAST])
+    assert f"--init {tmp_path / 'init.pth'} ({fmt}): loaded" in capsys.readouterr().err
+    trained = load_weights(out / "weights.safetensors").state_dict()
+    loaded = [k for k in trained if k.startswith("backbone.") or fmt == "official"]
+    assert all(torch.allclose(trained[k], source.state_dict()[k], atol=1e-8) for k in loaded)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_training_on_cuda(synth, tmp_path, amp):
+    out = tmp_path / amp
+    summary = train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "20", "--lr", "5e-4",
+                              "--eval-every", "10", "--amp", amp, "--device", "cuda", *FAST])
+    losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "train"]
+    assert len(losses) == 20 and all(np.isfinite(losses)) and np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert 0.0 <= summary["metrics"]["mIoU"] <= 1.0
