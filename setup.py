@@ -16,6 +16,7 @@ setup(
         "segvit_rt.ops",
         "segvit_rt.models",
         "segvit_rt.data",
+        "segvit_rt.training",
         "segvit_rt.kernels",
         "segvit_rt.engines",
     ],
