@@ -263,7 +263,8 @@ def import_official_segvit(model, checkpoint) -> ImportReport:
     """Load an official SegViT checkpoint (mmseg layout: ``backbone.*``, ``decode_head.*``).
 
     Backbone keys may use timm or mmseg ViT names. Decode-head keys match ours
-    one to one (``input_proj_1``, ``decoder_1.layers.0.multihead_attn.q`` ...).
+    one to one, full (``input_proj_1``, ``decoder_1.layers.0.multihead_attn.q`` ...) and Shrunk
+    (``q`` grid queries, ``decoder_1.layers.0.multihead_attn.in_proj_weight``, ``atm.decoder_1`` ...).
     """
     state = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     backbone, head, other = {}, {}, []

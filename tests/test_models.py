@@ -67,7 +67,7 @@ def test_full_mask_is_cumulative_sum_of_last_layer_logits():
 
 def test_shrunk_mask_is_last_layer_logits_and_all_layers_supervised():
     model = _tiny("shrunk").train()
-    layers = model.decode_head.decoder_1.layers
+    layers = model.decode_head.atm.decoder_1.layers
     seen, handles = _capture_qk(model, [layer.multihead_attn for layer in layers])
     torch.manual_seed(1)
     out = model(torch.randn(1, 3, 128, 128))

@@ -53,9 +53,9 @@ def test_param_groups_head_lr_and_no_decay_sets():
         head = name.startswith("decode_head.")
         assert group["lr"] == pytest.approx(1e-3 if head else 1e-4), name
         no_decay = (name.endswith("bias") or "norm" in name or name in (
-            "backbone.pos_embed", "decode_head.q.weight", "decode_head.up_queries.weight"))
+            "backbone.pos_embed", "decode_head.q.weight", "decode_head.atm.q.weight"))
         assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
-    assert names["decode_head.decoder_1.layers.0.multihead_attn.q.weight"]["weight_decay"] == 0.05  # a Linear
+    assert names["decode_head.atm.decoder_1.layers.0.multihead_attn.q.weight"]["weight_decay"] == 0.05  # a Linear
     assert names["backbone.blocks.0.attn.qkv.weight"]["weight_decay"] == 0.05
 
 

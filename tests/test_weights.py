@@ -120,10 +120,11 @@ def test_import_timm_vit_resizes_pos_embed_and_reports(tmp_path, tiny_shrunk):
     assert "resized" in str(report) and "unexpected (5)" in str(report)
 
 
-def test_import_official_segvit_mmseg_layout(tmp_path):
+@pytest.mark.parametrize("variant", ["full", "shrunk"])
+def test_import_official_segvit_mmseg_layout(tmp_path, variant):
     torch.manual_seed(0)
-    model = segvit_rt.create_model("tiny", "full")
-    src = segvit_rt.create_model("tiny", "full")
+    model = segvit_rt.create_model("tiny", variant)
+    src = segvit_rt.create_model("tiny", variant)
     state = {}
     # backbone in mmseg ViT naming, head in the official ATM naming (identical to ours)
     for k, v in src.backbone.state_dict().items():
@@ -133,6 +134,10 @@ def test_import_official_segvit_mmseg_layout(tmp_path):
              .replace("mlp.fc1", "ffn.layers.0.0").replace("mlp.fc2", "ffn.layers.1"))
         state["backbone." + k] = v
     state.update({"decode_head." + k: v for k, v in src.decode_head.state_dict().items()})
+    if variant == "shrunk":  # the official Shrunk head's own names (TPNATMHead + ATMSingleHead)
+        for k in ("decode_head.q.weight", "decode_head.decoder_2.layers.2.multihead_attn.in_proj_weight",
+                  "decode_head.atm.decoder_1.layers.0.multihead_attn.k.bias", "decode_head.atm.class_embed.weight"):
+            assert k in state
     state["backbone.cls_token"] = torch.zeros(1, 1, 128)
     path = tmp_path / "segvit_official.pth"
     torch.save({"meta": {"epoch": 1}, "state_dict": state}, path)
@@ -146,7 +151,7 @@ def test_import_official_segvit_mmseg_layout(tmp_path):
 def test_import_reports_missing_head_keys(tiny_shrunk):
     state = {"backbone." + k: v for k, v in tiny_shrunk.backbone.state_dict().items()}
     report = weights.import_official_segvit(tiny_shrunk, state)
-    assert "decode_head.up_queries.weight" in report.missing and report.unexpected == []
+    assert "decode_head.q.weight" in report.missing and report.unexpected == []
     with pytest.raises(WeightsError, match="no backbone"):
         weights.import_official_segvit(tiny_shrunk, {"foo": torch.zeros(1)})
 

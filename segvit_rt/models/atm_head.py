@@ -61,11 +61,37 @@ class CrossAttention(nn.Module):
         return self.proj(out), mask
 
 
+class PackedCrossAttention(nn.Module):
+    """Plain cross-attention with ``nn.MultiheadAttention``'s packed parameters (``in_proj_*``,
+    ``out_proj``), as in the QU decoders of the official Shrunk head; computed by the same
+    (fused) op as the ATM cross-attention, without the mask."""
+
+    def __init__(self, dim: int, num_heads: int, attn_drop: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        self.kernels = "reference"
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def forward(self, x, memory, prev_mask=None, need_mask=False):
+        w_q, w_kv = self.in_proj_weight.split((x.shape[-1], 2 * x.shape[-1]))
+        b_q, b_kv = self.in_proj_bias.split((x.shape[-1], 2 * x.shape[-1]))
+        k, v = F.linear(memory, w_kv, b_kv).chunk(2, dim=-1)
+        out, _ = ops.atm_attention(
+            F.linear(x, w_q, b_q), k, v, self.num_heads, impl=self.kernels,
+            dropout_p=self.attn_drop if self.training else 0.0, need_mask=False,
+        )
+        return self.out_proj(out), None
+
+
 class ATMDecoderLayer(nn.Module):
-    def __init__(self, dim: int, num_heads: int, dropout: float):
+    def __init__(self, dim: int, num_heads: int, dropout: float, cross_attn: type = CrossAttention):
         super().__init__()
         self.self_attn = SelfAttention(dim, num_heads, dropout)
-        self.multihead_attn = CrossAttention(dim, num_heads, dropout)
+        self.multihead_attn = cross_attn(dim, num_heads, dropout)
         self.linear1 = nn.Linear(dim, 4 * dim)
         self.linear2 = nn.Linear(4 * dim, dim)
         self.norm1 = nn.LayerNorm(dim)
@@ -88,9 +114,9 @@ class ATMDecoder(nn.Module):
     (``prev_mask`` is added to each of those masks).
     """
 
-    def __init__(self, dim: int, num_heads: int, num_layers: int, dropout: float):
+    def __init__(self, dim: int, num_heads: int, num_layers: int, dropout: float, cross_attn: type = CrossAttention):
         super().__init__()
-        self.layers = nn.ModuleList(ATMDecoderLayer(dim, num_heads, dropout) for _ in range(num_layers))
+        self.layers = nn.ModuleList(ATMDecoderLayer(dim, num_heads, dropout, cross_attn) for _ in range(num_layers))
 
     def forward(self, q, memory, mask_layers=(), prev_mask=None):
         masks = []

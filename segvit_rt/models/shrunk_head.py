@@ -1,10 +1,13 @@
 """SegViT Shrunk head: query upsampling (QU) followed by a single-stage ATM decoder.
 
 QU recovers the 1/16 token grid from the shrunk backbone: learnable grid
-queries (one per 1/16 token at the crop size) attend first to the 1/16
-features taken before QD, then to the 1/32 features of the last block. The
-resulting 1/16 grid is the memory of one ATM stage whose every layer is
+queries ``q`` (one per 1/16 token at the crop size) pass through two plain
+transformer decoders (``decoder_1``, ``decoder_2``), the first attending to the
+projected 1/16 features taken before QD, the second to the projected 1/32
+features of the last block. The resulting 1/16 grid is, without further
+projection, the memory of one ATM stage (``atm``) whose every layer is
 supervised; its last layer's mask is the prediction (no cumulative sum).
+Parameter names follow the official Shrunk head, so its checkpoints load as they are.
 """
 from __future__ import annotations
 
@@ -13,7 +16,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import SegViTConfig
-from .atm_head import ATMDecoder, Grid, _output
+from .atm_head import ATMDecoder, Grid, PackedCrossAttention, _output
+
+
+class SingleStageATM(nn.Module):
+    """One ATM decoder over a memory that is already projected: class queries, masks of every layer."""
+
+    def __init__(self, cfg: SegViTConfig):
+        super().__init__()
+        dim = cfg.decoder_dim
+        self.decoder_1 = ATMDecoder(dim, cfg.decoder_heads, cfg.decoder_layers, cfg.decoder_dropout)
+        self.q = nn.Embedding(cfg.num_classes, dim)
+        self.class_embed = nn.Linear(dim, cfg.num_classes + 1)
+
+    def forward(self, memory: torch.Tensor, grid: Grid) -> list[dict]:
+        q = self.q.weight.unsqueeze(0).expand(memory.shape[0], -1, -1)
+        outputs = []
+        for layer in self.decoder_1.layers:
+            q, mask = layer(q, memory)
+            outputs.append(_output(self.class_embed(q), mask, grid))
+        return outputs
 
 
 class ShrunkATMHead(nn.Module):
@@ -25,18 +47,14 @@ class ShrunkATMHead(nn.Module):
         self.proj_norm_1 = nn.LayerNorm(dim)
         self.input_proj_2 = nn.Linear(in_channels, dim)  # 1/32 features (last block)
         self.proj_norm_2 = nn.LayerNorm(dim)
-        self.up_queries = nn.Embedding(self.query_grid**2, dim)
-        self.up_decoder_1 = ATMDecoder(dim, heads, layers, drop)
-        self.up_decoder_2 = ATMDecoder(dim, heads, layers, drop)
-        self.input_proj_3 = nn.Linear(dim, dim)  # the ATM stage's own projection of the QU grid
-        self.proj_norm_3 = nn.LayerNorm(dim)
-        self.decoder_1 = ATMDecoder(dim, heads, layers, drop)
-        self.q = nn.Embedding(cfg.num_classes, dim)
-        self.class_embed = nn.Linear(dim, cfg.num_classes + 1)
+        self.decoder_1 = ATMDecoder(dim, heads, layers, drop, cross_attn=PackedCrossAttention)
+        self.decoder_2 = ATMDecoder(dim, heads, layers, drop, cross_attn=PackedCrossAttention)
+        self.q = nn.Embedding(self.query_grid**2, dim)
+        self.atm = SingleStageATM(cfg)
 
     def grid_queries(self, grid: Grid) -> torch.Tensor:
         """QU queries for a 1/16 grid; resized bicubically when the input is not the crop size."""
-        queries = self.up_queries.weight.unsqueeze(0)
+        queries = self.q.weight.unsqueeze(0)
         g = self.query_grid
         if tuple(grid) == (g, g):
             return queries
@@ -48,14 +66,7 @@ class ShrunkATMHead(nn.Module):
         if len(features) != 2:
             raise ValueError(f"ShrunkATMHead expects the 1/16 and 1/32 feature maps, got {len(features)} maps")
         (x16, grid16), (x32, _) = features
-        b = x16.shape[0]
-        up = self.grid_queries(grid16).expand(b, -1, -1)
-        up, _ = self.up_decoder_1(up, self.proj_norm_1(self.input_proj_1(x16)))
-        up, _ = self.up_decoder_2(up, self.proj_norm_2(self.input_proj_2(x32)))
-        memory = self.proj_norm_3(self.input_proj_3(up))
-        q = self.q.weight.unsqueeze(0).expand(b, -1, -1)
-        outputs = []
-        for layer in self.decoder_1.layers:
-            q, mask = layer(q, memory)
-            outputs.append(_output(self.class_embed(q), mask, grid16))
-        return outputs
+        up = self.grid_queries(grid16).expand(x16.shape[0], -1, -1)
+        up, _ = self.decoder_1(up, self.proj_norm_1(self.input_proj_1(x16)))
+        up, _ = self.decoder_2(up, self.proj_norm_2(self.input_proj_2(x32)))
+        return self.atm(up, grid16)
