@@ -39,7 +39,7 @@ from .training.logs import JsonlLog, plot_curves, write_json
 from .training.losses import ATMLoss
 from .training.optim import make_optimizer, make_scheduler
 from .training.sampler import ResumableSampler
-from .weights import WeightsError, import_official_segvit, import_timm_vit, save_weights
+from .weights import WeightsError, import_full_into_shrunk, import_official_segvit, import_timm_vit, save_weights
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.safetensors"
@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10, help="log the mean loss every K steps")
     p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
     p.add_argument("--init", help="initial weights: a timm ViT or an official SegViT checkpoint")
-    p.add_argument("--init-format", choices=("timm", "official"), default="timm")
+    p.add_argument("--init-format", choices=("timm", "official", "full"), default="timm",
+                   help="full: our weights of a trained full model, to warm-start a Shrunk one")
     p.add_argument("--weights-dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="storage dtype of the final weights file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -133,7 +134,7 @@ def check_same_run(saved: dict, args: argparse.Namespace) -> None:
 
 
 def load_init(model: SegViT, path: str, fmt: str, info: DistInfo) -> None:
-    importer = import_timm_vit if fmt == "timm" else import_official_segvit
+    importer = {"timm": import_timm_vit, "official": import_official_segvit, "full": import_full_into_shrunk}[fmt]
     report = importer(model, path)
     if info.is_main:
         print(f"--init {path} ({fmt}): {report}", file=sys.stderr)

@@ -282,3 +282,47 @@ def import_official_segvit(model, checkpoint) -> ImportReport:
         _load_partial(model.backbone, backbone, "backbone.", report)
         _load_partial(model.decode_head, head, "decode_head.", report)
     return report
+
+
+def _full_to_shrunk_name(key: str) -> str | None:
+    """Where a full-model parameter goes in the Shrunk model (None: nowhere).
+
+    The backbone is shared. The full head's projections run deepest stage first,
+    so ``input_proj_1`` (last block) feeds QU's 1/32 side (``input_proj_2``) and
+    ``input_proj_3`` (the block before QD) its 1/16 side (``input_proj_1``); the
+    last ATM stage, the class queries and the classifier become the single ATM stage.
+    """
+    if key.startswith("backbone."):
+        return key
+    for src, dst in (
+        ("decode_head.input_proj_1.", "decode_head.input_proj_2."),
+        ("decode_head.proj_norm_1.", "decode_head.proj_norm_2."),
+        ("decode_head.input_proj_3.", "decode_head.input_proj_1."),
+        ("decode_head.proj_norm_3.", "decode_head.proj_norm_1."),
+        ("decode_head.decoder_3.", "decode_head.atm.decoder_1."),
+        ("decode_head.q.", "decode_head.atm.q."),
+        ("decode_head.class_embed.", "decode_head.atm.class_embed."),
+    ):
+        if key.startswith(src):
+            return dst + key[len(src):]
+    return None
+
+
+def import_full_into_shrunk(model, checkpoint) -> ImportReport:
+    """Warm-start a Shrunk model from a trained full SegViT (our weights file or a state dict).
+
+    Everything the two share moves over (see ``_full_to_shrunk_name``); only the
+    QU decoders and grid queries start fresh. Learning QU's spatial alignment
+    from scratch is slow, so this is how the Shrunk demo weights are trained.
+    """
+    if model.variant != "shrunk":
+        raise WeightsError("import_full_into_shrunk needs a Shrunk model")
+    state = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    mapped, unused = {}, []
+    for k, v in state.items():
+        name = _full_to_shrunk_name(k)
+        (unused.append(k) if name is None else mapped.__setitem__(name, v))
+    report = ImportReport(unexpected=unused)
+    with torch.no_grad():
+        _load_partial(model, mapped, "", report)
+    return report

@@ -167,3 +167,24 @@ def test_pth_is_loaded_with_weights_only(tmp_path, tiny_shrunk):
         pickle.dump({"state_dict": _Evil()}, f)
     with pytest.raises(WeightsError, match="weights_only=True"):
         weights.import_timm_vit(tiny_shrunk, path)
+
+
+def test_full_weights_warm_start_a_shrunk_model(tmp_path):
+    torch.manual_seed(0)
+    full = segvit_rt.create_model("tiny", "full")
+    path = weights.save_weights(tmp_path / "full.safetensors", full)
+    shrunk = segvit_rt.create_model("tiny", "shrunk")
+    report = weights.import_full_into_shrunk(shrunk, path)
+    fs, ss = full.state_dict(), shrunk.state_dict()
+    assert torch.equal(ss["backbone.blocks.5.mlp.fc2.weight"], fs["backbone.blocks.5.mlp.fc2.weight"])
+    assert torch.equal(ss["decode_head.input_proj_2.weight"], fs["decode_head.input_proj_1.weight"])  # last block
+    assert torch.equal(ss["decode_head.input_proj_1.weight"], fs["decode_head.input_proj_3.weight"])  # before QD
+    assert torch.equal(ss["decode_head.atm.decoder_1.layers.2.multihead_attn.k.weight"],
+                      fs["decode_head.decoder_3.layers.2.multihead_attn.k.weight"])
+    assert torch.equal(ss["decode_head.atm.q.weight"], fs["decode_head.q.weight"])
+    fresh = {k.split(".layers")[0] for k in report.missing}
+    assert fresh == {"decode_head.decoder_1", "decode_head.decoder_2", "decode_head.q.weight"}
+    assert {".".join(k.split(".")[:2]) for k in report.unexpected} == {
+        "decode_head.decoder_1", "decode_head.decoder_2", "decode_head.input_proj_2", "decode_head.proj_norm_2"}
+    with pytest.raises(WeightsError, match="needs a Shrunk model"):
+        weights.import_full_into_shrunk(full, path)
