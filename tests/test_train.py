@@ -141,18 +141,18 @@ def test_sampler_global_batches_do_not_depend_on_world_size():
 
 def test_training_run_writes_everything_and_learns(synth, tmp_path):
     out = tmp_path / "run"
-    summary = train_cli.main(["--data", str(synth), "--out", str(out), "--variant", "shrunk", "--iters", "30",
-                              "--lr", "5e-4", "--eval-every", "15", "--ckpt-every", "10", *FAST])
+    summary = train_cli.main(["--data", str(synth), "--out", str(out), "--variant", "shrunk", "--iters", "24",
+                              "--lr", "5e-4", "--eval-every", "12", "--ckpt-every", "8", *FAST])
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
-    assert [r["step"] for r in train] == list(range(1, 31))
-    assert [r["step"] for r in evals] == [15, 30]
+    assert [r["step"] for r in train] == list(range(1, 25))
+    assert [r["step"] for r in evals] == [12, 24]
     first, last = np.mean([r["loss"] for r in train[:5]]), np.mean([r["loss"] for r in train[-5:]])
     assert last < 0.8 * first, (first, last)
     assert train[0]["lr"] < train[5]["lr"]  # warm-up
     meta = read_metadata(out / "weights.safetensors")
-    assert meta["variant"] == "shrunk" and meta["trained_iters"] == 30
+    assert meta["variant"] == "shrunk" and meta["trained_iters"] == 24
     assert meta["synth"] == {"generator": "segvit_rt.data.synth", "classes": 3, "train": 8, "val": 2, "size": 64,
                              "seed": 0}
     assert meta["class_names"] == (synth / "ADEChallengeData2016" / "classes.txt").read_text().split()
@@ -161,11 +161,11 @@ def test_training_run_writes_everything_and_learns(synth, tmp_path):
     assert model.cfg.num_classes == 3 and model.cfg.crop_size == 64
     with Image.open(out / "curves.png") as png:
         assert png.format == "PNG" and png.size[0] > 100
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == 30
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 24
 
 
 def test_resume_after_sigkill_continues_exactly(synth, tmp_path):
-    common = ["--data", str(synth), "--iters", "40", "--ckpt-every", "5", "--eval-every", "20", "--lr", "5e-4",
+    common = ["--data", str(synth), "--iters", "24", "--ckpt-every", "4", "--eval-every", "12", "--lr", "5e-4",
               "--dropout", "0.1", *FAST]  # dropout on: the RNG state has to be restored too
     ref = run_cli([*common, "--out", str(tmp_path / "ref")])
     assert ref.returncode == 0, ref.stderr
@@ -182,7 +182,7 @@ def test_resume_after_sigkill_continues_exactly(synth, tmp_path):
     proc.wait()
     assert still_running, "the run ended before it could be killed"
     killed_at = load_checkpoint(out / "checkpoint.pt")["step"]
-    assert 5 <= killed_at < 40 and not (out / "weights.safetensors").exists()
+    assert 4 <= killed_at < 24 and not (out / "weights.safetensors").exists()
 
     again = run_cli([*common, "--out", str(out)])
     assert again.returncode == 2 and "--resume" in again.stderr  # refuses to overwrite a run
