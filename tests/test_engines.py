@@ -132,7 +132,7 @@ def test_failed_parity_writes_nothing(tmp_path, shrunk, monkeypatch):
 
     def wrong_weights_export(graph, example, path, **kw):
         with torch.no_grad():
-            graph.model.decode_head.class_embed.bias.add_(3.0 * torch.arange(6.0))
+            graph.model.decode_head.atm.class_embed.bias.add_(3.0 * torch.arange(6.0))
         return real_export(graph, example, path, **kw)
 
     monkeypatch.setattr(onnx_backend, "export", wrong_weights_export)
