@@ -65,7 +65,7 @@ def train_demo_weights(variant: str, work: Path) -> Path:
     full = _train(data, work / "run_full", "full", [])
     if variant == "full":
         return full
-    return _train(data, work / "run_shrunk", "shrunk", ["--init", str(full), "--init-format", "full"])
+    return _train(data, work / "run_shrunk", "shrunk", ["--init", str(full), "--init-format", "full", "--iters", "3000"])
 
 
 def held_out_split(weights: Path, out: Path) -> Path:
