@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import SegViTConfig
+from .models.vit import resize_token_grid
 from .io_utils import atomic_path
 
 FORMAT = "segvit_rt.weights/1"
@@ -223,9 +223,7 @@ def _resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
     g = int(round(rest.shape[1] ** 0.5))
     if g * g != rest.shape[1]:
         raise WeightsError(f"pos_embed with {rest.shape[1]} grid tokens is not a square grid")
-    rest = rest.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
-    rest = F.interpolate(rest, size=(grid, grid), mode="bicubic", align_corners=False)
-    return torch.cat([cls, rest.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)], dim=1)
+    return torch.cat([cls, resize_token_grid(rest.float(), g, (grid, grid)).to(pos.dtype)], dim=1)
 
 
 def _load_partial(module: torch.nn.Module, state: dict, prefix: str, report: ImportReport) -> None:

@@ -17,9 +17,9 @@ from ..config import SegViTConfig
 Grid = tuple[int, int]
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names (``in_proj_*``,
-    ``out_proj``) so official checkpoints load, computed with ``scaled_dot_product_attention``."""
+class PackedProjections(nn.Module):
+    """``nn.MultiheadAttention``'s parameters (packed ``in_proj_*`` for q, k, v, and ``out_proj``),
+    so official checkpoints load; subclasses compute the attention."""
 
     def __init__(self, dim: int, num_heads: int, dropout: float):
         super().__init__()
@@ -29,6 +29,10 @@ class SelfAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
         nn.init.xavier_uniform_(self.in_proj_weight)
+
+
+class SelfAttention(PackedProjections):
+    """Multi-head self-attention computed with ``scaled_dot_product_attention``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -61,20 +65,13 @@ class CrossAttention(nn.Module):
         return self.proj(out), mask
 
 
-class PackedCrossAttention(nn.Module):
-    """Plain cross-attention with ``nn.MultiheadAttention``'s packed parameters (``in_proj_*``,
-    ``out_proj``), as in the QU decoders of the official Shrunk head; computed by the same
-    (fused) op as the ATM cross-attention, without the mask."""
+class PackedCrossAttention(PackedProjections):
+    """Plain cross-attention, as in the QU decoders of the official Shrunk head; computed by the
+    same (fused) op as the ATM cross-attention, without the mask."""
 
-    def __init__(self, dim: int, num_heads: int, attn_drop: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.attn_drop = attn_drop
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
-        self.out_proj = nn.Linear(dim, dim)
+    def __init__(self, dim: int, num_heads: int, dropout: float):
+        super().__init__(dim, num_heads, dropout)
         self.kernels = "reference"
-        nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(self, x, memory, prev_mask=None, need_mask=False):
         w_q, w_kv = self.in_proj_weight.split((x.shape[-1], 2 * x.shape[-1]))
@@ -82,7 +79,7 @@ class PackedCrossAttention(nn.Module):
         k, v = F.linear(memory, w_kv, b_kv).chunk(2, dim=-1)
         out, _ = ops.atm_attention(
             F.linear(x, w_q, b_q), k, v, self.num_heads, impl=self.kernels,
-            dropout_p=self.attn_drop if self.training else 0.0, need_mask=False,
+            dropout_p=self.dropout if self.training else 0.0, need_mask=False,
         )
         return self.out_proj(out), None
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import SegViTConfig
 from .atm_head import ATMDecoder, Grid, PackedCrossAttention, _output
+from .vit import resize_token_grid
 
 
 class SingleStageATM(nn.Module):
@@ -54,13 +54,7 @@ class ShrunkATMHead(nn.Module):
 
     def grid_queries(self, grid: Grid) -> torch.Tensor:
         """QU queries for a 1/16 grid; resized bicubically when the input is not the crop size."""
-        queries = self.q.weight.unsqueeze(0)
-        g = self.query_grid
-        if tuple(grid) == (g, g):
-            return queries
-        queries = queries.reshape(1, g, g, -1).permute(0, 3, 1, 2)
-        queries = F.interpolate(queries, size=tuple(grid), mode="bicubic", align_corners=False)
-        return queries.flatten(2).transpose(1, 2)
+        return resize_token_grid(self.q.weight.unsqueeze(0), self.query_grid, grid)
 
     def forward(self, features: list[tuple[torch.Tensor, Grid]]) -> list[dict]:
         if len(features) != 2:

@@ -20,6 +20,15 @@ from ..ops.reference import downsample_tokens
 Grid = tuple[int, int]
 
 
+def resize_token_grid(tokens: torch.Tensor, size: int, grid: Grid) -> torch.Tensor:
+    """Tokens [1, size*size, C] on a square grid, resized bicubically to ``grid`` (h, w): [1, h*w, C]."""
+    if tuple(grid) == (size, size):
+        return tokens
+    x = tokens.reshape(1, size, size, -1).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=tuple(grid), mode="bicubic", align_corners=False)
+    return x.flatten(2).transpose(1, 2)
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3):
         super().__init__()
@@ -96,12 +105,7 @@ class VisionTransformer(nn.Module):
 
     def grid_pos_embed(self, grid: Grid) -> torch.Tensor:
         """Grid part of the position embedding (cls slot dropped), bicubically resized to ``grid``."""
-        pos = self.pos_embed[:, 1:]
-        if tuple(grid) == (self.pos_grid, self.pos_grid):
-            return pos
-        pos = pos.reshape(1, self.pos_grid, self.pos_grid, -1).permute(0, 3, 1, 2)
-        pos = F.interpolate(pos, size=tuple(grid), mode="bicubic", align_corners=False)
-        return pos.flatten(2).transpose(1, 2)
+        return resize_token_grid(self.pos_embed[:, 1:], self.pos_grid, grid)
 
     def forward(self, img: torch.Tensor) -> list[tuple[torch.Tensor, Grid]]:
         x, grid = self.patch_embed(img)
