@@ -49,6 +49,16 @@ DEFAULTS = dict(iters=160_000, batch=16, lr=2e-5, warmup=1500, eval_every=16_000
 # ...and what trains the tiny preset from scratch on the synthetic data in minutes on 2 CPU cores
 # (a backbone rate of 3e-4, i.e. 3e-3 in the head, stays on the class-frequency plateau far longer).
 PRESET_DEFAULTS = {"tiny": dict(iters=1500, batch=8, lr=1e-4, warmup=100, eval_every=500, ckpt_every=500)}
+# A Shrunk model warm-started from a full one (--init-format full) needs longer: its QU decoders start untrained.
+VARIANT_DEFAULTS = {("tiny", "shrunk"): dict(iters=2500, eval_every=1250)}
+
+SHRUNK_FROM_SCRATCH = (
+    "note: training a Shrunk model without --init. Its QU cross-attention tells the 1/16 tokens apart only by "
+    "the position information in the backbone's features, which an untrained backbone hardly has, so on small "
+    "data the run can sit at the class-frequency plateau for thousands of steps. Like the paper (pretrained "
+    "backbones), start from trained weights: --init FULL.safetensors --init-format full (a full model trained "
+    "by this trainer) or a timm/official checkpoint."
+)
 
 # Arguments a resumed run must share with the run it continues.
 RUN_DEFINING = ("preset", "variant", "iters", "batch", "lr", "weight_decay", "head_lr_mult", "warmup",
@@ -65,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--variant", default="full", choices=VARIANTS)
-    p.add_argument("--iters", type=int, help="optimizer steps (default: per preset, 160000 for the paper's)")
+    p.add_argument("--iters", type=int, help="optimizer steps (default: per preset and variant, 160000 for the paper's)")
     p.add_argument("--batch", type=int, help="global batch size, split over the processes")
     p.add_argument("--lr", type=float, help="backbone learning rate (the head's is --head-lr-mult times it)")
     p.add_argument("--head-lr-mult", type=float, default=10.0, help="decode-head learning-rate factor")
@@ -101,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the arguments left unset from the preset's defaults (and check them)."""
     preset = PRESETS[args.preset]
-    for key, value in {**DEFAULTS, **PRESET_DEFAULTS.get(args.preset, {})}.items():
+    defaults = {**DEFAULTS, **PRESET_DEFAULTS.get(args.preset, {}),
+                **VARIANT_DEFAULTS.get((args.preset, args.variant), {})}
+    for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.crop is None:
@@ -201,6 +213,8 @@ class Trainer:
         self.model = SegViT(self.cfg, args.variant, kernels=args.kernels)
         if args.init and state is None:
             load_init(self.model, args.init, args.init_format, info)
+        elif args.variant == "shrunk" and not args.init and info.is_main:
+            print(SHRUNK_FROM_SCRATCH, file=sys.stderr)
         self.model.to(self.device)
         self.criterion = ATMLoss(self.cfg.num_classes)
         self.optimizer = make_optimizer(self.model, args.lr, args.weight_decay, args.head_lr_mult)

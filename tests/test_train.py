@@ -20,7 +20,7 @@ from segvit_rt.data.synth import generate
 from segvit_rt.training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segvit_rt.training.optim import WarmupPoly, make_optimizer, make_scheduler, param_groups
 from segvit_rt.training.sampler import ResumableSampler
-from segvit_rt.weights import load_weights, read_metadata
+from segvit_rt.weights import load_weights, read_metadata, save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 # Small and quick: 64-pixel crops of 64-pixel synthetic images.
@@ -227,6 +227,28 @@ def test_usage_and_data_errors_are_reported(synth, tmp_path, capsys):
     fails(["--eval-every", "0"], "cannot read image", "synth_training_000002.jpg", data=broken)
     (ade / "annotations" / "training" / "synth_training_000003.png").unlink()
     fails([], "unpaired", "synth_training_000003", data=broken)
+
+
+def test_defaults_follow_preset_and_variant():
+    def resolved(*argv):
+        return train_cli.resolve_defaults(train_cli.build_parser().parse_args(["--data", "d", "--out", "o", *argv]))
+
+    assert (resolved("--variant", "full").iters, resolved("--variant", "full").lr) == (1500, 1e-4)
+    assert (resolved("--variant", "shrunk").iters, resolved("--variant", "shrunk").eval_every) == (2500, 1250)
+    assert resolved("--variant", "shrunk", "--iters", "7").iters == 7
+    paper = resolved("--preset", "vit_b16_ade20k_512", "--variant", "shrunk")
+    assert (paper.iters, paper.batch, paper.lr) == (160_000, 16, 2e-5)
+
+
+def test_shrunk_without_init_is_told_to_warm_start(synth, tmp_path, capsys):
+    train_cli.main(["--data", str(synth), "--out", str(tmp_path / "scratch"), "--variant", "shrunk", "--iters", "1",
+                    "--eval-every", "0", *FAST])
+    assert "--init-format full" in capsys.readouterr().err
+    full = save_weights(tmp_path / "full.safetensors", segvit_rt.create_model("tiny", num_classes=3, crop_size=64))
+    train_cli.main(["--data", str(synth), "--out", str(tmp_path / "warm"), "--variant", "shrunk", "--iters", "1",
+                    "--eval-every", "0", "--init", str(full), "--init-format", "full", *FAST])
+    err = capsys.readouterr().err
+    assert "(full): loaded" in err and "without --init" not in err
 
 
 @pytest.mark.parametrize("fmt", ["timm", "official"])
