@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import engines
+from .cli import exit_on
 from .class_names import palette
 from .config import PRESETS, VARIANTS
 from .engines.format import FORMAT, PRECISIONS, EngineError, library_versions, write_engine_json
@@ -299,14 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on(EngineError, WeightsError, BuildError):
         model, weights = load_build_model(args.variant, args.preset, args.weights)
         return build_engine(model, backend=args.backend, precision=args.precision, batch=args.batch,
                             max_batch=args.max_batch, out=args.out, device=args.device, weights=weights,
                             kernels=args.kernels)
-    except (EngineError, WeightsError, BuildError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .cli import exit_on
 from .build import DEMO_DATA, BuildError, build_engine, default_weights, load_build_model
 from .data import IGNORE_INDEX, open_dataset
 from .data.synth import generate
@@ -151,11 +151,8 @@ def main(argv=None) -> dict:
     if args.images is not None and args.images < 1:
         build_parser().error(f"--images must be at least 1, got {args.images}")
     start = time.perf_counter()
-    try:
+    with exit_on(EngineError, WeightsError, BuildError, FileNotFoundError):
         results = run_demo(Path(args.out), args.variant, args.weights, args.images, progress=not args.quiet)
-    except (EngineError, WeightsError, BuildError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return results
 

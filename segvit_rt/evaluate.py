@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .cli import exit_on
 from .data import EvalTransform, open_dataset
 from .inference import MODES, model_logits_fn, predict_labels, test_size
 from .metrics import ConfusionMatrix, chance_levels
@@ -121,16 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on(WeightsError, ValueError, FileNotFoundError, RuntimeError):
         device = pick_device(args.device)
         use_interpreter_on_cpu(args.kernels, device)
         model = load_weights(args.weights, kernels=args.kernels).to(device)
         cfg = model.cfg
         dataset = open_dataset(args.data, args.split, transform=EvalTransform(cfg.mean, cfg.std))
         metrics = evaluate_model(model, dataset, args.mode, args.crop, args.stride, progress=not args.quiet)
-    except (WeightsError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
     if tuple(dataset.classes) != tuple(cfg.names()):
         print(f"warning: the dataset's class names differ from the weights' ({list(dataset.classes)[:5]} ... vs "
               f"{list(cfg.names())[:5]} ...); the table uses the weights' names", file=sys.stderr)

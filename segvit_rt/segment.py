@@ -9,11 +9,11 @@ blended with the class colours), each atomically.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
+from .cli import exit_on
 from .engines import EngineError
 from .images import save_labels, save_png
 from .inference import MODES
@@ -65,16 +65,13 @@ def main(argv=None) -> list[Path]:
     args = build_parser().parse_args(argv)
     from .runtime import Runtime
 
-    try:
+    with exit_on(EngineError, ValueError, TypeError, FileNotFoundError):
         if not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
         paths = [Path(p) for p in args.images]
         check_inputs(paths)
         runtime = Runtime(args.engine, device=args.device, mode=args.mode)
         written = segment_files(runtime, paths, Path(args.out), args.alpha, progress=not args.quiet)
-    except (EngineError, ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
     print(f"wrote {len(written)} label maps and overlays to {args.out}")
     return written
 

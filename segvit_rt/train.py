@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .cli import exit_on
 from .config import PRESETS, VARIANTS, get_config
 from .data import DatasetError, EvalTransform, TrainTransform, open_dataset
 from .evaluate import evaluate_model, use_interpreter_on_cpu
@@ -361,11 +362,8 @@ def train(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on(UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError):
         return train(args)
-    except (UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
 
 
 if __name__ == "__main__":
