@@ -7,7 +7,9 @@ On CPU a tiny shape through the Triton interpreter, only to keep the file workin
 Forward group ``atm-fwd-*``: ``reference`` (segvit_rt.ops.reference, eager),
 ``sdpa+matmul`` (``scaled_dot_product_attention`` for out, one ``baddbmm`` for
 the mask: scale/H·q·kᵀ over the full width is the head-mean of the per-head
-logits), ``fused``. Backward group ``atm-bwd-*``: the reference's autograd vs
+logits), ``fused``, and ``plugin-kernel``: the fused forward as the TensorRT
+plugin runs it (fixed tactic 2, ``prev_mask`` added by a separate op as in the
+plugin graph), against ``fused``. Backward group ``atm-bwd-*``: the reference's autograd vs
 the fused backward, for the gradients of out and mask. Both run with a
 ``prev_mask``, as every decoder layer after the first does.
 """
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import DEVICE, measure, pick, tensor_bytes
+from segvit_rt.kernels import atm_attention_aot
 from segvit_rt.kernels.atm_attention import atm_attention
 from segvit_rt.ops import reference
 
@@ -40,10 +43,18 @@ FORWARD = {
     "reference": lambda q, k, v, h, prev: reference.atm_attention(q, k, v, h, prev_mask=prev),
     "sdpa+matmul": sdpa_plus_matmul,
     "fused": lambda q, k, v, h, prev: atm_attention(q, k, v, h, prev_mask=prev),
+    "plugin-kernel": lambda q, k, v, h, prev: plugin_kernel_plus_prev(q, k, v, h, prev),
 }
 BACKWARD = {"reference": FORWARD["reference"], "fused": FORWARD["fused"]}
 # Variants each one is compared with (measured before it: parametrize order).
-FORWARD_BASELINES = {"reference": None, "sdpa+matmul": "reference", "fused": ["reference", "sdpa+matmul"]}
+FORWARD_BASELINES = {
+    "reference": None, "sdpa+matmul": "reference", "fused": ["reference", "sdpa+matmul"], "plugin-kernel": "fused",
+}
+
+
+def plugin_kernel_plus_prev(q, k, v, num_heads, prev_mask):
+    out, mask = atm_attention_aot.launch(q, k, v, num_heads, tactic=2)
+    return out, mask + prev_mask
 
 
 def make_inputs(shape, requires_grad=False):

@@ -56,8 +56,12 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, max_batch: int) -> dict:
-    """Write ``graph`` to ``path`` as one self-contained ONNX file and run the full ONNX checker."""
+def export(
+    graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, max_batch: int,
+    translations: dict | None = None,
+) -> dict:
+    """Write ``graph`` to ``path`` as one self-contained ONNX file and run the full ONNX checker.
+    ``translations``: ONNX forms of custom ops in the graph (``custom_translation_table``)."""
     import onnx
 
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if dynamic_batch else None
@@ -65,7 +69,7 @@ def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic
         torch.onnx.export(
             graph, (example,), str(path), dynamo=True, opset_version=OPSET, verbose=False,
             input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=dynamic_shapes, external_data=False,
+            dynamic_shapes=dynamic_shapes, external_data=False, custom_translation_table=translations,
         )
     try:
         onnx.checker.check_model(str(path), full_check=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import onnx_backend
+from . import onnx_backend, tensorrt_plugin
 from .format import INPUT_NAME, OUTPUT_NAMES, EngineError
 
 ARTIFACT = "model.plan"
@@ -48,11 +48,26 @@ def _logger(trt):
     return trt.Logger(trt.Logger.WARNING)
 
 
+def check_plugin_available() -> None:
+    """Raise unless the ATM plugin (our Triton kernel as a TensorRT AOT plugin) can be built here."""
+    _trt()
+    try:
+        tensorrt_plugin.check_available()
+    except ImportError as e:
+        raise EngineError(f"the ATM TensorRT plugin needs TensorRT's tensorrt.plugin API: {e}") from e
+
+
 def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, max_batch: int) -> dict:
-    """Export the typed ONNX graph beside ``path``, build the plan from it, then drop the ONNX file."""
+    """Export the typed ONNX graph beside ``path``, build the plan from it, then drop the ONNX file.
+    A graph exported with ``kernels="tensorrt_plugin"`` carries ATM plugin nodes: the plugin is
+    registered first, and TensorRT embeds its PTX in the plan."""
     trt = _trt()
     onnx_path = path.with_name("typed_graph.onnx")
-    onnx_backend.export(graph, example, onnx_path, dynamic_batch=dynamic_batch, max_batch=max_batch)
+    onnx_backend.export(graph, example, onnx_path, dynamic_batch=dynamic_batch, max_batch=max_batch,
+                        translations=tensorrt_plugin.onnx_translations())
+    if tensorrt_plugin.NAMESPACE in _onnx_domains(onnx_path):
+        check_plugin_available()
+        tensorrt_plugin.register()
     try:
         plan = _build_plan(trt, onnx_path, example.shape, dynamic_batch, max_batch)
     finally:
@@ -62,6 +77,12 @@ def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic
         "gpu": torch.cuda.get_device_name(),
         "compute_capability": list(torch.cuda.get_device_capability()),
     }
+
+
+def _onnx_domains(onnx_path: Path) -> set[str]:
+    import onnx
+
+    return {node.domain for node in onnx.load(str(onnx_path)).graph.node}
 
 
 def _build_plan(trt, onnx_path: Path, shape, dynamic_batch: bool, max_batch: int) -> bytes:
@@ -108,6 +129,9 @@ def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
 
 def load(path: Path, meta: dict, device: torch.device):
     trt = _trt()
+    if meta.get("kernels") == "triton":  # the plan embeds the plugin's PTX; its definition is registered too
+        check_plugin_available()
+        tensorrt_plugin.register()
     runtime = trt.Runtime(_logger(trt))
     with torch.cuda.device(device):
         engine = runtime.deserialize_cuda_engine(path.read_bytes())

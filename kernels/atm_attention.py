@@ -98,7 +98,7 @@ def _atm_fwd_kernel(
     stride_ob, stride_on, stride_mb, stride_mn,
     N, L, qk_scale, mask_scale,
     NUM_HEADS: tl.constexpr, HEADS_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
-    NEED_MASK: tl.constexpr, HAS_PREV: tl.constexpr, SIGMOID: tl.constexpr,
+    NEED_MASK: tl.constexpr, HAS_PREV: tl.constexpr, SIGMOID: tl.constexpr, STORE_LSE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
@@ -162,8 +162,9 @@ def _atm_fwd_kernel(
         out_ptr + b * stride_ob + offs_n[None, :, None] * stride_on + cols,
         acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, :, None],
     )
-    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # natural log-sum-exp of the scaled logits
-    tl.store(lse_ptr + (b * NUM_HEADS + offs_h[:, None]) * N + offs_n[None, :], lse, mask=row_ok)
+    if STORE_LSE:  # for the backward; inference-only launchers (the TensorRT plugin) skip it
+        lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # natural log-sum-exp of the scaled logits
+        tl.store(lse_ptr + (b * NUM_HEADS + offs_h[:, None]) * N + offs_n[None, :], lse, mask=row_ok)
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=_KEY)
@@ -305,7 +306,7 @@ def launch_forward(q, k, v, num_heads, scale, prev_mask, sigmoid_mask, out, mask
         out.stride(0), out.stride(1), *mask_strides,
         n, length, scale * LOG2E, scale / num_heads,
         NUM_HEADS=num_heads, HEADS_P2=triton.next_power_of_2(num_heads), HEAD_DIM=head_dim,
-        NEED_MASK=mask is not None, HAS_PREV=prev_mask is not None, SIGMOID=sigmoid_mask,
+        NEED_MASK=mask is not None, HAS_PREV=prev_mask is not None, SIGMOID=sigmoid_mask, STORE_LSE=True,
         **dot_options(q.dtype),
     )
 

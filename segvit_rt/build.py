@@ -125,17 +125,29 @@ def resolve_precision(precision: str | None, backend: str, device: torch.device)
     return precision
 
 
-def resolve_kernels(kernels: str | None, backend: str, device: torch.device) -> str:
-    """Our Triton ops survive only ``torch.export`` into AOTInductor on CUDA; ONNX and TensorRT get
-    the reference ops as plain ONNX operators."""
-    triton_ok = backend == "aoti" and device.type == "cuda"
+def resolve_kernels(kernels: str | None, backend: str, device: torch.device, precision: str) -> str:
+    """Where our Triton kernels go into an engine: all of them into AOTInductor on CUDA (the
+    default there); the ATM attention into fp16 TensorRT engines as an AOT plugin (on request:
+    ``kernels="triton"``). ONNX engines, and TensorRT by default, get the reference ops as plain
+    ONNX operators."""
     if kernels is None:
-        return "triton" if triton_ok else "reference"
+        return "triton" if backend == "aoti" and device.type == "cuda" else "reference"
     if kernels not in ("triton", "reference"):
         raise EngineError(f"kernels must be 'triton' or 'reference', got {kernels!r}")
-    if kernels == "triton" and not triton_ok:
-        raise EngineError(f"Triton kernels compile only into aoti engines on CUDA, not {backend} on {device.type}")
+    if kernels == "reference" or (backend == "aoti" and device.type == "cuda"):
+        return kernels
+    if backend != "tensorrt":
+        raise EngineError(f"Triton kernels go into aoti engines on CUDA and tensorrt engines (the ATM plugin), "
+                          f"not {backend} engines on {device.type}")
+    if precision != "fp16":
+        raise EngineError("the ATM TensorRT plugin runs fp16 only: use --precision fp16 or --kernels reference")
+    engines.backend_module("tensorrt").check_plugin_available()
     return kernels
+
+
+def export_impl(kernels: str, backend: str) -> str:
+    """The model's op implementation for export: a TensorRT engine's Triton kernel is the ATM plugin."""
+    return "tensorrt_plugin" if backend == "tensorrt" and kernels == "triton" else kernels
 
 
 def default_out(preset: str, variant: str, backend: str, precision: str) -> Path:
@@ -164,8 +176,8 @@ def build_engine(
 
     ``batch``: a static batch size, or ``None`` for a dynamic batch of 1..``max_batch``.
     ``precision``: fp16 on a GPU and fp32 on the CPU unless given. ``weights``: the file the
-    model was loaded from, recorded with its sha256. ``kernels``: the ops the aoti backend compiles
-    on CUDA, ``"triton"`` (default) or ``"reference"``; every other build exports the reference ops.
+    model was loaded from, recorded with its sha256. ``kernels``: ``"triton"`` or ``"reference"``
+    ops, see :func:`resolve_kernels` (default: triton for aoti on CUDA, else reference).
     """
     backend = resolve_backend(backend, log)
     module = engines.backend_module(backend)
@@ -185,8 +197,9 @@ def build_engine(
     reference = copy.deepcopy(model).float().eval().to(device).set_kernels("reference")
     # ONNX export traces on the CPU (the graph is device-free); aoti compiles for its device.
     export_device = device if backend == "aoti" else torch.device("cpu")
-    kernels = resolve_kernels(kernels, backend, device)
-    exported = copy.deepcopy(model).eval().to(export_device, DTYPES[precision]).set_kernels(kernels)
+    kernels = resolve_kernels(kernels, backend, device, precision)
+    exported = copy.deepcopy(model).eval().to(export_device, DTYPES[precision])
+    exported.set_kernels(export_impl(kernels, backend))
     graph = LogitsGraph(exported, precision).eval()
     example = example_input(cfg, batch or min(2, max_batch), export_device)
     log(f"building {backend} {precision} engine of {cfg.name} {variant} "
@@ -290,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="static batch size, or 'dynamic' (default) for 1..--max-batch")
     p.add_argument("--max-batch", type=int, default=32, help="largest batch of a dynamic engine (default 32)")
     p.add_argument("--kernels", choices=("triton", "reference"),
-                   help="ops compiled into an aoti engine on CUDA (default triton); other builds use reference")
+                   help="triton: our kernels in an aoti engine on CUDA (its default), or the ATM attention as "
+                        "a plugin in an fp16 tensorrt engine; reference: plain ops (every other default)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where the engine runs (default: the backend's choice)")
     p.add_argument("--out", help="engine directory (default: engines/built/<preset>_<variant>_<backend>_<precision>)")

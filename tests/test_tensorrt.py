@@ -69,3 +69,21 @@ def test_plans_from_another_tensorrt_or_gpu_are_refused(plan, tmp_path):
     (copy / "engine.json").write_text(json.dumps({**meta, "compute_capability": [1, 0]}))
     with pytest.raises(EngineError, match="compute capability"):
         load_engine(copy)
+
+
+@pytest.mark.parametrize("variant", ["full", "shrunk"])
+def test_plan_with_the_atm_plugin_matches_pytorch(variant, tmp_path):
+    """``kernels="triton"``: each ATM mask layer runs our Triton kernel as an AOT plugin in the plan."""
+    model = sharp_model(variant).cuda()
+    out = build_engine(model, backend="tensorrt", precision="fp16", kernels="triton", max_batch=4,
+                       out=tmp_path / variant, log=lambda _: None)
+    assert read_engine(out)["kernels"] == "triton"
+    engine = load_engine(out)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 128, 128, generator=torch.Generator().manual_seed(batch)).cuda()
+        cls, masks = engine(x)
+        torch.cuda.synchronize()
+        with torch.no_grad():
+            ref = model(x)
+        assert (masks - ref["pred_masks"]).abs().max() <= TOLERANCES["fp16"].bound(ref["pred_masks"])
+        assert (cls - ref["pred_logits"]).abs().max() <= TOLERANCES["fp16"].bound(ref["pred_logits"])

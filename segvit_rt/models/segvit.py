@@ -41,7 +41,8 @@ class SegViT(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
 
     def set_kernels(self, kernels: str) -> "SegViT":
-        """Switch every hot-path op between ``"reference"`` PyTorch and fused ``"triton"`` kernels."""
+        """Switch every hot-path op between ``"reference"`` PyTorch and fused ``"triton"`` kernels
+        (``"tensorrt_plugin"``: export to a TensorRT engine with the ATM plugin, see ``segvit_rt.ops``)."""
         ops.check_impl(kernels)
         self.kernels = kernels
         for m in self.modules():

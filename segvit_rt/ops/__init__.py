@@ -1,9 +1,15 @@
-"""Hot-path ops behind one switch: ``impl="reference"`` (plain PyTorch) or ``"triton"`` (fused kernels)."""
+"""Hot-path ops behind one switch: ``impl="reference"`` (plain PyTorch) or ``"triton"`` (fused kernels).
+
+``"tensorrt_plugin"`` is for export only: the ATM cross-attention layers that
+produce a mask become one ``segvit_rt::atm_attention_plugin`` op each, which
+the TensorRT backend exports as an ONNX node that TensorRT maps to our Triton
+kernel (``segvit_rt.engines.tensorrt_plugin``); everything else is the reference.
+"""
 from __future__ import annotations
 
 from . import reference
 
-IMPLS = ("reference", "triton")
+IMPLS = ("reference", "triton", "tensorrt_plugin")
 
 
 def check_impl(impl: str) -> str:
@@ -19,6 +25,10 @@ def atm_attention(q, k, v, num_heads, *, impl="reference", dropout_p=0.0, **kw):
         from segvit_rt.kernels import atm_attention as fused
 
         return fused(q, k, v, num_heads, **kw)
+    if impl == "tensorrt_plugin" and kw.get("need_mask", True) and not kw.get("sigmoid_mask") and dropout_p == 0.0:
+        from segvit_rt.engines.tensorrt_plugin import atm_attention_plugin
+
+        return atm_attention_plugin(q, k, v, num_heads, scale=kw.get("scale"), prev_mask=kw.get("prev_mask"))
     return reference.atm_attention(q, k, v, num_heads, dropout_p=dropout_p, **kw)
 
 

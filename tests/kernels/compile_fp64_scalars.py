@@ -20,7 +20,7 @@ ATM_BWD = dict(NUM_HEADS=16, HEAD_DIM=32, HAS_DMASK=True, BLOCK_N=32, BLOCK_L=64
 QD = dict(HEAD_DIM=64, BLOCK_M=64, BLOCK_N=64, **DOT)
 KERNELS = [
     (atm._atm_fwd_kernel, dict(NUM_HEADS=16, HEADS_P2=16, HEAD_DIM=32, NEED_MASK=True, HAS_PREV=True,
-                               SIGMOID=False, BLOCK_N=16, BLOCK_L=32, **DOT)),
+                               SIGMOID=False, STORE_LSE=True, BLOCK_N=16, BLOCK_L=32, **DOT)),
     (atm._atm_bwd_dkdv_kernel, ATM_BWD),
     (atm._atm_bwd_dq_kernel, ATM_BWD),
     (qd._qd_fwd_kernel, QD),

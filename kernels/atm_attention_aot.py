@@ -1,0 +1,172 @@
+"""The ATM forward compiled ahead of time, for launchers outside PyTorch (the TensorRT plugin).
+
+A TensorRT AOT plugin (``segvit_rt.engines.tensorrt_plugin``) hands TensorRT a
+PTX kernel that TensorRT launches itself with exactly: the plugin's input
+pointers, then int32 scalars, then its output pointers. ``_atm_plugin_kernel``
+is the fused forward of ``atm_attention.py`` in that calling convention, for
+contiguous ``q`` [B, N, D] and ``k``/``v`` [B, L, D], writing ``out`` [B, N, D]
+and the head-mean ``mask`` [B, N, L] (no ``prev_mask``: the graph adds it
+outside; no sigmoid; no log-sum-exp, which only the backward needs). Head
+count, head dim and scale are compile-time constants of the engine.
+
+Triton (>= 3.3) appends hidden pointer parameters (global and profile scratch)
+to every kernel entry, which such a launcher does not pass. :func:`compile_ptx`
+removes them from the PTX when the kernel does not use them, and refuses a
+kernel that does.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import triton
+import triton.language as tl
+
+from .atm_attention import LOG2E, _atm_fwd_kernel
+
+# (BLOCK_N, BLOCK_L, num_warps, num_stages): the plugin's tactics, timed by TensorRT at build time.
+PLUGIN_CONFIGS = ((16, 32, 4, 1), (16, 64, 4, 1), (32, 32, 4, 1), (32, 64, 8, 1), (16, 64, 8, 2))
+DTYPES = ("fp16", "fp32")
+RUNTIME_ARGS = ("q_ptr", "k_ptr", "v_ptr", "N", "L", "out_ptr", "mask_ptr")  # what TensorRT passes, in order
+_atm_fwd = _atm_fwd_kernel.fn  # the @triton.jit function under the autotuner, called inline below
+
+
+@triton.jit
+def _atm_plugin_kernel(
+    q_ptr, k_ptr, v_ptr, N, L, out_ptr, mask_ptr,
+    NUM_HEADS: tl.constexpr, HEADS_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
+    QK_SCALE: tl.constexpr, MASK_SCALE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    D: tl.constexpr = NUM_HEADS * HEAD_DIM
+    _atm_fwd(
+        q_ptr, k_ptr, v_ptr, q_ptr, out_ptr, mask_ptr, out_ptr,  # prev_mask and lse are never touched
+        N * D, D, L * D, D, L * D, D,
+        0, 0, 0,
+        N * D, D, N * L, L,
+        N, L, QK_SCALE, MASK_SCALE,
+        NUM_HEADS=NUM_HEADS, HEADS_P2=HEADS_P2, HEAD_DIM=HEAD_DIM,
+        NEED_MASK=True, HAS_PREV=False, SIGMOID=False, STORE_LSE=False,
+        DOT_PRECISION=DOT_PRECISION, DOT_UPCAST=False, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L,
+    )
+
+
+def check_plugin_shape(num_heads: int, head_dim: int, scale: float) -> None:
+    """Raise ``ValueError`` unless the plugin kernel supports this attention."""
+    if not (isinstance(num_heads, int) and num_heads >= 1):
+        raise ValueError(f"atm_attention plugin: num_heads must be a positive int, got {num_heads!r}")
+    if head_dim < 16 or head_dim > 128 or head_dim & (head_dim - 1):
+        raise ValueError(f"atm_attention plugin: head_dim must be a power of two in [16, 128], got {head_dim}")
+    if not math.isfinite(scale):
+        raise ValueError(f"atm_attention plugin: scale must be finite, got {scale}")
+
+
+def plugin_constexprs(num_heads: int, head_dim: int, scale: float, dtype: str, tactic: int) -> dict:
+    """The compile-time arguments of ``_atm_plugin_kernel`` (``tactic``: 1-based index of
+    :data:`PLUGIN_CONFIGS`)."""
+    check_plugin_shape(num_heads, head_dim, scale)
+    if dtype not in DTYPES:
+        raise ValueError(f"atm_attention plugin: dtype must be one of {DTYPES}, got {dtype!r}")
+    block_n, block_l, _, _ = config(tactic)
+    return dict(
+        NUM_HEADS=num_heads, HEADS_P2=triton.next_power_of_2(num_heads), HEAD_DIM=head_dim,
+        QK_SCALE=scale * LOG2E, MASK_SCALE=scale / num_heads,
+        DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", BLOCK_N=block_n, BLOCK_L=block_l,
+    )
+
+
+def config(tactic: int) -> tuple[int, int, int, int]:
+    if not 1 <= tactic <= len(PLUGIN_CONFIGS):
+        raise ValueError(f"atm_attention plugin: tactic must be in 1..{len(PLUGIN_CONFIGS)}, got {tactic}")
+    return PLUGIN_CONFIGS[tactic - 1]
+
+
+def launch_grid(batch, n, tactic: int, cdiv=triton.cdiv) -> tuple:
+    """(grid_x, grid_y): one program per block of queries and batch element. ``cdiv`` lets the
+    TensorRT plugin build the same grid from symbolic shapes."""
+    return cdiv(n, config(tactic)[0]), batch
+
+
+def launch(q, k, v, num_heads: int, scale: float | None = None, tactic: int = 1):
+    """Run ``_atm_plugin_kernel`` from PyTorch exactly as TensorRT launches it (same arguments,
+    constants and grid): ``(out [B, N, D], mask [B, N, L])``. For checking the plugin's kernel
+    on a GPU, or on CPU tensors under the Triton interpreter."""
+    import torch
+
+    b, n, d = q.shape
+    length = k.shape[1]
+    if d % num_heads:
+        raise ValueError(f"atm_attention plugin: dim {d} is not divisible by num_heads={num_heads}")
+    head_dim = d // num_heads
+    scale = head_dim ** -0.5 if scale is None else float(scale)
+    dtype = {torch.float16: "fp16", torch.float32: "fp32"}.get(q.dtype)
+    if dtype is None:
+        raise TypeError(f"atm_attention plugin: fp16 or fp32 inputs, got {q.dtype}")
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    out, mask = torch.empty_like(q), q.new_empty((b, n, length))
+    constexprs = plugin_constexprs(num_heads, head_dim, scale, dtype, tactic)
+    _, _, num_warps, num_stages = config(tactic)
+    _atm_plugin_kernel[launch_grid(b, n, tactic)](
+        q, k, v, n, length, out, mask, **constexprs, num_warps=num_warps, num_stages=num_stages
+    )
+    return out, mask
+
+
+@dataclass(frozen=True)
+class AotKernel:
+    name: str
+    ptx: str
+    num_warps: int
+    shared: int
+
+
+def compile_ptx(num_heads: int, head_dim: int, scale: float, dtype: str, tactic: int, target) -> AotKernel:
+    """PTX of ``_atm_plugin_kernel`` for ``target`` (a ``triton.backends.compiler.GPUTarget``),
+    with only the parameters an external launcher passes (:data:`RUNTIME_ARGS`)."""
+    from triton.compiler import ASTSource
+
+    constexprs = plugin_constexprs(num_heads, head_dim, scale, dtype, tactic)
+    _, _, num_warps, num_stages = config(tactic)
+    fn = _atm_plugin_kernel
+    signature = {
+        name: "constexpr" if name in constexprs else "i32" if name in ("N", "L") else f"*{dtype}"
+        for name in fn.arg_names
+    }
+    src = ASTSource(fn=fn, signature=signature,
+                    constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    compiled = triton.compile(src, target=target, options={"num_warps": num_warps, "num_stages": num_stages})
+    meta = compiled.metadata
+    for scratch in ("global_scratch_size", "profile_scratch_size"):
+        if getattr(meta, scratch, 0):
+            raise RuntimeError(f"atm_attention plugin: the kernel needs {scratch}={getattr(meta, scratch)} bytes, "
+                               "which an external launcher does not provide")
+    return AotKernel(meta.name, strip_hidden_params(compiled.asm["ptx"], meta.name, len(RUNTIME_ARGS)),
+                     meta.num_warps, meta.shared)
+
+
+def strip_hidden_params(ptx: str, name: str, visible: int) -> str:
+    """Drop the entry parameters of ``name`` after the first ``visible`` ones, which must be unused."""
+    entry = _entry(ptx, name)
+    params = entry_params(ptx, name)
+    if len(params) < visible:
+        raise ValueError(f".entry {name} has {len(params)} parameters, expected at least {visible}")
+    body = ptx[entry.end():]
+    for p in params[visible:]:
+        param_name = p.split()[-1]
+        if re.search(rf"\b{re.escape(param_name)}\b", body):
+            raise ValueError(f"the kernel reads its hidden parameter {param_name}: it cannot drop it")
+    kept = ",\n\t".join(params[:visible])
+    return ptx[:entry.start(1)] + f"\n\t{kept}\n" + ptx[entry.end(1):]
+
+
+def entry_params(ptx: str, name: str) -> list[str]:
+    """The parameter declarations of ``.entry name``."""
+    return [p.strip() for p in _entry(ptx, name).group(1).split(",") if p.strip()]
+
+
+def _entry(ptx: str, name: str) -> re.Match:
+    entry = re.search(rf"\.entry\s+{re.escape(name)}\s*\((.*?)\)", ptx, re.S)
+    if entry is None:
+        raise ValueError(f"no .entry {name} in the PTX")
+    return entry

@@ -1,0 +1,107 @@
+"""The ATM forward as the TensorRT plugin runs it: calling convention, constants, PTX."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from segvit_rt.kernels import atm_attention_aot as aot
+from segvit_rt.ops import reference
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _inputs(b, n, length, d, dtype, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(b, m, d, generator=gen).to(device, dtype) for m in (n, length, length))
+
+
+@pytest.mark.parametrize("tactic", [1, 4])
+@pytest.mark.parametrize("dtype,heads,head_dim,tol", [
+    (torch.float32, 2, 16, 1e-5),
+    (torch.float16, 3, 16, 2e-3),  # 3 heads: padded to 4 inside the tile
+])
+def test_plugin_kernel_matches_reference(dtype, heads, head_dim, tol, tactic):
+    # N=5 and L=37 are not multiples of any block: masked tails in both directions.
+    q, k, v = _inputs(2, 5, 37, heads * head_dim, dtype)
+    out, mask = aot.launch(q, k, v, heads, tactic=tactic)
+    ref_out, ref_mask = reference.atm_attention(q.double(), k.double(), v.double(), heads)
+    assert out.dtype == dtype and mask.shape == (2, 5, 37)
+    torch.testing.assert_close(out.double(), ref_out, atol=tol, rtol=tol)
+    torch.testing.assert_close(mask.double(), ref_mask, atol=tol, rtol=tol)
+
+
+def test_plugin_kernel_uses_the_given_scale():
+    q, k, v = _inputs(1, 3, 20, 32, torch.float32, seed=1)
+    _, mask = aot.launch(q, k, v, 2, scale=0.3)
+    _, ref = reference.atm_attention(q, k, v, 2, scale=0.3)
+    torch.testing.assert_close(mask, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_plugin_arguments_are_checked():
+    with pytest.raises(ValueError, match="head_dim must be a power of two"):
+        aot.plugin_constexprs(2, 24, 0.2, "fp16", 1)
+    with pytest.raises(ValueError, match="tactic must be in 1..5"):
+        aot.plugin_constexprs(2, 32, 0.2, "fp16", 0)
+    with pytest.raises(ValueError, match="dtype"):
+        aot.plugin_constexprs(2, 32, 0.2, "bf16", 1)
+    with pytest.raises(TypeError, match="fp16 or fp32"):
+        aot.launch(*_inputs(1, 2, 3, 32, torch.bfloat16), 2)
+
+
+PTX = """.version 8.4
+.target sm_90a
+.visible .entry k(
+\t.param .u64 .ptr .global .align 1 k_param_0,
+\t.param .u32 k_param_1,
+\t.param .u64 .ptr .global .align 1 k_param_2,
+\t.param .u64 .ptr .global .align 1 k_param_3
+)
+{
+\tld.param.b64 %rd1, [k_param_0];
+\tld.param.b32 %r1, [k_param_1];
+BODY
+}
+"""
+
+
+def test_hidden_params_are_dropped_only_when_unused():
+    ptx = aot.strip_hidden_params(PTX.replace("BODY", ""), "k", 2)
+    assert [p.split()[-1] for p in aot.entry_params(ptx, "k")] == ["k_param_0", "k_param_1"]
+    assert "ld.param.b32 %r1, [k_param_1];" in ptx
+    with pytest.raises(ValueError, match="reads its hidden parameter k_param_2"):
+        aot.strip_hidden_params(PTX.replace("BODY", "\tld.param.b64 %rd2, [k_param_2];"), "k", 2)
+    with pytest.raises(ValueError, match="no .entry other"):
+        aot.strip_hidden_params(PTX, "other", 2)
+
+
+def test_plugin_ptx_for_sm90_has_the_tensorrt_calling_convention():
+    """Compiled for Hopper without a GPU (a subprocess without the interpreter); ptxas assembles
+    the PTX TensorRT would get, and its entry takes exactly q, k, v, N, L, out, mask."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("compile_atm_plugin.py"))],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("ptx ")]
+    assert len(lines) == len(aot.PLUGIN_CONFIGS) + 1
+    for line in lines:
+        _, dtype, tactic, params, assembled = line.split()
+        assert params == ",".join([".u64"] * 3 + [".u32"] * 2 + [".u64"] * 2), line
+        assert assembled == "assembled", line
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tactic", range(1, len(aot.PLUGIN_CONFIGS) + 1))
+def test_plugin_kernel_at_vit_l_shape_on_gpu(tactic):
+    """Every tactic TensorRT may pick, compiled for this GPU, at the ViT-L decoder shape."""
+    q, k, v = _inputs(8, 150, 1600, 512, torch.float16, "cuda")
+    out, mask = aot.launch(q, k, v, 16, tactic=tactic)
+    ref_out, ref_mask = reference.atm_attention(q.double(), k.double(), v.double(), 16)
+    for got, ref in ((out, ref_out), (mask, ref_mask)):
+        scale = max(1.0, ref.abs().max().item())
+        torch.testing.assert_close(got.double(), ref, atol=4e-3 * scale, rtol=4e-3)

@@ -1,0 +1,88 @@
+"""The ATM TensorRT plugin's graph side, without TensorRT: the export marks every ATM layer whose
+mask is used with one plugin node, and that graph, its nodes run by the plugin's kernel in
+TensorRT's calling convention, computes the PyTorch model."""
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+
+from engine_helpers import sharp_model
+from segvit_rt.build import resolve_kernels
+from segvit_rt.engines import EngineError, onnx_backend, tensorrt_plugin
+from segvit_rt.engines.graph import LogitsGraph, example_input
+from segvit_rt.kernels import atm_attention_aot as plugin_kernel
+
+
+class atm_attention(OpRun):  # noqa: N801  (the evaluator finds a custom op by its class name)
+    """The plugin node run as TensorRT would: attributes -> kernel constants, our AOT kernel."""
+
+    op_domain = tensorrt_plugin.NAMESPACE
+    calls = []
+
+    def _run(self, q, k, v, num_heads=None, head_dim=None, scale=None, plugin_namespace=None, aot=None):
+        atm_attention.calls.append((num_heads, head_dim, scale, plugin_namespace, aot))
+        assert q.shape[-1] == num_heads * head_dim
+        out, mask = plugin_kernel.launch(*(torch.from_numpy(t) for t in (q, k, v)), num_heads, scale=scale, tactic=2)
+        return out.numpy(), mask.numpy()
+
+
+@pytest.fixture(scope="module", params=["full", "shrunk"])
+def exported(request, tmp_path_factory):
+    model = sharp_model(request.param)
+    graph = LogitsGraph(model.set_kernels("tensorrt_plugin"), "fp32").eval()
+    path = tmp_path_factory.mktemp("plugin") / "graph.onnx"
+    onnx_backend.export(graph, example_input(model.cfg, 2, "cpu"), path, dynamic_batch=True, max_batch=4,
+                        translations=tensorrt_plugin.onnx_translations())
+    return request.param, sharp_model(request.param), path
+
+
+def test_every_used_atm_mask_is_one_plugin_node(exported):
+    variant, model, path = exported
+    nodes = [n for n in onnx.load(str(path)).graph.node if n.domain == tensorrt_plugin.NAMESPACE]
+    # Full: the last layer of each of the 3 stage decoders; Shrunk: every layer of its one ATM stage.
+    assert len(nodes) == 3
+    cfg = model.cfg
+    for node in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert node.op_type == tensorrt_plugin.NAME and len(node.input) == 3 and len(node.output) == 2
+        assert attrs["num_heads"] == cfg.decoder_heads and attrs["head_dim"] == cfg.decoder_dim // cfg.decoder_heads
+        assert attrs["scale"] == pytest.approx((cfg.decoder_dim // cfg.decoder_heads) ** -0.5)
+        assert attrs["plugin_namespace"] == b"segvit_rt" and attrs["aot"] == 1
+
+
+def test_plugin_graph_computes_the_model(exported):
+    _, model, path = exported
+    x = example_input(model.cfg, 3, "cpu", seed=5)
+    atm_attention.calls.clear()
+    cls, masks = ReferenceEvaluator(str(path), new_ops=[atm_attention]).run(None, {"image": x.numpy()})
+    assert len(atm_attention.calls) == 3
+    with torch.no_grad():
+        ref = model(x)
+    np.testing.assert_allclose(masks, ref["pred_masks"].numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(cls, ref["pred_logits"].numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_tensorrt_plugin_kernels_in_eager_mode_equal_the_reference():
+    model = sharp_model("full")
+    x = example_input(model.cfg, 2, "cpu", seed=1)
+    with torch.no_grad():
+        ref = model(x)
+        out = model.set_kernels("tensorrt_plugin")(x)
+    torch.testing.assert_close(out["pred_masks"], ref["pred_masks"])
+
+
+def test_triton_kernels_go_only_where_they_can():
+    cuda = torch.device("cuda")
+    with pytest.raises(EngineError, match="fp16 only"):
+        resolve_kernels("triton", "tensorrt", cuda, "fp32")
+    with pytest.raises(EngineError, match="not onnx engines"):
+        resolve_kernels("triton", "onnx", torch.device("cpu"), "fp32")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(EngineError, match="needs the tensorrt package"):
+            resolve_kernels("triton", "tensorrt", cuda, "fp16")
+    assert resolve_kernels(None, "tensorrt", cuda, "fp16") == "reference"
+    assert resolve_kernels(None, "aoti", cuda, "fp16") == "triton"
