@@ -128,10 +128,7 @@ def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
 
 
 def load(path: Path, meta: dict, device: torch.device):
-    trt = _trt()
-    if meta.get("kernels") == "triton":  # the plan embeds the plugin's PTX; its definition is registered too
-        check_plugin_available()
-        tensorrt_plugin.register()
+    trt = _trt()  # a plan with the ATM plugin embeds its PTX: loading it needs no plugin definition
     runtime = trt.Runtime(_logger(trt))
     with torch.cuda.device(device):
         engine = runtime.deserialize_cuda_engine(path.read_bytes())

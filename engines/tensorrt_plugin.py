@@ -11,11 +11,12 @@ Three pieces, only the last of which needs TensorRT:
   ``plugin_namespace="segvit_rt"`` and ``aot=1``, the two attributes by which
   TensorRT's ONNX parser maps a node to the plugin ``segvit_rt::atm_attention``
   and to its ahead-of-time implementation.
-* :func:`register` defines that plugin with ``tensorrt.plugin`` (TensorRT >= 10.8):
-  output shapes, fp16 I/O with one tactic per kernel config (TensorRT times them
-  at build), and the AOT implementation, PTX from
-  ``segvit_rt.kernels.atm_attention_aot`` with its launch grid. TensorRT embeds
-  the chosen PTX in the plan, so the engine runs without Python or Triton.
+* :func:`register` defines that plugin with ``tensorrt.plugin`` (TensorRT >= 10.9,
+  the first with AOT plugins): output shapes, fp16 I/O with one tactic per
+  kernel config that fits TensorRT's launch (TensorRT times them at build), and
+  the AOT implementation: PTX from ``segvit_rt.kernels.atm_attention_aot``, for
+  this GPU and driver, with its launch grid. TensorRT embeds the chosen PTX in
+  the plan, so the engine loads and runs without Python, Triton or this module.
 
 Not written as ``from __future__ import annotations``: ``tensorrt.plugin``
 reads the decorated functions' annotations as types.
@@ -109,11 +110,10 @@ def check_available() -> None:
     """Raise ``ImportError`` naming what is missing unless TensorRT's plugin API is importable."""
     import tensorrt.plugin as trtp
 
-    if not hasattr(trtp, "aot_impl"):
-        raise ImportError("tensorrt.plugin has no aot_impl: the plugin needs TensorRT >= 10.8")
+    if not (hasattr(trtp, "aot_impl") and hasattr(trtp, "KernelLaunchParams")):
+        raise ImportError("this tensorrt.plugin has no ahead-of-time plugins: they need TensorRT >= 10.9")
 
 
-@functools.cache
 def register() -> None:
     """Define the plugin in TensorRT's registry (once per process)."""
     import tensorrt as trt
@@ -122,7 +122,12 @@ def register() -> None:
 
     from segvit_rt.kernels import atm_attention_aot as aot
 
-    tactics = list(range(1, len(aot.PLUGIN_CONFIGS) + 1))
+    if hasattr(getattr(trtp.op, NAMESPACE, None), NAME):
+        return
+
+    def kernel_target():
+        target = triton.runtime.driver.active.get_current_target()
+        return target, aot.ptx_version_for(aot.driver_cuda_version(), target.arch)
 
     @trtp.register(PLUGIN_ID)
     def atm_desc(
@@ -133,8 +138,10 @@ def register() -> None:
 
     @trtp.autotune(PLUGIN_ID)
     def atm_autotune(
-        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc]
+        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, num_heads: int, head_dim: int, scale: float,
+        outputs: Tuple[trtp.TensorDesc],
     ) -> List[trtp.AutoTuneCombination]:
+        tactics = aot.fitting_tactics(num_heads, head_dim, scale, "fp16", *kernel_target())
         return [trtp.AutoTuneCombination("FP16, FP16, FP16, FP16, FP16", "LINEAR", tactics)]
 
     @trtp.aot_impl(PLUGIN_ID)
@@ -144,8 +151,7 @@ def register() -> None:
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
         if q.dtype != trt.float16:
             raise ValueError(f"the {PLUGIN_ID} plugin runs fp16 only, got {q.dtype}")
-        target = triton.runtime.driver.active.get_current_target()
-        kernel = aot.compile_ptx(num_heads, head_dim, scale, "fp16", tactic, target)
+        kernel = aot.compile_ptx(num_heads, head_dim, scale, "fp16", tactic, *kernel_target())
         batch, n, length = q.shape_expr[0], q.shape_expr[1], k.shape_expr[1]
         grid_x, grid_y = aot.launch_grid(batch, n, tactic, cdiv=trtp.cdiv)
         params = trtp.KernelLaunchParams(

@@ -61,6 +61,16 @@ def launcher(kernel):
     return wrap(kernel)
 
 
+def autotune_configs(blocks: Iterable[str], settings: Iterable[tuple], interpreter: tuple) -> list:
+    """``triton.Config``s from ``(*block_sizes, num_warps, num_stages)`` tuples, block sizes named by
+    ``blocks``. Under the interpreter, autotuning is slow and pointless: only the ``interpreter``
+    block sizes, with one warp and one stage."""
+    blocks = tuple(blocks)
+    if interpreter_active():
+        return [triton.Config(dict(zip(blocks, interpreter)), num_warps=1, num_stages=1)]
+    return [triton.Config(dict(zip(blocks, s[:-2])), num_warps=s[-2], num_stages=s[-1]) for s in settings]
+
+
 def dot_options(dtype: torch.dtype) -> dict:
     """Constexpr arguments for :func:`dot` given the kernel's input dtype.
 

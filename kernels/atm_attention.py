@@ -40,13 +40,13 @@ from segvit_rt.ops import reference
 
 from ._common import (
     FLOAT_DTYPES,
+    autotune_configs,
     check_same,
     check_shape,
     check_tensor,
     define_op,
     dot,
     dot_options,
-    interpreter_active,
     launcher,
     runs_triton,
 )
@@ -57,15 +57,10 @@ LOG2E = 1.4426950408889634
 _FWD_TILE_BUDGET = 16384
 
 
-def _configs(blocks, warps_stages, interpreter_block):
-    if interpreter_active():  # autotuning through the interpreter is slow and pointless
-        n, l = interpreter_block
-        return [triton.Config({"BLOCK_N": n, "BLOCK_L": l}, num_warps=1, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_N": n, "BLOCK_L": l}, num_warps=w, num_stages=s)
-        for n, l in blocks
-        for w, s in warps_stages
-    ]
+def _configs(blocks, warps_stages):
+    """(BLOCK_N, BLOCK_L) tiles x (num_warps, num_stages); one (16, 32) tile under the interpreter."""
+    settings = [(n, l, w, s) for n, l in blocks for w, s in warps_stages]
+    return autotune_configs(("BLOCK_N", "BLOCK_L"), settings, interpreter=(16, 32))
 
 
 def _prune_fwd_configs(configs, named_args, **kwargs):
@@ -82,8 +77,8 @@ def _prune_fwd_configs(configs, named_args, **kwargs):
 
 # Forward K/V tiles span all heads (16 heads x 64 dims x 32 keys in fp16 = 64 KiB each), so deep
 # pipelining can exceed shared memory: single-stage configs are the fallback there.
-_FWD_CONFIGS = _configs([(16, 32), (16, 64), (32, 32), (32, 64), (64, 32)], [(4, 1), (8, 1), (8, 2)], (16, 32))
-_BWD_CONFIGS = _configs([(32, 64), (64, 64), (64, 128), (128, 64)], [(4, 2), (8, 2)], (16, 32))
+_FWD_CONFIGS = _configs([(16, 32), (16, 64), (32, 32), (32, 64), (64, 32)], [(4, 1), (8, 1), (8, 2)])
+_BWD_CONFIGS = _configs([(32, 64), (64, 64), (64, 128), (128, 64)], [(4, 2), (8, 2)])
 _KEY = ["N", "L", "HEAD_DIM"]  # triton's autotuner adds the tensor dtypes to the key
 
 

@@ -9,13 +9,22 @@ and the head-mean ``mask`` [B, N, L] (no ``prev_mask``: the graph adds it
 outside; no sigmoid; no log-sum-exp, which only the backward needs). Head
 count, head dim and scale are compile-time constants of the engine.
 
-Triton (>= 3.3) appends hidden pointer parameters (global and profile scratch)
-to every kernel entry, which such a launcher does not pass. :func:`compile_ptx`
-removes them from the PTX when the kernel does not use them, and refuses a
-kernel that does.
+Three things the PTX must respect, as nothing in TensorRT's launcher adapts to
+a Triton kernel:
+
+* Triton (>= 3.3) appends hidden pointer parameters (global and profile scratch)
+  to every kernel entry; :func:`compile_ptx` removes them from the PTX when the
+  kernel does not use them, and refuses a kernel that does.
+* Shared memory: TensorRT is not documented to opt a kernel into more than the
+  default 48 KiB of dynamic shared memory, so only tactics within it are offered
+  (:func:`fitting_tactics`).
+* The CUDA driver JIT-compiles the embedded PTX, so its ISA version must not be
+  newer than the driver's (:func:`ptx_version_for`); Triton would otherwise write
+  its own ptxas's version.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -26,7 +35,11 @@ import triton.language as tl
 from .atm_attention import LOG2E, _atm_fwd_kernel
 
 # (BLOCK_N, BLOCK_L, num_warps, num_stages): the plugin's tactics, timed by TensorRT at build time.
-PLUGIN_CONFIGS = ((16, 32, 4, 1), (16, 64, 4, 1), (32, 32, 4, 1), (32, 64, 8, 1), (16, 64, 8, 2))
+PLUGIN_CONFIGS = (
+    (16, 16, 4, 1), (16, 32, 4, 1), (32, 16, 4, 1), (32, 32, 4, 1),
+    (16, 64, 4, 1), (16, 32, 2, 1), (32, 16, 8, 1), (16, 32, 4, 2),
+)
+SHARED_LIMIT = 48 * 1024  # bytes of dynamic shared memory a launch gets without opting in
 DTYPES = ("fp16", "fp32")
 RUNTIME_ARGS = ("q_ptr", "k_ptr", "v_ptr", "N", "L", "out_ptr", "mask_ptr")  # what TensorRT passes, in order
 _atm_fwd = _atm_fwd_kernel.fn  # the @triton.jit function under the autotuner, called inline below
@@ -121,9 +134,13 @@ class AotKernel:
     shared: int
 
 
-def compile_ptx(num_heads: int, head_dim: int, scale: float, dtype: str, tactic: int, target) -> AotKernel:
+@functools.cache
+def compile_ptx(
+    num_heads: int, head_dim: int, scale: float, dtype: str, tactic: int, target, ptx_version: int | None = None
+) -> AotKernel:
     """PTX of ``_atm_plugin_kernel`` for ``target`` (a ``triton.backends.compiler.GPUTarget``),
-    with only the parameters an external launcher passes (:data:`RUNTIME_ARGS`)."""
+    with only the parameters an external launcher passes (:data:`RUNTIME_ARGS`), written as PTX
+    ISA ``ptx_version`` (e.g. 88 for 8.8; default: what Triton's ptxas supports)."""
     from triton.compiler import ASTSource
 
     constexprs = plugin_constexprs(num_heads, head_dim, scale, dtype, tactic)
@@ -135,7 +152,10 @@ def compile_ptx(num_heads: int, head_dim: int, scale: float, dtype: str, tactic:
     }
     src = ASTSource(fn=fn, signature=signature,
                     constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
-    compiled = triton.compile(src, target=target, options={"num_warps": num_warps, "num_stages": num_stages})
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if ptx_version is not None:
+        options["ptx_version"] = ptx_version
+    compiled = triton.compile(src, target=target, options=options)
     meta = compiled.metadata
     for scratch in ("global_scratch_size", "profile_scratch_size"):
         if getattr(meta, scratch, 0):
@@ -143,6 +163,36 @@ def compile_ptx(num_heads: int, head_dim: int, scale: float, dtype: str, tactic:
                                "which an external launcher does not provide")
     return AotKernel(meta.name, strip_hidden_params(compiled.asm["ptx"], meta.name, len(RUNTIME_ARGS)),
                      meta.num_warps, meta.shared)
+
+
+def fitting_tactics(num_heads: int, head_dim: int, scale: float, dtype: str, target, ptx_version=None) -> list[int]:
+    """The tactics whose kernel needs at most :data:`SHARED_LIMIT` bytes of shared memory."""
+    tactics = [
+        t for t in range(1, len(PLUGIN_CONFIGS) + 1)
+        if compile_ptx(num_heads, head_dim, scale, dtype, t, target, ptx_version).shared <= SHARED_LIMIT
+    ]
+    if not tactics:
+        raise ValueError(f"atm_attention plugin: no kernel config for {num_heads} heads of {head_dim} {dtype} fits in "
+                         f"{SHARED_LIMIT // 1024} KiB of shared memory; build with --kernels reference")
+    return tactics
+
+
+def ptx_version_for(driver_cuda: str, arch: int) -> int:
+    """Highest PTX ISA that both the CUDA driver of version ``driver_cuda`` ("13.0") and Triton's
+    ptxas for ``arch`` (e.g. 90) accept."""
+    from triton.backends.nvidia import compiler as nvidia
+
+    return min(nvidia.ptx_get_version(driver_cuda), nvidia.ptx_get_version(nvidia.get_ptxas(arch).version))
+
+
+def driver_cuda_version() -> str:
+    """The CUDA version of the installed driver ("13.0"), from ``cuDriverGetVersion``."""
+    import ctypes
+
+    version = ctypes.c_int()
+    if ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version)) != 0:
+        raise RuntimeError("cuDriverGetVersion failed")
+    return f"{version.value // 1000}.{version.value % 1000 // 10}"
 
 
 def strip_hidden_params(ptx: str, name: str, visible: int) -> str:

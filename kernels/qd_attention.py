@@ -32,13 +32,13 @@ from segvit_rt.ops import reference
 
 from ._common import (
     FLOAT_DTYPES,
+    autotune_configs,
     check_same,
     check_shape,
     check_tensor,
     define_op,
     dot,
     dot_options,
-    interpreter_active,
     launcher,
     runs_triton,
 )
@@ -48,11 +48,8 @@ LOG2E = 1.4426950408889634
 
 
 def _configs(settings):
-    """Autotuning space from (BLOCK_M, BLOCK_N, num_warps, num_stages) tuples (one small config
-    under the interpreter, where autotuning is slow and pointless)."""
-    if interpreter_active():
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in settings]
+    """Autotuning space from (BLOCK_M, BLOCK_N, num_warps, num_stages) tuples; (16, 16) under the interpreter."""
+    return autotune_configs(("BLOCK_M", "BLOCK_N"), settings, interpreter=(16, 16))
 
 
 # All compile for sm_90 without register spills in fp16/bf16 at head_dim 64 (checked with ptxas);

@@ -34,28 +34,31 @@ import triton.language as tl
 
 from segvit_rt.ops import reference
 
-from ._common import FLOAT_DTYPES, check_same, check_tensor, define_op, interpreter_active, launcher, runs_triton
+from ._common import (
+    FLOAT_DTYPES,
+    autotune_configs,
+    check_same,
+    check_tensor,
+    define_op,
+    interpreter_active,
+    launcher,
+    runs_triton,
+)
 
 OP = "segment_postprocess"
 
 
 def _configs():
-    """Autotuning space (one config under the interpreter, where autotuning is slow and pointless).
-
-    (BLOCK_P, BLOCK_Q, BLOCK_C, num_warps, num_stages), all free of register spills on sm_90
-    (checked with ptxas); BLOCK_C = 256 covers C <= 256 in one pass over the queries."""
-    if interpreter_active():
-        return [triton.Config({"BLOCK_P": 128, "BLOCK_Q": 16, "BLOCK_C": 32}, num_warps=1, num_stages=1)]
+    """Autotuning space: (BLOCK_P, BLOCK_Q, BLOCK_C, num_warps, num_stages), all free of register
+    spills on sm_90 (checked with ptxas); BLOCK_C = 256 covers C <= 256 in one pass over the
+    queries. (128, 16, 32) under the interpreter."""
     settings = [
         (32, 16, 64, 8, 1), (32, 16, 128, 8, 1), (32, 16, 256, 8, 1), (32, 32, 64, 8, 1), (32, 32, 128, 8, 1),
         (32, 16, 64, 4, 2), (64, 16, 32, 4, 2), (64, 16, 32, 8, 2), (64, 16, 64, 8, 1), (64, 16, 64, 8, 2),
         (64, 16, 128, 8, 1), (64, 32, 64, 8, 1), (64, 32, 128, 8, 1), (128, 16, 32, 8, 2), (128, 16, 64, 8, 1),
         (128, 16, 128, 8, 1),
     ]
-    return [
-        triton.Config({"BLOCK_P": p, "BLOCK_Q": q, "BLOCK_C": c}, num_warps=w, num_stages=s)
-        for p, q, c, w, s in settings
-    ]
+    return autotune_configs(("BLOCK_P", "BLOCK_Q", "BLOCK_C"), settings, interpreter=(128, 16, 32))
 
 
 def _prune_configs(configs, named_args, **kwargs):
