@@ -98,9 +98,9 @@ def test_ptx_version_is_capped_by_the_driver():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tactic", range(1, len(aot.PLUGIN_CONFIGS) + 1))
+@pytest.mark.parametrize("tactic", [1, 4, 8])  # (16, 16), (32, 32) and a two-stage (16, 32) tile
 def test_plugin_kernel_at_vit_l_shape_on_gpu(tactic):
-    """Every tactic TensorRT may pick, compiled for this GPU, at the ViT-L decoder shape."""
+    """Tactics TensorRT may pick, compiled for this GPU, at the ViT-L decoder shape."""
     q, k, v = _inputs(8, 150, 1600, 512, torch.float16, "cuda")
     out, mask = aot.launch(q, k, v, 16, tactic=tactic)
     ref_out, ref_mask = reference.atm_attention(q.double(), k.double(), v.double(), 16)
