@@ -43,7 +43,7 @@ class Engine:
 
     Takes any batch size: a static-batch engine gets its exact batch (the last
     chunk zero-padded, the padding's outputs dropped), a dynamic one chunks of
-    at most ``max_batch``.
+    at most ``max_batch`` and at least ``min_batch`` (zero-padded likewise).
     """
 
     def __init__(self, path: Path, meta: dict, runner, device: torch.device):
@@ -52,6 +52,7 @@ class Engine:
         self.device = device
         self.static_batch: int | None = meta["batch"]
         self.max_batch: int = meta["batch"] or meta["max_batch"]
+        self.min_batch: int = meta.get("min_batch") or 1
         self.input_hw = tuple(meta["input_size"])
         self._runner = runner
 
@@ -77,8 +78,9 @@ class Engine:
         for start in range(0, n, self.max_batch):
             chunk = image[start : start + self.max_batch]
             size = chunk.shape[0]
-            if self.static_batch and size < self.static_batch:
-                chunk = torch.cat([chunk, chunk.new_zeros(self.static_batch - size, *chunk.shape[1:])])
+            run = self.static_batch or max(size, self.min_batch)
+            if size < run:
+                chunk = torch.cat([chunk, chunk.new_zeros(run - size, *chunk.shape[1:])])
             cls, mask = self._runner(chunk)
             classes.append(cls[:size])
             masks.append(mask[:size])

@@ -8,6 +8,11 @@ exported (fp32 only) and Inductor compiles C++ (a C++ compiler is needed).
 A package runs only on the device type it was compiled for, and only in the
 torch release that built it (AOTInductor has no stable ABI across releases):
 both are recorded and checked before loading.
+
+A dynamic batch is exported as ``Dim("batch", min=2)``, as PyTorch's AOTInductor
+tutorial does: a size-1 dim is special-cased by the compiler (0/1
+specialization), so the package never sees batch 1; ``Engine`` pads a
+single image to two (``min_batch`` in the engine's metadata).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import torch
 from .format import EngineError, major_minor
 
 ARTIFACT = "model.pt2"
+MIN_BATCH = 2  # smallest batch of a dynamic-batch package
 
 
 def _compiler() -> str | None:
@@ -47,11 +53,11 @@ def default_device() -> torch.device:
 def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, max_batch: int) -> dict:
     import torch._inductor
 
-    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},) if dynamic_batch else None
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=MIN_BATCH, max=max_batch)},) if dynamic_batch else None
     with torch.no_grad():
         program = torch.export.export(graph, (example,), dynamic_shapes=dynamic_shapes)
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
-    return {"device": example.device.type}
+    return {"device": example.device.type, "min_batch": MIN_BATCH if dynamic_batch else None}
 
 
 def check_compatible(meta: dict, path: Path, device: torch.device) -> None:

@@ -17,7 +17,7 @@ from engine_helpers import SMALL, sharp_model
 from segvit_rt import engines
 from segvit_rt.build import TOLERANCES, BuildError, Parity, build_engine, check_parity
 from segvit_rt.data import normalize
-from segvit_rt.engines import EngineError, load_engine, read_engine
+from segvit_rt.engines import Engine, EngineError, load_engine, read_engine
 from segvit_rt.engines import onnx_backend
 from segvit_rt.engines.graph import LogitsGraph, example_input
 from segvit_rt.io_utils import sha256_file
@@ -105,6 +105,28 @@ def test_static_batch_engine_pads_the_last_chunk(tmp_path):
     ref_cls, ref_masks = model_outputs(model, x)
     torch.testing.assert_close(cls, ref_cls, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(masks, ref_masks, atol=1e-4, rtol=1e-4)
+
+
+def test_engine_runs_every_chunk_within_its_batch_range(tmp_path):
+    """Chunks above max_batch are split, chunks below min_batch are zero-padded and the padding's
+    outputs dropped; the backend never sees a batch outside [min_batch, max_batch]."""
+    seen = []
+
+    def runner(image):  # per-image outputs that identify the image
+        seen.append(image.shape[0])
+        return image.mean(dim=(1, 2, 3))[:, None, None].expand(-1, 5, 6), image[:, :1, ::16, ::16]
+
+    meta = {"batch": None, "max_batch": 4, "min_batch": 2, "input_size": [CROP, CROP]}
+    engine = Engine(tmp_path, meta, runner, torch.device("cpu"))
+    x = randn(5, seed=3)  # chunks of 4 and 1: the 1 runs as 2
+    cls, masks = engine(x)
+    assert seen == [4, 2]
+    assert cls.shape[0] == masks.shape[0] == 5
+    torch.testing.assert_close(cls[:, 0, 0], x.mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(masks, x[:, :1, ::16, ::16])
+    seen.clear()
+    engine(x[:1])
+    assert seen == [2]
 
 
 def test_fp16_onnx_engine_is_half_inside_and_close_to_fp32(tmp_path, shrunk):
@@ -295,6 +317,7 @@ def test_aoti_cpu_engine_matches_and_checks_its_torch_version(tmp_path, shrunk):
                        out=tmp_path / "aoti", log=quiet)
     meta = read_engine(out)
     assert meta["artifact"] == "model.pt2" and meta["device"] == "cpu" and meta["kernels"] == "reference"
+    assert meta["min_batch"] == 2  # batch 1 below is padded to 2
     engine = load_engine(out)
     for batch in (1, 5):
         x = randn(batch, seed=20 + batch)
@@ -345,21 +368,27 @@ from segvit_rt.build import build_engine
 from segvit_rt.engines import load_engine
 model = sharp_model("shrunk").cuda()
 out = build_engine(model, backend="aoti", precision="fp16", kernels="reference", max_batch=8, out={out!r})
+print("built", flush=True)
 engine = load_engine(out)
-for batch in (1, 3, 11):
+print("loaded", flush=True)
+for batch in (2, 3, 1, 11):
     cls, masks = engine(torch.randn(batch, 3, 128, 128, device="cuda"))
+    torch.cuda.synchronize()
     assert cls.shape[0] == masks.shape[0] == batch
+    print("batch", batch, "ok", flush=True)
 print("dynamic aoti ok")
 """
 
 
 @pytest.mark.gpu
 def test_aoti_cuda_dynamic_batch_engine_in_a_subprocess(tmp_path):
-    """A dynamic-batch CUDA package once crashed the loader (SIGSEGV in aoti_load_package, torch 2.11):
-    run it in a child process so a crash fails this test instead of killing the session."""
+    """A dynamic-batch CUDA package (then exported with min batch 1) once crashed with SIGSEGV around
+    aoti_load_package on torch 2.11: run it in a child process so a crash fails this test instead of
+    killing the session, with progress markers and AOTInductor's runtime input checks to place it."""
     tests = str(Path(__file__).resolve().parent)
     script = _DYNAMIC_AOTI_SCRIPT.format(tests=tests, out=str(tmp_path / "aoti_dyn"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tests).parent), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tests).parent), os.environ.get("PYTHONPATH", "")]),
+           "AOTI_RUNTIME_CHECK_INPUTS": "1", "TORCH_SHOW_CPP_STACKTRACES": "1"}
     run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", script], capture_output=True, text=True,
                          env=env, timeout=600)
     assert run.returncode == 0 and "dynamic aoti ok" in run.stdout, (
