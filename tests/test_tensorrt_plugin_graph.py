@@ -9,9 +9,9 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from engine_helpers import sharp_model
-from segvit_rt.build import resolve_kernels
+from segvit_rt.build import TOLERANCES, resolve_kernels
 from segvit_rt.engines import EngineError, onnx_backend, tensorrt_plugin
-from segvit_rt.engines.graph import LogitsGraph, example_input
+from segvit_rt.engines.graph import DTYPES, LogitsGraph, example_input
 from segvit_rt.kernels import atm_attention_aot as plugin_kernel
 
 
@@ -28,40 +28,49 @@ class atm_attention(OpRun):  # noqa: N801  (the evaluator finds a custom op by i
         return out.numpy(), mask.numpy()
 
 
-@pytest.fixture(scope="module", params=["full", "shrunk"])
+@pytest.fixture(scope="module", params=[("full", "fp32"), ("shrunk", "fp32"), ("shrunk", "fp16")], ids="-".join)
 def exported(request, tmp_path_factory):
-    model = sharp_model(request.param)
-    graph = LogitsGraph(model.set_kernels("tensorrt_plugin"), "fp32").eval()
+    """(model, precision, ONNX path): the model exported as the TensorRT backend does with the plugin
+    (fp16 is what TensorRT builds; fp32 allows a tight comparison)."""
+    variant, precision = request.param
+    exported_model = sharp_model(variant).to(DTYPES[precision]).set_kernels("tensorrt_plugin")
     path = tmp_path_factory.mktemp("plugin") / "graph.onnx"
-    onnx_backend.export(graph, example_input(model.cfg, 2, "cpu"), path, dynamic_batch=True, max_batch=4,
-                        translations=tensorrt_plugin.onnx_translations())
-    return request.param, sharp_model(request.param), path
+    onnx_backend.export(LogitsGraph(exported_model, precision).eval(), example_input(exported_model.cfg, 2, "cpu"),
+                        path, dynamic_batch=True, max_batch=4, translations=tensorrt_plugin.onnx_translations())
+    return sharp_model(variant), precision, path
 
 
 def test_every_used_atm_mask_is_one_plugin_node(exported):
-    variant, model, path = exported
-    nodes = [n for n in onnx.load(str(path)).graph.node if n.domain == tensorrt_plugin.NAMESPACE]
+    model, precision, path = exported
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    nodes = [n for n in graph.node if n.domain == tensorrt_plugin.NAMESPACE]
+    elem = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16}
+    fp_inputs = {p: {v.name for v in graph.value_info if v.type.tensor_type.elem_type == elem[p]} for p in elem}
     # Full: the last layer of each of the 3 stage decoders; Shrunk: every layer of its one ATM stage.
     assert len(nodes) == 3
     cfg = model.cfg
     for node in nodes:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert node.op_type == tensorrt_plugin.NAME and len(node.input) == 3 and len(node.output) == 2
+        assert node.input[0] in fp_inputs[precision], f"{node.input[0]} is not {precision}"
         assert attrs["num_heads"] == cfg.decoder_heads and attrs["head_dim"] == cfg.decoder_dim // cfg.decoder_heads
         assert attrs["scale"] == pytest.approx((cfg.decoder_dim // cfg.decoder_heads) ** -0.5)
         assert attrs["plugin_namespace"] == b"segvit_rt" and attrs["aot"] == 1
 
 
 def test_plugin_graph_computes_the_model(exported):
-    _, model, path = exported
+    model, precision, path = exported
     x = example_input(model.cfg, 3, "cpu", seed=5)
     atm_attention.calls.clear()
     cls, masks = ReferenceEvaluator(str(path), new_ops=[atm_attention]).run(None, {"image": x.numpy()})
     assert len(atm_attention.calls) == 3
     with torch.no_grad():
         ref = model(x)
-    np.testing.assert_allclose(masks, ref["pred_masks"].numpy(), atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(cls, ref["pred_logits"].numpy(), atol=1e-4, rtol=1e-4)
+    for got, want in ((masks, ref["pred_masks"]), (cls, ref["pred_logits"])):
+        if precision == "fp32":
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
+        else:
+            assert np.abs(got - want.numpy()).max() <= TOLERANCES["fp16"].bound(want)
 
 
 def test_tensorrt_plugin_kernels_in_eager_mode_equal_the_reference():
