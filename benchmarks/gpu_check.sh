@@ -1,37 +1,63 @@
 #!/usr/bin/env bash
-# GPU check: versions, card bandwidth/matmul probe, GPU tests, kernel benchmarks, summary table.
+# GPU check: versions, card probe, GPU tests, kernel and model benchmarks, summary table and chart.
 #
-#   bash benchmarks/gpu_check.sh OUTDIR        (from the repository root; installs nothing)
+#   bash benchmarks/gpu_check.sh OUTDIR [STEP...]     (from anywhere; installs nothing)
 #
-# Writes into OUTDIR: versions.txt, device.json, tests.log, bench_<step>.json/.log, summary.txt.
-# Each step has its own time limit (40 + 110 + 100 + 200 s) so the whole script ends within 8 minutes.
+# STEP: probe gpu-tests kernel-bench throughput-full throughput-shrunk kernel-tests (default: all, in
+# that order, most important first). Each step has its own time limit (30+140+80+120+120+60 s: under
+# 10 minutes together), so a rerun of one step fits in what is left of a 15-minute lease.
+# Writes into OUTDIR, at most 8 files (all the device tool returns): log.txt (versions and every
+# step's output), device.json, bench_kernels.json, bench_throughput_full.json,
+# bench_throughput_shrunk.json, summary.txt, throughput.png.
+# pytest-benchmark writes its JSON only when pytest exits, so each test has its own time limit too
+# (pytest-timeout, where installed): a stuck build fails alone and the step still writes its figures.
 # Exit status: 0 when every step passed, 1 otherwise; 2 on bad usage or no CUDA GPU.
 set -uo pipefail
 
-if [ $# -ne 1 ]; then
-    echo "usage: bash benchmarks/gpu_check.sh OUTDIR" >&2
+if [ $# -lt 1 ]; then
+    echo "usage: bash benchmarks/gpu_check.sh OUTDIR [STEP...]" >&2
     exit 2
 fi
 OUT=$(mkdir -p "$1" && cd "$1" && pwd) || { echo "gpu_check: cannot create $1" >&2; exit 2; }
+shift
+STEPS=${*:-probe gpu-tests kernel-bench throughput-full throughput-shrunk kernel-tests}
 cd "$(dirname "$0")/.." || exit 2
+PY=${PYTHON:-python3}
+command -v "$PY" >/dev/null || PY=python
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
-unset TRITON_INTERPRET  # the real compiler, not the CPU interpreter
+export PYTHONUNBUFFERED=1
+export TRITON_CACHE_AUTOTUNING=1  # later steps reuse the kernels' autotuning
+unset TRITON_INTERPRET            # the real compiler, not the CPU interpreter
+LOG="$OUT/log.txt"
 status=0
 
-if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "gpu_check: no CUDA GPU visible to torch (torch.cuda.is_available() is False); nothing to check" >&2
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: no CUDA GPU visible to torch ($PY: torch.cuda.is_available() is False); nothing to check" >&2
     exit 2
 fi
 
-echo "== versions" | tee "$OUT/versions.txt"
+has() { "$PY" -c "import $1" 2>/dev/null; }
+PARALLEL=(); has xdist && PARALLEL=(-n 4)
+per_test_limit() { has pytest_timeout && echo "--timeout=$1"; }
+
+echo "== versions" | tee -a "$LOG"
 {
     date -u +"date: %Y-%m-%dT%H:%M:%SZ"
-    python -c "import sys, torch, triton; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda); print('triton', triton.__version__); print('card', torch.cuda.get_device_name())"
+    "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda); print('triton', triton.__version__); print('card', torch.cuda.get_device_name())"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 || echo "nvidia-smi unavailable"
-} | tee -a "$OUT/versions.txt"
+    echo "steps: $STEPS"
+} 2>&1 | tee -a "$LOG"
 
-echo "== card probe (copy bandwidth, fp16 matmul)"
-timeout 40 python - "$OUT/device.json" <<'EOF' || status=1
+step() {  # step NAME LIMIT_S COMMAND...: run one step, its output appended to the log
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s)" | tee -a "$LOG"
+    timeout "$limit" bash -c '"$@"' step "$@" 2>&1 | tee -a "$LOG"  # the step's functions run in a child bash
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "gpu_check: step $name failed or timed out" | tee -a "$LOG"; status=1; }
+}
+
+probe() {
+    "$PY" - "$OUT/device.json" <<'EOF'
 import json, sys
 import torch
 
@@ -45,7 +71,7 @@ def time_ms(fn, iters=20):
     torch.cuda.synchronize()
     return start.elapsed_time(end) / iters
 
-src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")  # 1 GiB
+src = torch.randint(0, 255, (1 << 30,), dtype=torch.uint8, device="cuda")  # 1 GiB, not zeros
 dst = torch.empty_like(src)
 copy_gbps = 2 * src.numel() / (time_ms(lambda: dst.copy_(src)) * 1e-3) / 1e9  # read + write
 n = 8192
@@ -56,32 +82,47 @@ info = {"name": torch.cuda.get_device_name(), "copy_gbps": copy_gbps, "matmul_tf
 json.dump(info, open(sys.argv[1], "w"), indent=2)
 print(f"copy {copy_gbps:.0f} GB/s, fp16 matmul {matmul_tflops:.0f} TFLOP/s")
 EOF
+}
 
-echo "== GPU tests (pytest -m gpu tests/)"
-timeout 110 python -m pytest -m gpu tests/ -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "gpu_check: GPU tests failed or timed out (see tests.log)"; status=1; }
+pytest_run() {  # pytest_run ARGS...: verbose, a summary of every outcome, the slowest tests
+    "$PY" -m pytest -p no:cacheprovider -v -rA --durations=15 "$@"
+}
 
-# Each benchmark step writes its own JSON, so a step cut off by its time limit loses only its own figures.
-run_bench() {  # run_bench NAME LIMIT_S FILES...
+bench() {  # bench NAME PER_TEST_LIMIT FILES/ARGS...
     local name=$1 limit=$2
     shift 2
-    echo "== benchmarks: $name"
-    timeout "$limit" python -m pytest "$@" -q -p no:cacheprovider \
-        --benchmark-json="$OUT/bench_$name.json" --benchmark-columns=median,iqr,rounds 2>&1 | tee "$OUT/bench_$name.log"
-    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "gpu_check: $name benchmarks failed or timed out (see bench_$name.log)"; status=1; }
+    pytest_run $(per_test_limit "$limit") --benchmark-json="$OUT/bench_$name.json" \
+        --benchmark-columns=median,iqr,rounds "$@"
 }
-run_bench kernels 100 benchmarks/test_kernels*.py
-run_bench throughput 200 benchmarks/test_throughput.py  # ViT-L 640 engines: AOTInductor compiles dominate
 
-echo "== summary"
+export PY OUT
+export -f has per_test_limit probe pytest_run bench
+
+for s in $STEPS; do
+    case $s in
+        probe) step probe 30 probe ;;
+        gpu-tests) step gpu-tests 140 pytest_run "${PARALLEL[@]}" $(per_test_limit 120) -m gpu tests/ ;;
+        kernel-bench) step kernel-bench 80 bench kernels 60 benchmarks/test_kernels.py benchmarks/test_kernels_qd.py benchmarks/test_kernels_postprocess.py ;;
+        throughput-full) step throughput-full 120 bench throughput_full 100 benchmarks/test_throughput.py -k full ;;
+        throughput-shrunk) step throughput-shrunk 120 bench throughput_shrunk 100 benchmarks/test_throughput.py -k shrunk ;;
+        # The kernel tests without the gpu mark (tails, padded heads, poisoned outputs, opcheck, export,
+        # torch.compile) at small shapes, on CUDA: as many as fit.
+        kernel-tests) step kernel-tests 60 pytest_run "${PARALLEL[@]}" $(per_test_limit 50) -m "not gpu" tests/kernels ;;
+        *) echo "gpu_check: unknown step $s" | tee -a "$LOG"; status=1 ;;
+    esac
+done
+
+echo "== summary" | tee -a "$LOG"
 jsons=("$OUT"/bench_*.json)
 if [ -e "${jsons[0]}" ]; then
     device_arg=()
     [ -f "$OUT/device.json" ] && device_arg=(--device "$OUT/device.json")
-    python benchmarks/summarize.py "${jsons[@]}" "${device_arg[@]}" | tee "$OUT/summary.txt" || status=1
+    "$PY" benchmarks/summarize.py "${jsons[@]}" "${device_arg[@]}" --chart "$OUT/throughput.png" 2>&1 \
+        | tee "$OUT/summary.txt" | tee -a "$LOG"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 else
-    echo "gpu_check: no benchmark JSON to summarise" | tee "$OUT/summary.txt"
+    echo "gpu_check: no benchmark JSON to summarise" | tee "$OUT/summary.txt" | tee -a "$LOG"
     status=1
 fi
-echo "gpu_check: $([ $status -eq 0 ] && echo all steps passed || echo some steps FAILED); outputs in $OUT"
+echo "gpu_check: $([ $status -eq 0 ] && echo all steps passed || echo some steps FAILED); outputs in $OUT" | tee -a "$LOG"
 exit $status

@@ -1,12 +1,14 @@
 """Print a short table from pytest-benchmark JSON files.
 
-    python benchmarks/summarize.py OUT/bench_*.json [--device OUT/device.json]
+    python benchmarks/summarize.py OUT/bench_*.json [--device OUT/device.json] [--chart OUT/throughput.png]
 
 One row per benchmark: group, variant, per-call median (ms), achieved GB/s and
 TFLOP/s, and speedups over the baselines recorded by ``benchmarks/harness.py``
-(recomputed from the group's medians when the baseline ran later). With
-``--device`` (the JSON ``gpu_check.sh`` writes: measured copy GB/s and matmul
-TFLOP/s) it adds the fraction of the card's copy bandwidth.
+(recomputed from the group's medians when the baseline ran later; files may
+come from separate runs). Model throughput rows also get their shrunk/full time
+ratio. With ``--device`` (the JSON ``gpu_check.sh`` writes: measured copy GB/s
+and matmul TFLOP/s) it adds the fraction of the card's copy bandwidth;
+``--chart`` draws the model throughput rows as a bar chart.
 """
 from __future__ import annotations
 
@@ -35,9 +37,22 @@ def load_rows(paths):
                     "tflops": info.get("tflops"),
                     "baseline": info.get("baseline"),
                     "speedup_vs": dict(info.get("speedup_vs", {})),
+                    "model_variant": info.get("model_variant"),
+                    "images_per_s": info.get("images_per_s"),
+                    "title": " ".join(str(info[k]) for k in ("preset", "precision") if k in info)
+                    + (f" batch {info['batch']} on {info.get('device')}" if "batch" in info else ""),
                 }
             )
     return rows
+
+
+def fill_shrunk_over_full(rows):
+    """Shrunk/full median ratio of each runner measured on both variants of a model."""
+    medians = {(r["title"], r["model_variant"], r["name"]): r["median_ms"] for r in rows if r["model_variant"]}
+    for r in rows:
+        full = medians.get((r["title"], "full", r["name"]))
+        if r["model_variant"] == "shrunk" and full:
+            r["shrunk_over_full"] = r["median_ms"] / full
 
 
 def fill_speedups(rows):
@@ -63,16 +78,58 @@ def table(rows, copy_gbps=None):
         line = [r["group"], r["name"], fmt(r["median_ms"], ".4f"), fmt(r["gbps"], ".1f"), fmt(r["tflops"], ".2f")]
         if copy_gbps:
             line.append(fmt(r["gbps"] and 100 * r["gbps"] / copy_gbps, ".0f"))
-        line.append(", ".join(f"{v:.2f}x vs {k}" for k, v in r["speedup_vs"].items()) or "-")
+        notes = [f"{v:.2f}x vs {k}" for k, v in r["speedup_vs"].items()]
+        if "shrunk_over_full" in r:
+            notes.append(f"shrunk/full {r['shrunk_over_full']:.2f}")
+        line.append(", ".join(notes) or "-")
         lines.append(line)
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def throughput_chart(rows, path) -> None:
+    """Images/s per runner, one group of bars per model variant, speedups over eager on the bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from segvit_rt.io_utils import atomic_path
+
+    rows = [r for r in rows if r.get("model_variant") and r.get("images_per_s")]
+    if not rows:
+        return
+    runners = list(dict.fromkeys(r["name"] for r in rows))
+    variants = [v for v in ("full", "shrunk") if any(r["model_variant"] == v for r in rows)]
+    by_key = {(r["model_variant"], r["name"]): r for r in rows}
+    width = 0.8 / len(runners)
+    fig, ax = plt.subplots(figsize=(2.5 + 2 * len(variants), 3.5))
+    for i, runner in enumerate(runners):
+        xs, ys, labels = [], [], []
+        for j, variant in enumerate(variants):
+            r = by_key.get((variant, runner))
+            if r is not None:
+                xs.append(j + (i - (len(runners) - 1) / 2) * width)
+                ys.append(r["images_per_s"])
+                speedup = r["speedup_vs"].get("eager")
+                labels.append(f"{speedup:.2f}x" if speedup else "")
+        bars = ax.bar(xs, ys, width, label=runner)
+        ax.bar_label(bars, labels=labels, fontsize=7)
+    ax.set_xticks(range(len(variants)), variants)
+    ax.set_ylabel("images / s")
+    ax.set_title(rows[0]["title"], fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", nargs="+", help="pytest-benchmark --benchmark-json files")
     parser.add_argument("--device", help="device.json with copy_gbps / matmul_tflops (from gpu_check.sh)")
+    parser.add_argument("--chart", help="write the model throughput rows as a PNG bar chart here")
     args = parser.parse_args(argv)
     copy_gbps = None
     if args.device:
@@ -85,7 +142,10 @@ def main(argv=None):
         print("summarize: no benchmarks in the given files", file=sys.stderr)
         return 1
     fill_speedups(rows)
+    fill_shrunk_over_full(rows)
     print(table(rows, copy_gbps))
+    if args.chart:
+        throughput_chart(rows, args.chart)
     return 0
 
 

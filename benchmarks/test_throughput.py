@@ -12,9 +12,12 @@ the logits, as the engines hold it). Recorded in ``extra_info`` besides the
 harness's figures: ``images_per_s``, ``peak_mem_delta_mb`` (peak memory during
 the calls above the level before them: process RSS on the CPU, device memory
 in use on CUDA, so ONNX Runtime's and TensorRT's own allocations count too),
-``speedup_vs`` eager (harness), and for the shrunk cases ``shrunk_over_full``
-(time ratio against the full model on the same backend). Engines are built
-(and parity-checked) in a module fixture, outside the timings. A bar chart is
+``speedup_vs`` eager (harness); ``benchmarks/summarize.py`` adds each shrunk
+case's time ratio to the full model on the same runner (also across runs, as
+``gpu_check.sh`` times the variants separately). TFLOP/s count 2 per
+multiply-add of the engine graph (no full-resolution post-process), as the
+kernel benchmarks and the card probe do. Engines are built (and
+parity-checked) in a module fixture, outside the timings. A bar chart is
 written to ``benchmarks/out/throughput.png`` at the end of the module.
 """
 from __future__ import annotations
@@ -27,11 +30,11 @@ import pytest
 import torch
 
 import segvit_rt
-from benchmarks.harness import ON_CUDA, measure, pick, synchronized
-from segvit_rt.build import build_engine
+from benchmarks.harness import ON_CUDA, device_name, measure, pick, synchronized
+from benchmarks.summarize import throughput_chart
+from segvit_rt import build
 from segvit_rt.engines import load_engine
-from segvit_rt.flops import gflops
-from segvit_rt.io_utils import atomic_path
+from segvit_rt.flops import count_flops
 
 SETUP = pick(
     cpu=dict(preset="tiny", precision="fp32", batch=8, rounds=10),
@@ -117,26 +120,34 @@ class PeakMemory:
 
 @pytest.fixture(scope="module")
 def models():
-    """(model, GFLOPs per image) by variant; the weights are random (throughput does not depend on them)."""
+    """(model, FLOPs per image: 2 per multiply-add of the engine graph) by variant; the weights are
+    random (throughput does not depend on them)."""
     torch.manual_seed(0)
     out = {}
     for variant in ("full", "shrunk"):
         model = segvit_rt.create_model(SETUP["preset"], variant=variant).eval()
-        out[variant] = (model, gflops(model, model.cfg.crop_size))
+        out[variant] = (model, 2 * count_flops(model, model.cfg.crop_size, postprocess=False).total)
     return out
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """Engines built on first use, by (variant, backend); the builder's log shows with ``pytest -s``."""
-    return {"dir": tmp_path_factory.mktemp("engines"), "engines": {}}
+    """Engines built on first use, by (variant, backend); the builder's log shows with ``pytest -s``.
+
+    The builder's parity gate still checks logits within the fp16 tolerance, but its label agreement
+    is relaxed for these random weights: their class scores are near ties, which fp16 rounding flips
+    on ~1 % of pixels (a trained model agrees on >= 99.5 %, see the engine tests)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if SETUP["precision"] == "fp16":
+            patch.setattr(build, "MIN_LABEL_AGREEMENT", 0.97)
+        yield {"dir": tmp_path_factory.mktemp("engines"), "engines": {}}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def chart():
     yield
     if RESULTS:
-        write_chart(RESULTS, CHART)
+        throughput_chart(list(RESULTS.values()), CHART)
 
 
 def runner_fn(runner: str, model, built, variant: str, image: torch.Tensor):
@@ -155,7 +166,7 @@ def runner_fn(runner: str, model, built, variant: str, image: torch.Tensor):
     key = (variant, runner)
     if key not in built["engines"]:
         kernels = AOTI_KERNELS if runner == "aoti" and ON_CUDA else None
-        out = build_engine(model, backend=runner, precision=SETUP["precision"], batch=SETUP["batch"], kernels=kernels,
+        out = build.build_engine(model, backend=runner, precision=SETUP["precision"], batch=SETUP["batch"], kernels=kernels,
                            out=built["dir"] / f"{variant}_{runner}", device=device.type, log=print)
         built["engines"][key] = load_engine(out, device=device)
     engine = built["engines"][key]
@@ -165,7 +176,7 @@ def runner_fn(runner: str, model, built, variant: str, image: torch.Tensor):
 @pytest.mark.parametrize("variant, runner", CASES, ids=[f"{v}-{r}" for v, r in CASES])
 def test_throughput(benchmark, models, built, variant, runner):
     device = torch.device("cuda" if ON_CUDA else "cpu")
-    model, model_gflops = models[variant]
+    model, flops_per_image = models[variant]
     cfg = model.cfg
     batch = SETUP["batch"]
     image = torch.randn(batch, 3, cfg.crop_size, cfg.crop_size, generator=torch.Generator().manual_seed(0)).to(device)
@@ -174,51 +185,17 @@ def test_throughput(benchmark, models, built, variant, runner):
     with PeakMemory() as memory:
         synchronized(fn)()
         synchronized(fn)()
-    flops = model_gflops * 1e9 * batch
     measure(benchmark, fn, group=f"throughput-{SETUP['preset']}-{variant}", name=runner,
             baseline=None if runner == "eager" else "eager",
-            bytes_moved=image.numel() * image.element_size(), flops=flops, rounds=SETUP["rounds"],
-            warmup_rounds=2, calls_per_round=1)
+            bytes_moved=image.numel() * image.element_size(), flops=flops_per_image * batch,
+            rounds=SETUP["rounds"], warmup_rounds=2, calls_per_round=1)
     info = benchmark.extra_info
     info.update(preset=SETUP["preset"], precision=SETUP["precision"], batch=batch, model_variant=variant,
                 peak_mem_delta_mb=round(memory.delta_mb, 1))
     if "median_ms" in info:
         info["images_per_s"] = batch / (info["median_ms"] / 1e3)
-        RESULTS[(variant, runner)] = dict(info)
-        full = RESULTS.get(("full", runner))
-        if variant == "shrunk" and full is not None:
-            info["shrunk_over_full"] = info["median_ms"] / full["median_ms"]
-            RESULTS[(variant, runner)]["shrunk_over_full"] = info["shrunk_over_full"]
-
-
-def write_chart(results: dict, path: Path) -> None:
-    """Images/s per runner, one group of bars per variant, speedups over eager written on the bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runners = list(dict.fromkeys(r for _, r in results))
-    variants = [v for v in ("full", "shrunk") if any(k[0] == v for k in results)]
-    width = 0.8 / len(runners)
-    fig, ax = plt.subplots(figsize=(2.5 + 2 * len(variants), 3.5))
-    for i, runner in enumerate(runners):
-        xs, ys, labels = [], [], []
-        for j, variant in enumerate(variants):
-            res = results.get((variant, runner))
-            if res is not None:
-                xs.append(j + (i - (len(runners) - 1) / 2) * width)
-                ys.append(res["images_per_s"])
-                speedup = res.get("speedup_vs", {}).get("eager")
-                labels.append(f"{speedup:.2f}x" if speedup else "")
-        bars = ax.bar(xs, ys, width, label=runner)
-        ax.bar_label(bars, labels=labels, fontsize=7)
-    ax.set_xticks(range(len(variants)), variants)
-    ax.set_ylabel("images / s")
-    device = torch.cuda.get_device_name() if ON_CUDA else "CPU"
-    ax.set_title(f"{SETUP['preset']} {SETUP['precision']} batch {SETUP['batch']} on {device}", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+        RESULTS[(variant, runner)] = {
+            "name": runner, "model_variant": variant, "images_per_s": info["images_per_s"],
+            "speedup_vs": dict(info.get("speedup_vs", {})),
+            "title": f"{SETUP['preset']} {SETUP['precision']} batch {batch} on {device_name()}",
+        }

@@ -40,8 +40,8 @@ def check_available(device: torch.device) -> None:
 
     if not hasattr(torch._inductor, "aoti_compile_and_package"):
         raise EngineError(f"torch {torch.__version__} has no torch._inductor.aoti_compile_and_package (need >= 2.6)")
-    if device.type == "cpu" and _compiler() is None:
-        raise EngineError("the aoti backend on the CPU compiles C++: install g++ (or set CXX)")
+    if _compiler() is None:  # the package's wrapper is C++ on either device
+        raise EngineError("the aoti backend compiles C++: install g++ (or set CXX)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EngineError("a CUDA aoti engine needs a CUDA GPU, and torch sees none")
 

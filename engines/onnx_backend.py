@@ -99,6 +99,9 @@ def load(path: Path, meta: dict, device: torch.device):
             f"built next to onnxruntime {built}): {e}"
         ) from e
     if device.type == "cuda":
+        if session.get_providers()[0] != "CUDAExecutionProvider":  # ONNX Runtime falls back to the CPU silently
+            raise EngineError(f"onnxruntime {ort.__version__} could not start its CUDA provider for {path} "
+                              "(see its log above; often CUDA/cuDNN libraries of another version)")
         return _CudaRunner(session, device, meta["outputs"])
     return _cpu_runner(session)
 

@@ -92,6 +92,9 @@ def _postprocess_kernel(
 ):
     """``probs`` [B, padded_q, padded_c] and channels-last ``masks`` [B, in_h, in_w, padded_q],
     fp32 and zero-padded (see :func:`pack_inputs`): query loads need no masks and vectorize."""
+    # Float scalars arrive as fp64 from AOTInductor's launcher: keep the arithmetic fp32.
+    scale_h = tl.cast(scale_h, tl.float32)
+    scale_w = tl.cast(scale_w, tl.float32)
     pid_p = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
     num_pixels = out_h * out_w

@@ -110,20 +110,25 @@ class FlopCounter(TorchDispatchMode):
 
 
 class _EvalForward(torch.nn.Module):
-    """The whole eval-mode forward as the paper counts it: logits, then the class/mask mix at full size."""
+    """The whole eval-mode forward as the paper counts it: logits, then (``postprocess``) the
+    class/mask mix at full size."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, postprocess: bool):
         super().__init__()
         self.model = model
+        self.postprocess = postprocess
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        return self.model.semantic_logits(img)
+    def forward(self, img: torch.Tensor):
+        return self.model.semantic_logits(img) if self.postprocess else self.model(img)
 
 
-def count_flops(model: torch.nn.Module, image_size: int | tuple[int, int], batch: int = 1) -> FlopCounter:
-    """Count the eval forward plus the full-resolution post-process, on ``meta`` copies of the weights."""
+def count_flops(
+    model: torch.nn.Module, image_size: int | tuple[int, int], batch: int = 1, postprocess: bool = True
+) -> FlopCounter:
+    """Count the eval forward, plus the full-resolution post-process unless ``postprocess=False``
+    (the graph an engine holds), on ``meta`` copies of the weights."""
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-    wrapper = _EvalForward(model)
+    wrapper = _EvalForward(model, postprocess)
     state = {
         name: torch.empty_like(t, device="meta")
         for name, t in [*wrapper.named_parameters(), *wrapper.named_buffers()]

@@ -42,3 +42,11 @@ def test_model_count_does_not_touch_weights_or_mode():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # the full-resolution class/mask mix is included: C·Q·H·W multiply-adds
     assert counter.by_op["aten::bmm"] >= 5 * 5 * 128 * 128
+
+
+def test_engine_graph_count_leaves_out_only_the_full_resolution_post_process():
+    model = segvit_rt.create_model("tiny", "full")
+    whole, graph = count_flops(model, 128), count_flops(model, 128, postprocess=False)
+    q = c = model.cfg.num_classes
+    # the post-process: bilinear upsampling of Q masks (4 per output) and the C·Q·H·W class/mask mix
+    assert whole.total - graph.total == 4 * q * 128 * 128 + c * q * 128 * 128

@@ -1,4 +1,4 @@
-"""Compile every attention kernel for sm_90 with its float scalars typed fp64 (no GPU needed).
+"""Compile every kernel for sm_90 with its float scalars typed fp64 (no GPU needed).
 
 AOTInductor launches user Triton kernels with Python floats typed fp64; a kernel
 whose fp32 loop state then mixes with such a scalar fails to compile there.
@@ -14,7 +14,10 @@ import segvit_rt.kernels  # noqa: F401  (registers the kernel modules)
 
 atm = sys.modules["segvit_rt.kernels.atm_attention"]
 qd = sys.modules["segvit_rt.kernels.qd_attention"]
-FLOATS = {"qk_scale", "mask_scale", "scale", "inv_heads"}
+post = sys.modules["segvit_rt.kernels.segment_postprocess"]
+FLOATS = {"qk_scale", "mask_scale", "scale", "inv_heads", "scale_h", "scale_w"}
+POINTERS = {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "probs_ptr": "*fp32", "masks_ptr": "*fp32",
+            "scores_ptr": "*fp32", "labels_ptr": "*i64"}  # every other pointer: fp16
 DOT = dict(DOT_PRECISION="tf32", DOT_UPCAST=False)
 ATM_BWD = dict(NUM_HEADS=16, HEAD_DIM=32, HAS_DMASK=True, BLOCK_N=32, BLOCK_L=64, **DOT)
 QD = dict(HEAD_DIM=64, BLOCK_M=64, BLOCK_N=64, **DOT)
@@ -26,6 +29,7 @@ KERNELS = [
     (qd._qd_fwd_kernel, QD),
     (qd._qd_bwd_dkdv_kernel, QD),
     (qd._qd_bwd_dq_kernel, QD),
+    (post._postprocess_kernel, dict(WRITE_SCORES=True, DOT_PRECISION="tf32x3", BLOCK_P=64, BLOCK_Q=16, BLOCK_C=64)),
 ]
 
 
@@ -34,7 +38,7 @@ def signature(fn, consts):
         if name in consts:
             return "constexpr"
         if name.endswith("_ptr"):
-            return "*fp32" if name.startswith(("lse", "delta")) else "*fp16"
+            return POINTERS.get(name, "*fp16")
         return "fp64" if name in FLOATS else "i32"
 
     return {name: arg_type(name) for name in fn.arg_names}
