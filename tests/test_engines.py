@@ -367,7 +367,7 @@ from engine_helpers import sharp_model
 from segvit_rt.build import build_engine
 from segvit_rt.engines import load_engine
 model = sharp_model("shrunk").cuda()
-out = build_engine(model, backend="aoti", precision="fp16", kernels="reference", max_batch=8, out={out!r})
+out = build_engine(model, backend="aoti", precision="fp16", kernels={kernels!r}, max_batch=8, out={out!r})
 print("built", flush=True)
 engine = load_engine(out)
 print("loaded", flush=True)
@@ -381,12 +381,13 @@ print("dynamic aoti ok")
 
 
 @pytest.mark.gpu
-def test_aoti_cuda_dynamic_batch_engine_in_a_subprocess(tmp_path):
-    """A dynamic-batch CUDA package (then exported with min batch 1) once crashed with SIGSEGV around
-    aoti_load_package on torch 2.11: run it in a child process so a crash fails this test instead of
-    killing the session, with progress markers and AOTInductor's runtime input checks to place it."""
+@pytest.mark.parametrize("kernels", ["triton", "reference"])  # triton: what the builder makes by default
+def test_aoti_cuda_dynamic_batch_engine_in_a_subprocess(tmp_path, kernels):
+    """A dynamic-batch CUDA package (then exported with min batch 1, reference ops) once crashed with
+    SIGSEGV around aoti_load_package on torch 2.11: run it in a child process so a crash fails this
+    test instead of killing the session, with progress markers and AOTInductor's runtime input checks."""
     tests = str(Path(__file__).resolve().parent)
-    script = _DYNAMIC_AOTI_SCRIPT.format(tests=tests, out=str(tmp_path / "aoti_dyn"))
+    script = _DYNAMIC_AOTI_SCRIPT.format(tests=tests, out=str(tmp_path / "aoti_dyn"), kernels=kernels)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tests).parent), os.environ.get("PYTHONPATH", "")]),
            "AOTI_RUNTIME_CHECK_INPUTS": "1", "TORCH_SHOW_CPP_STACKTRACES": "1"}
     run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", script], capture_output=True, text=True,
