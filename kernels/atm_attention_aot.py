@@ -29,6 +29,7 @@ import math
 import re
 from dataclasses import dataclass
 
+import torch
 import triton
 import triton.language as tl
 
@@ -90,6 +91,7 @@ def plugin_constexprs(num_heads: int, head_dim: int, scale: float, dtype: str, t
 
 
 def config(tactic: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_L, num_warps, num_stages) of a tactic."""
     if not 1 <= tactic <= len(PLUGIN_CONFIGS):
         raise ValueError(f"atm_attention plugin: tactic must be in 1..{len(PLUGIN_CONFIGS)}, got {tactic}")
     return PLUGIN_CONFIGS[tactic - 1]
@@ -105,8 +107,6 @@ def launch(q, k, v, num_heads: int, scale: float | None = None, tactic: int = 1)
     """Run ``_atm_plugin_kernel`` from PyTorch exactly as TensorRT launches it (same arguments,
     constants and grid): ``(out [B, N, D], mask [B, N, L])``. For checking the plugin's kernel
     on a GPU, or on CPU tensors under the Triton interpreter."""
-    import torch
-
     b, n, d = q.shape
     length = k.shape[1]
     if d % num_heads:
