@@ -40,18 +40,6 @@ def randn(batch, seed=0):
     return torch.randn(batch, 3, CROP, CROP, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module")
-def shrunk():
-    return sharp_model("shrunk")
-
-
-@pytest.fixture(scope="module")
-def onnx_engine(tmp_path_factory, shrunk):
-    """A dynamic-batch fp32 ONNX engine of the shrunk model, batches of at most 4."""
-    return build_engine(shrunk, backend="onnx", precision="fp32", max_batch=4,
-                        out=tmp_path_factory.mktemp("eng") / "onnx_fp32", log=quiet)
-
-
 @pytest.fixture
 def engine_copy(onnx_engine, tmp_path):
     """A private copy of the engine for tests that damage it."""

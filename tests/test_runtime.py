@@ -8,9 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import segvit_rt
-from engine_helpers import sharp_model
 from segvit_rt import segment
-from segvit_rt.build import build_engine
 from segvit_rt.data import normalize
 from segvit_rt.engines import EngineError
 from segvit_rt.evaluate import predict_image
@@ -19,19 +17,8 @@ from segvit_rt.ops.reference import segment_postprocess
 
 
 @pytest.fixture(scope="module")
-def model():
-    return sharp_model("shrunk")
-
-
-@pytest.fixture(scope="module")
-def engine_dir(tmp_path_factory, model):
-    return build_engine(model, backend="onnx", precision="fp32", max_batch=4,
-                        out=tmp_path_factory.mktemp("rt") / "engine", log=lambda _: None)
-
-
-@pytest.fixture(scope="module")
-def runtime(engine_dir):
-    return segvit_rt.Runtime(engine_dir)
+def runtime(onnx_engine):
+    return segvit_rt.Runtime(onnx_engine)
 
 
 def image(h, w, seed=0):
@@ -49,23 +36,23 @@ def pytorch_labels(model, img, mode="slide"):
 
 
 @pytest.mark.parametrize("hw", [(160, 160), (96, 300), (50, 70), (257, 131)])
-def test_slide_mode_matches_the_pytorch_evaluation(runtime, model, hw):
+def test_slide_mode_matches_the_pytorch_evaluation(runtime, shrunk, hw):
     img = image(*hw, seed=hw[0])
     labels = runtime.segment(img)
     assert labels.shape == hw and labels.dtype == np.uint8
-    expected = pytorch_labels(model, img)
+    expected = pytorch_labels(shrunk, img)
     assert len(np.unique(expected)) >= 2, "the comparison needs a label map with boundaries"
     assert (labels == expected).mean() >= 0.999
 
 
-def test_whole_mode_resizes_to_the_engine_input(engine_dir, model):
-    runtime = segvit_rt.Runtime(engine_dir, mode="whole")
+def test_whole_mode_resizes_to_the_engine_input(onnx_engine, shrunk):
+    runtime = segvit_rt.Runtime(onnx_engine, mode="whole")
     img = image(90, 200, seed=3)
     labels = runtime.segment(img)
-    x = normalize(img, model.cfg.mean, model.cfg.std)[None]
+    x = normalize(img, shrunk.cfg.mean, shrunk.cfg.std)[None]
     x = F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False)
     with torch.no_grad():
-        out = model(x)
+        out = shrunk(x)
     expected = segment_postprocess(out["pred_logits"], out["pred_masks"], (90, 200))[0].numpy()
     assert labels.shape == (90, 200) and len(np.unique(expected)) >= 2
     assert (labels == expected).mean() >= 0.999
@@ -95,7 +82,7 @@ def test_segment_batch_equals_one_by_one(runtime):
         np.testing.assert_array_equal(got, runtime.segment(img))
 
 
-def test_overlay_and_metadata(runtime):
+def test_overlay_and_metadata(runtime, shrunk):
     img = image(60, 80)
     labels = runtime.segment(img)
     over = runtime.overlay(img, labels, alpha=0.0)
@@ -103,10 +90,10 @@ def test_overlay_and_metadata(runtime):
     np.testing.assert_array_equal(np.asarray(over), img)
     colours = np.asarray(runtime.overlay(img, labels, alpha=1.0))
     np.testing.assert_array_equal(colours, runtime.palette[labels])
-    assert runtime.class_names == list(sharp_model("shrunk").cfg.names()) and runtime.palette.shape == (5, 3)
+    assert runtime.class_names == list(shrunk.cfg.names()) and runtime.palette.shape == (5, 3)
 
 
-def test_bad_inputs_are_clear_errors(runtime, engine_dir, tmp_path):
+def test_bad_inputs_are_clear_errors(runtime, onnx_engine, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
         runtime.segment(tmp_path / "missing.jpg")
     with pytest.raises(ValueError, match="HxWx3"):
@@ -114,8 +101,8 @@ def test_bad_inputs_are_clear_errors(runtime, engine_dir, tmp_path):
     with pytest.raises(TypeError, match="uint8"):
         runtime.segment(np.zeros((10, 10, 3), np.float32))
     with pytest.raises(ValueError, match="mode"):
-        segvit_rt.Runtime(engine_dir, mode="tiles")
-    broken = shutil.copytree(engine_dir, tmp_path / "broken")
+        segvit_rt.Runtime(onnx_engine, mode="tiles")
+    broken = shutil.copytree(onnx_engine, tmp_path / "broken")
     (broken / "model.onnx").write_bytes((broken / "model.onnx").read_bytes()[:1000])
     with pytest.raises(EngineError, match="truncated"):
         segvit_rt.Runtime(broken)
@@ -124,13 +111,13 @@ def test_bad_inputs_are_clear_errors(runtime, engine_dir, tmp_path):
 # ------------------------------------------------------------------ CLI
 
 
-def test_segment_cli_writes_labels_and_overlays(runtime, engine_dir, tmp_path, capsys):
+def test_segment_cli_writes_labels_and_overlays(runtime, onnx_engine, tmp_path, capsys):
     paths = []
     for i, hw in enumerate([(100, 120), (140, 90)]):
         paths.append(tmp_path / f"photo{i}.png")
         Image.fromarray(image(*hw, seed=10 + i)).save(paths[-1])
     out = tmp_path / "out"
-    segment.main([*map(str, paths), "--engine", str(engine_dir), "--out", str(out), "--quiet"])
+    segment.main([*map(str, paths), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
     assert "wrote 2 label maps" in capsys.readouterr().out
     for p in paths:
         labels = np.asarray(Image.open(out / f"{p.stem}_labels.png"))
@@ -139,17 +126,17 @@ def test_segment_cli_writes_labels_and_overlays(runtime, engine_dir, tmp_path, c
         assert overlay.size == Image.open(p).size and overlay.mode == "RGB"
 
 
-def test_segment_cli_errors(engine_dir, tmp_path, capsys):
+def test_segment_cli_errors(onnx_engine, tmp_path, capsys):
     a = tmp_path / "a" / "same.png"
     b = tmp_path / "b" / "same.png"
     for p in (a, b):
         p.parent.mkdir()
         Image.fromarray(image(40, 40)).save(p)
     with pytest.raises(SystemExit) as exc:
-        segment.main([str(a), str(b), "--engine", str(engine_dir), "--out", str(tmp_path / "o")])
+        segment.main([str(a), str(b), "--engine", str(onnx_engine), "--out", str(tmp_path / "o")])
     assert exc.value.code == 2 and "share the stem 'same'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        segment.main([str(tmp_path / "gone.png"), "--engine", str(engine_dir), "--out", str(tmp_path / "o")])
+        segment.main([str(tmp_path / "gone.png"), "--engine", str(onnx_engine), "--out", str(tmp_path / "o")])
     assert "gone.png" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         segment.main([str(a), "--engine", str(tmp_path / "no_engine"), "--out", str(tmp_path / "o")])
