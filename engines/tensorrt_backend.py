@@ -62,12 +62,14 @@ def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic
     A graph exported with ``kernels="tensorrt_plugin"`` carries ATM plugin nodes: the plugin is
     registered first, and TensorRT embeds its PTX in the plan."""
     trt = _trt()
-    onnx_path = path.with_name("typed_graph.onnx")
-    onnx_backend.export(graph, example, onnx_path, dynamic_batch=dynamic_batch, max_batch=max_batch,
-                        translations=tensorrt_plugin.onnx_translations())
-    if tensorrt_plugin.NAMESPACE in _onnx_domains(onnx_path):
+    translations = None
+    if getattr(graph.model, "kernels", None) == "tensorrt_plugin":
         check_plugin_available()
         tensorrt_plugin.register()
+        translations = tensorrt_plugin.onnx_translations()
+    onnx_path = path.with_name("typed_graph.onnx")
+    onnx_backend.export(graph, example, onnx_path, dynamic_batch=dynamic_batch, max_batch=max_batch,
+                        translations=translations)
     try:
         plan = _build_plan(trt, onnx_path, example.shape, dynamic_batch, max_batch)
     finally:
@@ -77,12 +79,6 @@ def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic
         "gpu": torch.cuda.get_device_name(),
         "compute_capability": list(torch.cuda.get_device_capability()),
     }
-
-
-def _onnx_domains(onnx_path: Path) -> set[str]:
-    import onnx
-
-    return {node.domain for node in onnx.load(str(onnx_path)).graph.node}
 
 
 def _build_plan(trt, onnx_path: Path, shape, dynamic_batch: bool, max_batch: int) -> bytes:

@@ -198,7 +198,7 @@ def driver_cuda_version() -> str:
 def strip_hidden_params(ptx: str, name: str, visible: int) -> str:
     """Drop the entry parameters of ``name`` after the first ``visible`` ones, which must be unused."""
     entry = _entry(ptx, name)
-    params = entry_params(ptx, name)
+    params = _split_params(entry)
     if len(params) < visible:
         raise ValueError(f".entry {name} has {len(params)} parameters, expected at least {visible}")
     body = ptx[entry.end():]
@@ -212,7 +212,11 @@ def strip_hidden_params(ptx: str, name: str, visible: int) -> str:
 
 def entry_params(ptx: str, name: str) -> list[str]:
     """The parameter declarations of ``.entry name``."""
-    return [p.strip() for p in _entry(ptx, name).group(1).split(",") if p.strip()]
+    return _split_params(_entry(ptx, name))
+
+
+def _split_params(entry: re.Match) -> list[str]:
+    return [p.strip() for p in entry.group(1).split(",") if p.strip()]
 
 
 def _entry(ptx: str, name: str) -> re.Match:
