@@ -27,23 +27,26 @@ def load_rows(paths):
             raise SystemExit(f"summarize: cannot read benchmark JSON {path}: {err}") from err
         for bench in data.get("benchmarks", []):
             info = bench.get("extra_info", {})
-            median_ms = info.get("median_ms", bench["stats"]["median"] * 1e3)
-            rows.append(
-                {
-                    "group": bench.get("group") or "",
-                    "name": info.get("variant", bench["name"]),
-                    "median_ms": median_ms,
-                    "gbps": info.get("gbps"),
-                    "tflops": info.get("tflops"),
-                    "baseline": info.get("baseline"),
-                    "speedup_vs": dict(info.get("speedup_vs", {})),
-                    "model_variant": info.get("model_variant"),
-                    "images_per_s": info.get("images_per_s"),
-                    "title": " ".join(str(info[k]) for k in ("preset", "precision") if k in info)
-                    + (f" batch {info['batch']} on {info.get('device')}" if "batch" in info else ""),
-                }
-            )
+            rows.append(row(bench.get("group") or "", info.get("variant", bench["name"]), info,
+                            info.get("median_ms", bench["stats"]["median"] * 1e3)))
     return rows
+
+
+def row(group: str, name: str, info: dict, median_ms: float) -> dict:
+    """One table row from a benchmark's ``extra_info`` (as ``benchmarks/harness.py`` records it)."""
+    return {
+        "group": group,
+        "name": name,
+        "median_ms": median_ms,
+        "gbps": info.get("gbps"),
+        "tflops": info.get("tflops"),
+        "baseline": info.get("baseline"),
+        "speedup_vs": dict(info.get("speedup_vs", {})),
+        "model_variant": info.get("model_variant"),
+        "images_per_s": info.get("images_per_s"),
+        "title": " ".join(str(info[k]) for k in ("preset", "precision") if k in info)
+        + (f" batch {info['batch']} on {info.get('device')}" if "batch" in info else ""),
+    }
 
 
 def fill_shrunk_over_full(rows):

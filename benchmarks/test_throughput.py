@@ -30,8 +30,8 @@ import pytest
 import torch
 
 import segvit_rt
-from benchmarks.harness import ON_CUDA, device_name, measure, pick, synchronized
-from benchmarks.summarize import throughput_chart
+from benchmarks import summarize
+from benchmarks.harness import ON_CUDA, measure, pick, synchronized
 from segvit_rt import build
 from segvit_rt.engines import load_engine
 from segvit_rt.flops import count_flops
@@ -147,7 +147,7 @@ def built(tmp_path_factory):
 def chart():
     yield
     if RESULTS:
-        throughput_chart(list(RESULTS.values()), CHART)
+        summarize.throughput_chart(list(RESULTS.values()), CHART)
 
 
 def runner_fn(runner: str, model, built, variant: str, image: torch.Tensor):
@@ -194,8 +194,4 @@ def test_throughput(benchmark, models, built, variant, runner):
                 peak_mem_delta_mb=round(memory.delta_mb, 1))
     if "median_ms" in info:
         info["images_per_s"] = batch / (info["median_ms"] / 1e3)
-        RESULTS[(variant, runner)] = {
-            "name": runner, "model_variant": variant, "images_per_s": info["images_per_s"],
-            "speedup_vs": dict(info.get("speedup_vs", {})),
-            "title": f"{SETUP['preset']} {SETUP['precision']} batch {batch} on {device_name()}",
-        }
+        RESULTS[(variant, runner)] = summarize.row(benchmark.group, runner, info, info["median_ms"])
