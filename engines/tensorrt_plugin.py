@@ -49,13 +49,9 @@ def _(q, k, v, num_heads, scale):
 
 def atm_attention_plugin(q, k, v, num_heads: int, scale: Optional[float] = None, prev_mask=None):
     """ATM cross-attention with its mask, as the plugin computes it (``prev_mask`` added after)."""
-    d = q.shape[-1]
-    if d % num_heads:
-        raise ValueError(f"atm_attention plugin: dim {d} is not divisible by num_heads={num_heads}")
-    from segvit_rt.kernels.atm_attention_aot import check_plugin_shape
+    from segvit_rt.kernels.atm_attention_aot import head_dim_and_scale
 
-    scale = (d // num_heads) ** -0.5 if scale is None else float(scale)
-    check_plugin_shape(num_heads, d // num_heads, scale)
+    _, scale = head_dim_and_scale(q.shape[-1], num_heads, scale)
     out, mask = _atm_attention_plugin_op(q, k, v, num_heads, scale)
     return out, (mask if prev_mask is None else mask + prev_mask)
 

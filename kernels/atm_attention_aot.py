@@ -76,6 +76,17 @@ def check_plugin_shape(num_heads: int, head_dim: int, scale: float) -> None:
         raise ValueError(f"atm_attention plugin: scale must be finite, got {scale}")
 
 
+def head_dim_and_scale(dim: int, num_heads: int, scale: float | None = None) -> tuple[int, float]:
+    """``(head_dim, scale)`` of an attention of width ``dim`` (``scale`` defaults to head_dim ** -0.5),
+    checked against what the plugin kernel supports."""
+    if dim % num_heads:
+        raise ValueError(f"atm_attention plugin: dim {dim} is not divisible by num_heads={num_heads}")
+    head_dim = dim // num_heads
+    scale = head_dim ** -0.5 if scale is None else float(scale)
+    check_plugin_shape(num_heads, head_dim, scale)
+    return head_dim, scale
+
+
 def plugin_constexprs(num_heads: int, head_dim: int, scale: float, dtype: str, tactic: int) -> dict:
     """The compile-time arguments of ``_atm_plugin_kernel`` (``tactic``: 1-based index of
     :data:`PLUGIN_CONFIGS`)."""
@@ -109,10 +120,7 @@ def launch(q, k, v, num_heads: int, scale: float | None = None, tactic: int = 1)
     on a GPU, or on CPU tensors under the Triton interpreter."""
     b, n, d = q.shape
     length = k.shape[1]
-    if d % num_heads:
-        raise ValueError(f"atm_attention plugin: dim {d} is not divisible by num_heads={num_heads}")
-    head_dim = d // num_heads
-    scale = head_dim ** -0.5 if scale is None else float(scale)
+    head_dim, scale = head_dim_and_scale(d, num_heads, scale)
     dtype = {torch.float16: "fp16", torch.float32: "fp32"}.get(q.dtype)
     if dtype is None:
         raise TypeError(f"atm_attention plugin: fp16 or fp32 inputs, got {q.dtype}")
