@@ -34,6 +34,29 @@ def interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
+def _fix_interpreter_index() -> None:
+    """Triton 3.6's interpreter turns a scalar into a Python int with ``int()`` on its 1-element
+    array, which NumPy >= 2.4 refuses ("only 0-dimensional arrays can be converted to Python
+    scalars"), so every ``range(0, L, BLOCK)`` over a runtime ``L`` fails there. Triton 3.7 squeezes
+    the array first; this does the same on older triton (torch 2.11 pins triton 3.6)."""
+    from triton.runtime import interpreter
+
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_tensor is None or getattr(patch_tensor, "squeezes_index", False):
+        return
+
+    def patch_tensor_squeezing_index(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patch_tensor_squeezing_index.squeezes_index = True
+    interpreter._patch_lang_tensor = patch_tensor_squeezing_index
+
+
+if interpreter_active() and tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 7):
+    _fix_interpreter_index()
+
+
 def is_fake(t: torch.Tensor) -> bool:
     """True for tensors without data: FakeTensors (also under functionalization) and meta tensors."""
     from torch._subclasses.fake_tensor import is_fake as _is_fake
