@@ -63,10 +63,17 @@ def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic
     registered first, and TensorRT embeds its PTX in the plan."""
     trt = _trt()
     translations = None
+    meta = {  # the builder targets the current CUDA device
+        "gpu": torch.cuda.get_device_name(),
+        "compute_capability": list(torch.cuda.get_device_capability()),
+    }
     if getattr(graph.model, "kernels", None) == "tensorrt_plugin":
+        from segvit_rt.kernels.atm_attention_aot import driver_cuda_version
+
         check_plugin_available()
         tensorrt_plugin.register()
         translations = tensorrt_plugin.onnx_translations()
+        meta["plugin_driver_cuda"] = driver_cuda_version()  # its PTX ISA is the newest this driver takes
     onnx_path = path.with_name("typed_graph.onnx")
     onnx_backend.export(graph, example, onnx_path, dynamic_batch=dynamic_batch, max_batch=max_batch,
                         translations=translations)
@@ -75,10 +82,7 @@ def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic
     finally:
         onnx_path.unlink(missing_ok=True)
     path.write_bytes(plan)
-    return {  # the builder targets the current CUDA device
-        "gpu": torch.cuda.get_device_name(),
-        "compute_capability": list(torch.cuda.get_device_capability()),
-    }
+    return meta
 
 
 def _build_plan(trt, onnx_path: Path, shape, dynamic_batch: bool, max_batch: int) -> bytes:
@@ -120,6 +124,21 @@ def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
         raise EngineError(
             f"{path} was built for a GPU of compute capability {meta.get('compute_capability')} "
             f"({meta.get('gpu')}), this GPU has {capability}: rebuild the engine here"
+        )
+    if "plugin_driver_cuda" in meta:
+        from segvit_rt.kernels.atm_attention_aot import driver_cuda_version
+
+        check_plugin_driver(meta, path, driver_cuda_version())
+
+
+def check_plugin_driver(meta: dict, path: Path, driver_cuda: str) -> None:
+    """A plan with the ATM plugin embeds PTX that the driver compiles when the plan loads; its ISA
+    was the newest the build machine's driver took, so an older driver would fail there."""
+    built = meta["plugin_driver_cuda"]
+    if tuple(map(int, driver_cuda.split("."))) < tuple(map(int, built.split("."))):
+        raise EngineError(
+            f"{path} embeds the ATM plugin as PTX for a CUDA {built} driver, and this machine's driver is "
+            f"CUDA {driver_cuda}: update the driver, or rebuild the engine here"
         )
 
 

@@ -140,6 +140,8 @@ def register() -> None:
         tactics = aot.fitting_tactics(num_heads, head_dim, scale, "fp16", *kernel_target())
         return [trtp.AutoTuneCombination("FP16, FP16, FP16, FP16, FP16", "LINEAR", tactics)]
 
+    # tensorrt.plugin hands autotune and aot_impl the attributes by position, in the order register
+    # declares them: both take all three, in that order.
     @trtp.aot_impl(PLUGIN_ID)
     def atm_aot(
         q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, num_heads: int, head_dim: int, scale: float,

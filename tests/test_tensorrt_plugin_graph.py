@@ -95,3 +95,13 @@ def test_triton_kernels_go_only_where_they_can():
             resolve_kernels("triton", "tensorrt", cuda, "fp16")
     assert resolve_kernels(None, "tensorrt", cuda, "fp16") == "reference"
     assert resolve_kernels(None, "aoti", cuda, "fp16") == "triton"
+
+
+def test_a_plugin_plan_refuses_an_older_driver(tmp_path):
+    from segvit_rt.engines.tensorrt_backend import check_plugin_driver
+
+    meta = {"plugin_driver_cuda": "12.8"}
+    for newer_or_same in ("12.8", "12.10", "13.0"):
+        check_plugin_driver(meta, tmp_path, newer_or_same)
+    with pytest.raises(EngineError, match=r"PTX for a CUDA 12\.8 driver.*driver is CUDA 12\.4"):
+        check_plugin_driver(meta, tmp_path, "12.4")
