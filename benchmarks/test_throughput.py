@@ -120,14 +120,19 @@ class PeakMemory:
 
 @pytest.fixture(scope="module")
 def models():
-    """(model, FLOPs per image: 2 per multiply-add of the engine graph) by variant; the weights are
-    random (throughput does not depend on them)."""
-    torch.manual_seed(0)
-    out = {}
-    for variant in ("full", "shrunk"):
-        model = segvit_rt.create_model(SETUP["preset"], variant=variant).eval()
-        out[variant] = (model, 2 * count_flops(model, model.cfg.crop_size, postprocess=False).total)
-    return out
+    """variant -> (model, FLOPs per image: 2 per multiply-add of the engine graph), each made on first
+    use (``gpu_check.sh`` runs one variant at a time: a ViT-L takes seconds to initialise); the weights
+    are random (throughput does not depend on them)."""
+    made = {}
+
+    def model_for(variant: str):
+        if variant not in made:
+            torch.manual_seed(0)
+            model = segvit_rt.create_model(SETUP["preset"], variant=variant).eval()
+            made[variant] = (model, 2 * count_flops(model, model.cfg.crop_size, postprocess=False).total)
+        return made[variant]
+
+    return model_for
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +181,7 @@ def runner_fn(runner: str, model, built, variant: str, image: torch.Tensor):
 @pytest.mark.parametrize("variant, runner", CASES, ids=[f"{v}-{r}" for v, r in CASES])
 def test_throughput(benchmark, models, built, variant, runner):
     device = torch.device("cuda" if ON_CUDA else "cpu")
-    model, flops_per_image = models[variant]
+    model, flops_per_image = models(variant)
     cfg = model.cfg
     batch = SETUP["batch"]
     image = torch.randn(batch, 3, cfg.crop_size, cfg.crop_size, generator=torch.Generator().manual_seed(0)).to(device)
