@@ -319,7 +319,10 @@ def import_full_into_shrunk(model, checkpoint) -> ImportReport:
     mapped, unused = {}, []
     for k, v in state.items():
         name = _full_to_shrunk_name(k)
-        (unused.append(k) if name is None else mapped.__setitem__(name, v))
+        if name is None:
+            unused.append(k)
+        else:
+            mapped[name] = v
     report = ImportReport(unexpected=unused)
     with torch.no_grad():
         _load_partial(model, mapped, "", report)

@@ -11,6 +11,7 @@ from onnx.reference.op_run import OpRun
 from engine_helpers import sharp_model
 from segvit_rt.build import TOLERANCES, resolve_kernels
 from segvit_rt.engines import EngineError, onnx_backend, tensorrt_plugin
+from segvit_rt.engines.tensorrt_backend import check_plugin_driver
 from segvit_rt.engines.graph import DTYPES, LogitsGraph, example_input
 from segvit_rt.kernels import atm_attention_aot as plugin_kernel
 
@@ -98,8 +99,6 @@ def test_triton_kernels_go_only_where_they_can():
 
 
 def test_a_plugin_plan_refuses_an_older_driver(tmp_path):
-    from segvit_rt.engines.tensorrt_backend import check_plugin_driver
-
     meta = {"plugin_driver_cuda": "12.8"}
     for newer_or_same in ("12.8", "12.10", "13.0"):
         check_plugin_driver(meta, tmp_path, newer_or_same)
