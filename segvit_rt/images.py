@@ -10,8 +10,11 @@ Accepted inputs (:func:`load_image`):
   ``3xHxW`` or ``4xHxW``, either uint8 (0–255) or floating point in [0, 1].
 
 Grayscale is replicated to three channels; an alpha channel is dropped (the
-colour is kept as is, not composited). Anything else raises a ``TypeError`` or
-``ValueError`` that says what was expected.
+colour is kept as is, not composited). Files and PIL images are turned as their
+EXIF orientation says (phone cameras store pixels sideways and tag them), so
+labels match the image as viewers show it, as the official pipeline's image
+reader does. Anything else raises a ``TypeError`` or ``ValueError`` that says
+what was expected.
 """
 from __future__ import annotations
 
@@ -20,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .io_utils import atomic_path
+
+EXIF_ORIENTATION = 0x0112  # the tag; 1 = stored as displayed
 
 __all__ = ["load_image", "overlay", "colorize", "save_labels", "save_png", "image_grid"]
 
@@ -57,6 +62,8 @@ def _from_path(path: Path) -> np.ndarray:
 def _from_pil(im: Image.Image) -> np.ndarray:
     if im.width == 0 or im.height == 0:
         raise ValueError(f"empty image ({im.width}x{im.height})")
+    if im.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        im = ImageOps.exif_transpose(im)  # a turned copy; the caller's image is left as it is
     if im.mode.startswith("I"):
         return _from_wide_gray(np.asarray(im, dtype=np.int64), im.mode)
     if im.mode != "RGB":

@@ -19,6 +19,7 @@ from segvit_rt.data import (
     open_dataset,
     sample_rng,
 )
+from segvit_rt.data.datasets import read_image
 from segvit_rt.data.transforms import _hsv_to_rgb, _rgb_to_hsv, photometric_distortion
 
 MEAN = (123.675, 116.28, 103.53)
@@ -170,6 +171,22 @@ def test_unreadable_image_names_the_file(tmp_path, damage):
         ds[1]
     with pytest.raises(DatasetError, match=r"img_1\.jpg"):
         ds.verify()
+
+
+def test_images_are_read_as_the_runtime_reads_them(tmp_path):
+    """EXIF orientation applied (a portrait photo pairs with its portrait mask) and 16-bit
+    grayscale scaled to 8 bits, as ``images.load_image`` does; masks are read as stored."""
+    base = make_ade(tmp_path, [np.ones((30, 20))] * 2)
+    y, x = np.mgrid[0:20, 0:30]
+    landscape = np.stack([x * 8, y * 12, np.full_like(x, 100)], axis=2).astype(np.uint8)  # smooth: JPEG keeps it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, displayed turned clockwise
+    Image.fromarray(landscape).save(base / "images" / "training" / "img_0.jpg", exif=exif, quality=100, subsampling=0)
+    image, label = ADE20KDataset(tmp_path).load(0)
+    assert image.shape == (30, 20, 3) and label.shape == (30, 20)
+    assert np.abs(image.astype(int) - np.rot90(landscape, -1)).mean() < 3  # JPEG, so not exact
+    Image.fromarray(np.full((30, 20), 65535, np.uint16)).save(tmp_path / "wide.png")
+    assert (read_image(tmp_path / "wide.png") == 255).all(), "16-bit white stays white (PIL's conversion clips)"
 
 
 def test_label_out_of_range_names_file_and_value(tmp_path):

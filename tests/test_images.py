@@ -56,6 +56,33 @@ def test_palette_and_16_bit_images(rgb, tmp_path):
     np.testing.assert_array_equal(out[..., 0], ((wide.astype(np.int64) + 128) // 257).astype(np.uint8))
 
 
+def with_orientation(array: np.ndarray, orientation: int) -> Image.Image:
+    """A PNG-encoded image whose EXIF says how to turn the stored pixels for display."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im = Image.fromarray(array)
+    im.info["exif"] = exif.tobytes()
+    return im
+
+
+@pytest.mark.parametrize("orientation, displayed", [
+    (1, lambda a: a),
+    (3, lambda a: np.rot90(a, 2)),         # upside down
+    (6, lambda a: np.rot90(a, -1)),        # turn clockwise to display (portrait phone photo)
+    (8, lambda a: np.rot90(a, 1)),         # turn counter-clockwise
+    (2, lambda a: a[:, ::-1]),             # mirrored
+])
+def test_exif_orientation_gives_the_image_as_displayed(rgb, tmp_path, orientation, displayed):
+    path = tmp_path / "photo.png"
+    im = with_orientation(rgb, orientation)
+    im.save(path, exif=im.info["exif"])
+    expected = displayed(rgb)
+    np.testing.assert_array_equal(load_image(path), expected)
+    with Image.open(path) as opened:
+        np.testing.assert_array_equal(load_image(opened), expected)
+        assert opened.size == (17, 12), "the caller's PIL image is not turned in place"
+
+
 def test_tensors_are_channels_first(rgb):
     chw = torch.from_numpy(rgb).permute(2, 0, 1)
     np.testing.assert_array_equal(load_image(chw), rgb)

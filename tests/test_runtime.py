@@ -67,6 +67,12 @@ def test_every_input_kind_gives_the_same_labels(runtime, tmp_path):
     reference = runtime.segment(img)
     for src in (path, str(path), Image.fromarray(img), rgba, chw, chw.float() / 255):
         np.testing.assert_array_equal(runtime.segment(src), reference)
+    sideways = tmp_path / "phone.png"  # stored turned, with the EXIF tag that turns it back for display
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(np.rot90(img, -1)).save(sideways, exif=exif)
+    np.testing.assert_array_equal(runtime.segment(sideways), reference)
+    assert runtime.overlay(sideways, reference).size == (140, 120)
 
 
 def test_grayscale_input(runtime):

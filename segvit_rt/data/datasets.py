@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..class_names import ADE20K_CLASSES
+from ..images import load_image
 
 IGNORE_INDEX = 255
 
@@ -46,18 +47,19 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as an ``HxWx3`` uint8 RGB array (grayscale, palette, RGBA converted)."""
+    """An image file as an ``HxWx3`` uint8 RGB array, read as the runtime reads it
+    (``images.load_image``: EXIF orientation applied, 16-bit grayscale scaled to 8 bits)."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            rgb = img.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for missing/corrupt files
-        raise DatasetError(f"cannot read image {path}: {exc}") from exc
-    return np.asarray(rgb, dtype=np.uint8)
+        return load_image(Path(path))
+    except FileNotFoundError as exc:
+        raise DatasetError(f"cannot read image {path}: file not found") from exc
+    except ValueError as exc:  # load_image's message names the file
+        raise DatasetError(str(exc)) from exc
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """A single-channel mask file as an ``HxW`` int64 array of its stored values."""
+    """A single-channel mask file as an ``HxW`` int64 array of its stored values (as stored: no EXIF
+    turn, as the official pipeline reads annotations)."""
     try:
         with Image.open(path) as img:
             img.load()
