@@ -1,26 +1,44 @@
 """Segment images with a built engine.
 
-``python -m segvit_rt.segment IMG... --engine E --out DIR [--mode slide|whole] [--alpha 0.5]``
+``python -m segvit_rt.segment IMG|FOLDER... --engine E --out DIR [--mode slide|whole] [--alpha 0.5]``
 
 For each image ``<stem>.<ext>`` writes ``DIR/<stem>_labels.png`` (pixel value =
 class index; 16-bit past 256 classes) and ``DIR/<stem>_overlay.png`` (the image
-blended with the class colours), each atomically.
+blended with the class colours), each atomically. A folder stands for the image
+files directly inside it. An image that cannot be read is reported and skipped:
+the others are still segmented, and the exit status is 1.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .cli import exit_on
+from .data.datasets import IMAGE_SUFFIXES
 from .engines import EngineError
-from .images import save_labels, save_png
+from .images import load_image, save_labels, save_png
 from .inference import MODES
 
 
 def output_paths(image: Path, out: Path) -> tuple[Path, Path]:
     return out / f"{image.stem}_labels.png", out / f"{image.stem}_overlay.png"
+
+
+def expand_inputs(args: list[str]) -> list[Path]:
+    """Command-line inputs as image paths: a folder becomes the image files directly inside it, sorted."""
+    paths = []
+    for arg in map(Path, args):
+        if not arg.is_dir():
+            paths.append(arg)
+            continue
+        found = sorted(p for p in arg.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found:
+            raise FileNotFoundError(f"no image files ({'/'.join(IMAGE_SUFFIXES)}) in folder {arg}")
+        paths.extend(found)
+    return paths
 
 
 def check_inputs(paths: list[Path]) -> None:
@@ -35,23 +53,33 @@ def check_inputs(paths: list[Path]) -> None:
         seen[p.stem] = p
 
 
-def segment_files(runtime, paths: list[Path], out: Path, alpha: float = 0.5, progress: bool = True) -> list[Path]:
-    """Segment ``paths`` into ``out``; returns the label PNGs written."""
+def segment_files(
+    runtime, paths: list[Path], out: Path, alpha: float = 0.5, progress: bool = True
+) -> tuple[list[Path], dict[Path, str]]:
+    """Segment ``paths`` into ``out``. Returns the label PNGs written, and the images that could not
+    be read with the reason (skipped, so one bad file in a folder does not stop the rest)."""
     check_inputs(paths)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in tqdm(paths, desc="segment", unit="img", disable=not progress):
-        labels = runtime.segment(path)
+    written, unreadable = [], {}
+    bar = tqdm(paths, desc="segment", unit="img", disable=not progress)
+    for path in bar:
+        try:
+            rgb = load_image(path)  # decoded once for the labels and the overlay
+        except ValueError as e:
+            unreadable[path] = str(e)
+            bar.write(f"skipped: {e}")
+            continue
+        labels = runtime.segment(rgb)
         label_png, overlay_png = output_paths(path, out)
         save_labels(labels, label_png)
-        save_png(runtime.overlay(path, labels, alpha), overlay_png)
+        save_png(runtime.overlay(rgb, labels, alpha), overlay_png)
         written.append(label_png)
-    return written
+    return written, unreadable
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segvit_rt.segment", description=__doc__.split("\n\n")[0])
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or folders of them")
     p.add_argument("--engine", required=True, help="engine directory (python -m segvit_rt.build)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--mode", choices=MODES, default="slide", help="slide (official evaluation) or whole (resize)")
@@ -68,11 +96,16 @@ def main(argv=None) -> list[Path]:
     with exit_on(EngineError, ValueError, TypeError, FileNotFoundError):
         if not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
-        paths = [Path(p) for p in args.images]
+        paths = expand_inputs(args.images)
         check_inputs(paths)
         runtime = Runtime(args.engine, device=args.device, mode=args.mode)
-        written = segment_files(runtime, paths, Path(args.out), args.alpha, progress=not args.quiet)
+        written, unreadable = segment_files(runtime, paths, Path(args.out), args.alpha, progress=not args.quiet)
     print(f"wrote {len(written)} label maps and overlays to {args.out}")
+    if unreadable:
+        print(f"error: {len(unreadable)} of {len(paths)} images could not be read:", file=sys.stderr)
+        for reason in unreadable.values():
+            print(f"  {reason}", file=sys.stderr)
+        raise SystemExit(1)
     return written
 
 

@@ -132,6 +132,28 @@ def test_segment_cli_writes_labels_and_overlays(runtime, onnx_engine, tmp_path, 
         assert overlay.size == Image.open(p).size and overlay.mode == "RGB"
 
 
+def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_engine, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(image(60, 80, seed=1)).save(photos / "a.png")
+    Image.fromarray(image(70, 50, seed=2)).save(photos / "c.jpg")
+    (photos / "b.jpg").write_bytes(b"not a jpeg")
+    (photos / "notes.txt").write_text("not an image, not an input")
+    single = tmp_path / "d.png"
+    Image.fromarray(image(40, 40, seed=3)).save(single)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        segment.main([str(photos), str(single), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert exc.value.code == 1
+    assert "wrote 3 label maps" in captured.out
+    assert "1 of 4 images could not be read" in captured.err and "b.jpg" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"{stem}_{kind}.png" for stem in "acd" for kind in ("labels", "overlay")
+    ]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "c_labels.png")), runtime.segment(photos / "c.jpg"))
+
+
 def test_segment_cli_errors(onnx_engine, tmp_path, capsys):
     a = tmp_path / "a" / "same.png"
     b = tmp_path / "b" / "same.png"
@@ -147,4 +169,8 @@ def test_segment_cli_errors(onnx_engine, tmp_path, capsys):
     with pytest.raises(SystemExit):
         segment.main([str(a), "--engine", str(tmp_path / "no_engine"), "--out", str(tmp_path / "o")])
     assert "no_engine" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        segment.main([str(tmp_path / "empty"), "--engine", str(onnx_engine), "--out", str(tmp_path / "o")])
+    assert "no image files" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
