@@ -20,9 +20,10 @@ MODES = ("whole", "slide")
 
 def test_size(h: int, w: int, crop: int) -> tuple[int, int]:
     """mmseg's test-time Resize with keep_ratio to scale (4·crop, crop): the short side
-    reaches ``crop`` unless the long side would pass 4·crop."""
+    reaches ``crop`` unless the long side would pass 4·crop. A side never shrinks below one
+    pixel (a 1x5000 strip would round to zero rows)."""
     factor = min(4 * crop / max(h, w), crop / min(h, w))
-    return int(h * factor + 0.5), int(w * factor + 0.5)
+    return max(int(h * factor + 0.5), 1), max(int(w * factor + 0.5), 1)
 
 
 def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

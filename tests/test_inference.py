@@ -22,6 +22,8 @@ def test_windows_cover_the_axis_and_end_flush():
 def test_test_resize_follows_mmseg_keep_ratio():
     assert resize_for_test(512, 683, 640) == (640, 854)  # short side to 640
     assert resize_for_test(100, 1000, 128) == (51, 512)  # long side capped at 4x crop
+    assert resize_for_test(1, 5000, 128) == (1, 512)  # a strip keeps one row
+    assert resize_for_test(5000, 1, 128) == (512, 1)
 
 
 @pytest.fixture(scope="module")

@@ -80,6 +80,14 @@ def test_grayscale_input(runtime):
     np.testing.assert_array_equal(runtime.segment(gray), runtime.segment(np.repeat(gray[..., None], 3, axis=2)))
 
 
+@pytest.mark.parametrize("mode", ["slide", "whole"])
+def test_single_pixels_and_thin_strips(onnx_engine, mode):
+    runtime = segvit_rt.Runtime(onnx_engine, mode=mode)
+    for hw in [(1, 1), (1, 700), (700, 1), (2, 3)]:
+        labels = runtime.segment(image(*hw, seed=4))
+        assert labels.shape == hw and labels.max() < runtime.num_classes
+
+
 def test_segment_batch_equals_one_by_one(runtime):
     imgs = [image(130, 130, seed=1), image(64, 200, seed=2), image(130, 130, seed=3)]
     batch = runtime.segment_batch(imgs)
