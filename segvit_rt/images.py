@@ -102,8 +102,9 @@ def _from_tensor(t: torch.Tensor) -> np.ndarray:
     if t.dim() == 2:
         t = t[None]
     if t.dim() != 3 or t.shape[0] not in (1, 3, 4):
+        hint = "; for a batch, pass its images as a list (Runtime.segment_batch(list(batch)))" if t.dim() == 4 else ""
         raise ValueError(
-            f"image tensors must be HxW, 1xHxW, 3xHxW or 4xHxW (channels first), got shape {tuple(t.shape)}"
+            f"image tensors must be HxW, 1xHxW, 3xHxW or 4xHxW (channels first), got shape {tuple(t.shape)}{hint}"
         )
     t = t.detach().cpu()
     if t.is_floating_point():

@@ -56,13 +56,11 @@ def test_palette_and_16_bit_images(rgb, tmp_path):
     np.testing.assert_array_equal(out[..., 0], ((wide.astype(np.int64) + 128) // 257).astype(np.uint8))
 
 
-def with_orientation(array: np.ndarray, orientation: int) -> Image.Image:
-    """A PNG-encoded image whose EXIF says how to turn the stored pixels for display."""
+def orientation_tag(orientation: int) -> Image.Exif:
+    """EXIF saying how to turn the stored pixels for display."""
     exif = Image.Exif()
     exif[0x0112] = orientation
-    im = Image.fromarray(array)
-    im.info["exif"] = exif.tobytes()
-    return im
+    return exif
 
 
 @pytest.mark.parametrize("orientation, displayed", [
@@ -74,8 +72,7 @@ def with_orientation(array: np.ndarray, orientation: int) -> Image.Image:
 ])
 def test_exif_orientation_gives_the_image_as_displayed(rgb, tmp_path, orientation, displayed):
     path = tmp_path / "photo.png"
-    im = with_orientation(rgb, orientation)
-    im.save(path, exif=im.info["exif"])
+    Image.fromarray(rgb).save(path, exif=orientation_tag(orientation))
     expected = displayed(rgb)
     np.testing.assert_array_equal(load_image(path), expected)
     with Image.open(path) as opened:
@@ -89,6 +86,8 @@ def test_tensors_are_channels_first(rgb):
     np.testing.assert_array_equal(load_image(chw.float() / 255.0), rgb)
     with pytest.raises(ValueError, match="channels first"):
         load_image(torch.from_numpy(rgb))  # HxWx3 tensor: 12 rows is not a channel count
+    with pytest.raises(ValueError, match="for a batch, pass its images as a list"):
+        load_image(chw[None])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         load_image(chw.float())
     with pytest.raises(TypeError, match="uint8"):
