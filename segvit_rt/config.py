@@ -38,12 +38,30 @@ class SegViTConfig:
     decoder_dropout: float = 0.1
     # evaluation: sliding-window crop and stride (official configs)
     slide_stride: int = 608
+    # Image scale (long edge, short edge) of the official pipelines: training resizes to fit a random
+    # 0.5-2.0 times it, testing to fit it; None is (4 * crop, crop). test_min_size is mmseg's
+    # Resize(min_size) at test time: the short side becomes max(short edge, min size), the long side
+    # follows (PASCAL-Context's official setting).
+    image_scale: tuple[int, int] | None = None
+    test_min_size: int | None = None
     class_names: tuple[str, ...] | None = field(default=None, compare=False)
 
     @property
     def grid_size(self) -> int:
         """Tokens per side at the crop size (1/16 resolution)."""
         return self.crop_size // self.patch_size
+
+    def scales(self, crop: int | None = None) -> tuple[tuple[int, int], int | None]:
+        """``(image_scale, test_min_size)`` for training or testing at ``crop`` (default: the preset's
+        crop size), scaled in proportion to it."""
+        crop = crop or self.crop_size
+        long, short = self.image_scale or (4 * self.crop_size, self.crop_size)
+
+        def at_crop(n: int) -> int:
+            return max(1, round(n * crop / self.crop_size))
+
+        min_size = None if self.test_min_size is None else at_crop(self.test_min_size)
+        return (at_crop(long), at_crop(short)), min_size
 
     def names(self) -> tuple[str, ...]:
         """Class names: the preset's, else the dataset's list, else ``class_i``."""
@@ -75,7 +93,8 @@ PRESETS: dict[str, SegViTConfig] = {
         SegViTConfig("vit_l16_ade20k_640", "ade20k", 150, 640, slide_stride=608, **_VIT_L),
         SegViTConfig("vit_b16_ade20k_512", "ade20k", 150, 512, slide_stride=341, **_VIT_B),
         SegViTConfig("vit_l16_cocostuff10k_512", "cocostuff10k", 171, 512, slide_stride=341, **_VIT_L),
-        SegViTConfig("vit_l16_pcontext_480", "pcontext", 60, 480, slide_stride=320, **_VIT_L),
+        SegViTConfig("vit_l16_pcontext_480", "pcontext", 60, 480, slide_stride=320, image_scale=(520, 520),
+                     test_min_size=480, **_VIT_L),
         # Small enough to train on 2 CPU cores in minutes (tests and the demo, on synthetic data).
         SegViTConfig(
             "tiny", "synthetic", 5, 128, patch_size=16, embed_dim=128, depth=6, num_heads=4,

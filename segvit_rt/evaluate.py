@@ -35,10 +35,19 @@ def use_interpreter_on_cpu(kernels: str, device: torch.device) -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def predict_image(logits_fn, image: torch.Tensor, crop: int, stride: int, mode: str = "slide") -> torch.Tensor:
-    """Labels [B, H, W] for a normalised batch [B, 3, H, W] at its own size (test-time resize inside)."""
+def predict_image(
+    logits_fn,
+    image: torch.Tensor,
+    crop: int,
+    stride: int,
+    mode: str = "slide",
+    scale: tuple[int, int] | None = None,
+    min_size: int | None = None,
+) -> torch.Tensor:
+    """Labels [B, H, W] for a normalised batch [B, 3, H, W] at its own size (test-time resize inside:
+    ``inference.test_size`` with ``scale`` and ``min_size``, see ``SegViTConfig.scales``)."""
     h, w = image.shape[-2:]
-    th, tw = test_size(h, w, crop)
+    th, tw = test_size(h, w, crop, scale, min_size)
     resized = image if (th, tw) == (h, w) else F.interpolate(image, size=(th, tw), mode="bilinear",
                                                             align_corners=False)
     return predict_labels(logits_fn, resized, crop, stride, mode=mode, out_hw=(h, w))
@@ -69,6 +78,7 @@ def evaluate_model(
         raise ValueError(f"the dataset has {dataset.num_classes} classes, the model {cfg.num_classes}")
     crop = crop or cfg.crop_size
     stride = stride or cfg.slide_stride
+    scale, min_size = cfg.scales(crop)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -79,7 +89,7 @@ def evaluate_model(
     for i in tqdm(indices, desc=f"eval ({mode})", unit="img", disable=not progress, leave=False):
         image, label = dataset[i]
         with amp:
-            pred = predict_image(logits_fn, image[None].to(device), crop, stride, mode)
+            pred = predict_image(logits_fn, image[None].to(device), crop, stride, mode, scale, min_size)
         confusion.update(pred[0], label.to(device))
     model.train(was_training)
     all_reduce_sum_(confusion.mat)
@@ -108,7 +118,7 @@ def format_table(metrics: dict, class_names) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segvit_rt.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", required=True, help="a segvit_rt .safetensors weights file")
-    p.add_argument("--data", required=True, help="dataset root (ADE20K layout or images/ + masks/)")
+    p.add_argument("--data", required=True, help="dataset root (ADE20K, COCO-Stuff 10k, PASCAL-Context or images/ + masks/ layout)")
     p.add_argument("--split", default="validation")
     p.add_argument("--mode", choices=MODES, default="slide")
     p.add_argument("--crop", type=int, help="window size (default: the model's crop size)")

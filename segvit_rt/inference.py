@@ -18,11 +18,18 @@ LogitsFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 MODES = ("whole", "slide")
 
 
-def test_size(h: int, w: int, crop: int) -> tuple[int, int]:
-    """mmseg's test-time Resize with keep_ratio to scale (4·crop, crop): the short side
-    reaches ``crop`` unless the long side would pass 4·crop. A side never shrinks below one
-    pixel (a 1x5000 strip would round to zero rows)."""
-    factor = min(4 * crop / max(h, w), crop / min(h, w))
+def test_size(
+    h: int, w: int, crop: int, scale: tuple[int, int] | None = None, min_size: int | None = None
+) -> tuple[int, int]:
+    """mmseg's test-time Resize with keep_ratio to ``scale`` = (long, short), default (4·crop, crop):
+    the short side reaches ``short`` unless the long side would pass ``long``. With ``min_size``
+    (mmseg's Resize(min_size)) the short side becomes max(short, min_size) and the long side is
+    not limited. A side never shrinks below one pixel (a 1x5000 strip would round to zero rows)."""
+    long_edge, short_edge = (max(scale), min(scale)) if scale is not None else (4 * crop, crop)
+    if min_size is not None:
+        factor = max(short_edge, min_size) / min(h, w)
+    else:
+        factor = min(long_edge / max(h, w), short_edge / min(h, w))
     return max(int(h * factor + 0.5), 1), max(int(w * factor + 0.5), 1)
 
 

@@ -3,9 +3,10 @@
 Thin on purpose: preprocessing (load, normalise, test-time resize), the engine
 call, and the post-process. Two modes:
 
-* ``"slide"`` (default, the official ADE20K evaluation): the image is resized
-  keeping its aspect ratio so that its short side is the crop size
-  (``inference.test_size``), scored by ``crop``-sized windows every
+* ``"slide"`` (default, the official evaluation): the image is resized
+  keeping its aspect ratio to the preset's test scale (``inference.test_size``;
+  ADE20K, COCO-Stuff: short side to the crop size, long side at most 4 crops;
+  PASCAL-Context: short side to 520), scored by ``crop``-sized windows every
   ``slide_stride`` pixels, and the scores are resized back to the original size
   before the argmax (``inference.predict_labels``).
 * ``"whole"``: engines take a fixed input size, so the image is resized to the
@@ -92,7 +93,7 @@ class Runtime:
             x = F.interpolate(batch, size=(self.crop, self.crop), mode="bilinear", align_corners=False)
             cls, masks = self.engine(x)
             return ops.segment_postprocess(cls, masks, hw, impl=self._post_impl)
-        th, tw = test_size(*hw, self.crop)
+        th, tw = test_size(*hw, self.crop, *self.cfg.scales())
         x = batch if (th, tw) == hw else F.interpolate(batch, size=(th, tw), mode="bilinear", align_corners=False)
         return predict_labels(self.engine, x, self.crop, self.stride, mode="slide", out_hw=hw)
 

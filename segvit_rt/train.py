@@ -72,7 +72,7 @@ class UsageError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segvit_rt.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="dataset root (ADE20K layout or images/ + masks/ + classes.txt)")
+    p.add_argument("--data", required=True, help="dataset root (ADE20K, COCO-Stuff 10k, PASCAL-Context or images/ + masks/ + classes.txt layout)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--variant", default="full", choices=VARIANTS)
@@ -159,8 +159,8 @@ def load_init(model: SegViT, path: str, fmt: str, info: DistInfo) -> None:
 
 def open_datasets(args):
     preset = PRESETS[args.preset]
-    train = open_dataset(args.data, "training", seed=args.seed,
-                         transform=TrainTransform(args.crop, preset.mean, preset.std))
+    augment = TrainTransform(args.crop, preset.mean, preset.std, scale=preset.scales(args.crop)[0])
+    train = open_dataset(args.data, "training", seed=args.seed, transform=augment)
     val = open_dataset(args.data, "validation", transform=EvalTransform(preset.mean, preset.std))
     if tuple(train.classes) != tuple(val.classes):
         raise DatasetError(f"{args.data}: the training and validation splits list different classes")

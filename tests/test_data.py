@@ -1,4 +1,4 @@
-"""Datasets (ADE20K and generic layouts, errors) and the train/eval transforms."""
+"""Datasets (the ADE20K, COCO-Stuff 10k, PASCAL-Context and generic layouts, errors) and the train/eval transforms."""
 import colorsys
 
 import numpy as np
@@ -7,13 +7,17 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from dataset_layouts import make_ade, make_coco_stuff, make_context, make_generic, random_image
+from segvit_rt.class_names import COCO_STUFF_CLASSES
 from segvit_rt.data import (
     ADE20K_CLASSES,
     IGNORE_INDEX,
     ADE20KDataset,
+    COCOStuff10kDataset,
     DatasetError,
     EvalTransform,
     GenericSegDataset,
+    PascalContextDataset,
     TrainTransform,
     normalize,
     open_dataset,
@@ -24,42 +28,6 @@ from segvit_rt.data.transforms import _hsv_to_rgb, _rgb_to_hsv, photometric_dist
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
-
-
-def _random_image(rng, h, w):
-    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-
-
-def make_ade(root, annotations, split="training", classes=None, size=(24, 32)):
-    """ADEChallengeData2016 under ``root`` with one jpg per annotation (uint8 arrays, 0 = ignore)."""
-    base = root / "ADEChallengeData2016"
-    rng = np.random.default_rng(0)
-    for sub in ("images", "annotations"):
-        for s in ("training", "validation"):
-            (base / sub / s).mkdir(parents=True, exist_ok=True)
-    for i, ann in enumerate(annotations):
-        Image.fromarray(_random_image(rng, *ann.shape)).save(base / "images" / split / f"img_{i}.jpg", quality=95)
-        Image.fromarray(ann.astype(np.uint8)).save(base / "annotations" / split / f"img_{i}.png")
-    if classes is not None:
-        (base / "classes.txt").write_text("\n".join(classes) + "\n")
-    return base
-
-
-def make_generic(root, masks, classes, split=None, image_ext=".png"):
-    img_dir, mask_dir = root / "images", root / "masks"
-    if split is not None:
-        img_dir, mask_dir = img_dir / split, mask_dir / split
-    img_dir.mkdir(parents=True, exist_ok=True)
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    images = []
-    for i, mask in enumerate(masks):
-        image = _random_image(rng, *mask.shape)
-        images.append(image)
-        Image.fromarray(image).save(img_dir / f"s{i}{image_ext}")
-        Image.fromarray(mask.astype(np.uint8)).save(mask_dir / f"s{i}.png")
-    (root / "classes.txt").write_text("\n".join(classes) + "\n")
-    return images
 
 
 # ---------------------------------------------------------------- layouts
@@ -87,6 +55,53 @@ def test_ade20k_classes_txt_sets_k_and_train_alias(tmp_path):
     np.testing.assert_array_equal(ds[0][1], [[IGNORE_INDEX, 0], [1, 2]])
 
 
+def test_coco_stuff_10k_layout(tmp_path):
+    ann = np.array([[0, 1, 2, 171]] * 5, dtype=np.uint8)
+    base = make_coco_stuff(tmp_path, {"train2014": [ann, ann[:, ::-1]], "test2014": [ann]})
+    (base / "imagesLists").mkdir()  # the converter's lists, not needed
+    (base / "annotations" / "train2014" / "COCO_train2014_000000000000_color.png").write_bytes(b"")  # not a mask
+    for root in (tmp_path, base):
+        ds = open_dataset(root, "train")
+        assert isinstance(ds, COCOStuff10kDataset) and ds.split == "train2014" and len(ds) == 2
+        assert ds.classes == COCO_STUFF_CLASSES and ds.num_classes == 171
+        image, label = ds[0]
+        assert image.shape == (5, 4, 3)
+        np.testing.assert_array_equal(label[0], [IGNORE_INDEX, 0, 1, 170])
+    val = open_dataset(tmp_path, "validation")
+    assert val.split == "test2014" and len(val) == 1
+    with pytest.raises(ValueError, match="train2014.*test2014"):
+        COCOStuff10kDataset(tmp_path, "val2017")
+    bad = base / "annotations" / "train2014" / "COCO_train2014_000000000001_labelTrainIds.png"
+    Image.fromarray(np.full((5, 4), 172, np.uint8)).save(bad)
+    with pytest.raises(DatasetError, match=r"COCO_train2014_000000000001_labelTrainIds\.png.*172.*1\.\.171"):
+        open_dataset(tmp_path, "train")[1]
+    bad.unlink()
+    with pytest.raises(DatasetError, match="1 images without a mask.*COCO_train2014_000000000001"):
+        open_dataset(tmp_path, "train")
+
+
+def test_pascal_context_layout(tmp_path):
+    ann = np.array([[0, 1, 59, 255]] * 3, dtype=np.uint8)
+    base = make_context(tmp_path, {"train": [ann, ann, ann], "val": [ann[:, ::-1]]})
+    for root in (tmp_path, tmp_path / "VOCdevkit", base):
+        ds = open_dataset(root, "training")
+        assert isinstance(ds, PascalContextDataset) and ds.split == "train" and len(ds) == 3
+        assert ds.num_classes == 60 and ds.classes[0] == "background"
+        image, label = ds[2]
+        assert image.shape == (3, 4, 3)
+        np.testing.assert_array_equal(label[0], [0, 1, 59, IGNORE_INDEX])
+    assert len(open_dataset(tmp_path, "val")) == 1  # only the listed stems, not all of JPEGImages
+    Image.fromarray(np.full((3, 4), 60, np.uint8)).save(base / "SegmentationClassContext" / "2008_train0001.png")
+    with pytest.raises(DatasetError, match=r"2008_train0001\.png.*60.*0\.\.59 or 255"):
+        open_dataset(tmp_path, "train")[1]
+    (base / "JPEGImages" / "2008_train0002.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"train\.txt lists files that are missing: .*2008_train0002\.jpg"):
+        open_dataset(tmp_path, "train")
+    (base / "ImageSets" / "SegmentationContext" / "val.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="split list not found.*val.txt"):
+        open_dataset(tmp_path, "validation")
+
+
 def test_generic_layout_with_split_palette_masks_and_ignore_index(tmp_path):
     mask = np.array([[0, 1, 2], [7, 2, 0]], dtype=np.uint8)
     images = make_generic(tmp_path, [mask], ["x", "y", "z"], split="val")
@@ -106,15 +121,15 @@ def test_generic_ignore_index_must_not_be_a_class(tmp_path):
         GenericSegDataset(tmp_path, ignore_index=1)
 
 
-def test_open_dataset_names_both_layouts_when_nothing_found(tmp_path):
-    with pytest.raises(FileNotFoundError, match="ADEChallengeData2016.*images/, masks/"):
+def test_open_dataset_names_every_layout_when_nothing_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ADEChallengeData2016.*train2014.*JPEGImages.*images/, masks/"):
         open_dataset(tmp_path, "training")
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA"])
 def test_images_become_rgb_uint8(tmp_path, mode):
     rng = np.random.default_rng(2)
-    rgb = _random_image(rng, 5, 7)
+    rgb = random_image(rng, 5, 7)
     make_generic(tmp_path, [np.zeros((5, 7))], ["a"])
     source = Image.fromarray(rgb)
     converted = source.convert(mode)
@@ -216,7 +231,7 @@ def test_colour_mask_is_rejected(tmp_path):
 
 
 def test_normalize_matches_formula_and_channel_order():
-    image = _random_image(np.random.default_rng(3), 5, 6)
+    image = random_image(np.random.default_rng(3), 5, 6)
     out = normalize(image, MEAN, STD)
     assert out.shape == (3, 5, 6) and out.dtype == torch.float32
     expected = (torch.from_numpy(image).double() - torch.tensor(MEAN, dtype=torch.float64)) / torch.tensor(
@@ -238,7 +253,7 @@ def test_normalize_rejects_bad_input():
 
 def test_eval_transform_keeps_size_and_labels():
     rng = np.random.default_rng(4)
-    image, label = _random_image(rng, 7, 9), rng.integers(0, 5, size=(7, 9))
+    image, label = random_image(rng, 7, 9), rng.integers(0, 5, size=(7, 9))
     out_image, out_label = EvalTransform(MEAN, STD)(image, label)
     torch.testing.assert_close(out_image, normalize(image, MEAN, STD))
     assert out_label.dtype == torch.int64
@@ -266,7 +281,7 @@ def test_resize_fits_scale_keeping_aspect():
 
 def test_output_shapes_and_padding_with_ignore():
     rng = np.random.default_rng(5)
-    image, label = _random_image(rng, 20, 30), rng.integers(0, 3, size=(20, 30))
+    image, label = random_image(rng, 20, 30), rng.integers(0, 3, size=(20, 30))
     t = TrainTransform((32, 40), MEAN, STD, scale=(30, 20), ratio_range=(1.0, 1.0),
                        flip_prob=0.0, photometric=False)
     out_image, out_label = t(image, label, rng)
@@ -280,7 +295,7 @@ def test_output_shapes_and_padding_with_ignore():
 
 def test_default_pipeline_on_large_input_gives_the_crop():
     rng = np.random.default_rng(6)
-    image, label = _random_image(rng, 90, 120), rng.integers(0, 4, size=(90, 120))
+    image, label = random_image(rng, 90, 120), rng.integers(0, 4, size=(90, 120))
     label[:5] = IGNORE_INDEX
     t = TrainTransform(48, MEAN, STD)
     assert t.scale == (192, 48)
@@ -341,7 +356,7 @@ def test_resize_keeps_image_and_label_aligned():
 
 def test_photometric_distortion_keeps_grey_grey_and_range():
     grey = np.repeat(np.linspace(0, 255, 40).reshape(5, 8, 1), 3, axis=-1).astype(np.uint8)
-    colour = _random_image(np.random.default_rng(7), 5, 8)
+    colour = random_image(np.random.default_rng(7), 5, 8)
     changed = 0
     for seed in range(20):
         out = photometric_distortion(grey, np.random.default_rng(seed))

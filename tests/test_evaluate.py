@@ -72,6 +72,22 @@ def test_predictions_come_back_at_the_original_size():
             assert 0 <= labels.min() and labels.max() < K
 
 
+def test_evaluation_resizes_to_the_presets_test_scale(setup):
+    """A PASCAL-Context-style rule (scale 96x96, min size 80: the short side to 96) turns the 64-pixel
+    images into 96x96, which takes 2x2 windows of 64 each instead of one."""
+    _, ade, model, _ = setup
+    from segvit_rt.data import EvalTransform, open_dataset
+
+    ds = open_dataset(ade, "validation", transform=EvalTransform(model.cfg.mean, model.cfg.std))
+    scaled = segvit_rt.create_model("tiny", num_classes=K, crop_size=64, slide_stride=48, image_scale=(96, 96),
+                                    test_min_size=80).eval()
+    scaled.load_state_dict(model.state_dict())
+    windows = []
+    scaled.register_forward_pre_hook(lambda _, args: windows.append(args[0].shape[0]))
+    evaluate_model(scaled, ds, "slide")
+    assert sum(windows) == 3 * 4
+
+
 def test_sharded_evaluation_sums_to_the_whole(setup):
     """Each replica evaluates every world_size-th image; without a process group the shards' confusion
     counts stay separate, so their pixel-weighted aAcc must recombine to the whole split's."""

@@ -23,6 +23,10 @@ def test_test_resize_follows_mmseg_keep_ratio():
     assert resize_for_test(512, 683, 640) == (640, 854)  # short side to 640
     assert resize_for_test(100, 1000, 128) == (51, 512)  # long side capped at 4x crop
     assert resize_for_test(1, 5000, 128) == (1, 512)  # a strip keeps one row
+    # PASCAL-Context's official test resize: scale (520, 520), min_size 480 -> short side 520, long side free
+    assert resize_for_test(375, 500, 480, (520, 520), 480) == (520, 693)
+    assert resize_for_test(100, 2000, 480, (520, 520), 480) == (520, 10400)
+    assert resize_for_test(375, 500, 480, (520, 520)) == (390, 520)  # without min_size: fit inside 520x520
     assert resize_for_test(5000, 1, 128) == (512, 1)
 
 

@@ -190,3 +190,9 @@ def test_presets_match_the_official_configs():
             assert cfg.mean == cfg.std == (127.5, 127.5, 127.5)
     assert [p[n].num_classes for n in ("vit_l16_cocostuff10k_512", "vit_l16_pcontext_480")] == [171, 60]
     assert len(p["vit_l16_ade20k_640"].names()) == 150
+    # image scales (long, short) and test min size: official train/test Resize settings
+    assert p["vit_l16_ade20k_640"].scales() == ((2560, 640), None)
+    assert p["vit_l16_cocostuff10k_512"].scales() == ((2048, 512), None)
+    assert p["vit_l16_pcontext_480"].scales() == ((520, 520), 480)
+    assert p["vit_l16_pcontext_480"].scales(240) == ((260, 260), 240)  # scaled with a smaller crop
+    assert p["tiny"].scales(64) == ((256, 64), None)

@@ -1,5 +1,6 @@
 """``segvit_rt.Runtime`` and ``python -m segvit_rt.segment`` against the PyTorch model they were built from."""
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -43,6 +44,20 @@ def test_slide_mode_matches_the_pytorch_evaluation(runtime, shrunk, hw):
     expected = pytorch_labels(shrunk, img)
     assert len(np.unique(expected)) >= 2, "the comparison needs a label map with boundaries"
     assert (labels == expected).mean() >= 0.999
+
+
+def test_slide_mode_follows_the_presets_test_scale(onnx_engine, shrunk):
+    runtime = segvit_rt.Runtime(onnx_engine)
+    runtime.cfg = replace(runtime.cfg, image_scale=(150, 150), test_min_size=120)  # PASCAL-Context's kind of rule
+    engine, windows = runtime.engine, []
+    runtime.engine = lambda x: (windows.append(x.shape[0]), engine(x))[1]
+    img = image(100, 120, seed=5)
+    labels = runtime.segment(img)
+    assert sum(windows) == 4  # resized to 150x180: 2x2 windows of 128 (the default scale, 128x154, gives 2)
+    x = normalize(img, shrunk.cfg.mean, shrunk.cfg.std)[None]
+    with torch.no_grad():
+        expected = predict_image(model_logits_fn(shrunk), x, 128, 96, "slide", (150, 150), 120)[0].numpy()
+    assert labels.shape == (100, 120) and (labels == expected).mean() >= 0.999
 
 
 def test_whole_mode_resizes_to_the_engine_input(onnx_engine, shrunk):

@@ -15,7 +15,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import segvit_rt
+from dataset_layouts import make_coco_stuff, make_context
 from segvit_rt import train as train_cli
+from segvit_rt.class_names import COCO_STUFF_CLASSES, PASCAL_CONTEXT_CLASSES
 from segvit_rt.data.synth import generate
 from segvit_rt.training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segvit_rt.training.optim import WarmupPoly, make_optimizer, make_scheduler, param_groups
@@ -197,6 +199,40 @@ def test_resume_after_sigkill_continues_exactly(synth, tmp_path):
                 for r in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())]
 
     assert losses("killed") == losses("ref")
+
+
+@pytest.mark.parametrize("layout", ["coco_stuff10k", "pascal_context"])
+def test_trains_on_the_other_papers_datasets_layouts(tmp_path, layout):
+    """A short run on a COCO-Stuff 10k / PASCAL-Context tree: their class lists reach the weights."""
+    rng = np.random.default_rng(0)
+    if layout == "coco_stuff10k":
+        masks = {split: [rng.integers(0, 172, size=(64, 64)) for _ in range(n)]
+                 for split, n in (("train2014", 4), ("test2014", 1))}
+        make_coco_stuff(tmp_path, masks)
+        classes = COCO_STUFF_CLASSES
+    else:
+        masks = {split: [rng.integers(0, 60, size=(64, 64)) for _ in range(n)] for split, n in (("train", 4), ("val", 1))}
+        make_context(tmp_path, masks)
+        classes = PASCAL_CONTEXT_CLASSES
+    summary = train_cli.main(["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--iters", "2", *FAST])
+    meta = read_metadata(tmp_path / "run" / "weights.safetensors")
+    assert meta["class_names"] == list(classes)
+    assert load_weights(tmp_path / "run" / "weights.safetensors").cfg.num_classes == len(classes)
+    assert 0.0 <= summary["metrics"]["mIoU"] <= 1.0
+
+
+def test_training_resize_follows_the_presets_image_scale(tmp_path):
+    """PASCAL-Context's official training resize fits 520x520 (times 0.5-2.0), not (4 crops, crop)."""
+    make_context(tmp_path, {"train": [np.zeros((8, 8))], "val": [np.zeros((8, 8))]})
+
+    def train_scale(*extra):
+        args = train_cli.build_parser().parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "x"),
+                                                    "--batch", "1", *extra])
+        return train_cli.open_datasets(train_cli.resolve_defaults(args))[0].transform.scale
+
+    assert train_scale("--preset", "vit_l16_pcontext_480") == (520, 520)
+    assert train_scale("--preset", "vit_l16_pcontext_480", "--crop", "240") == (260, 260)
+    assert train_scale("--preset", "vit_l16_ade20k_640") == (2560, 640)
 
 
 def test_resume_refuses_changed_arguments_and_missing_checkpoint(synth, tmp_path):

@@ -11,13 +11,27 @@ Datasets (``torch.utils.data.Dataset``; each sample is ``(image, label)``)
         folder or its parent. Class names are the 150 ADE20K ones unless a
         ``classes.txt`` (one name a line) sits in that folder or its parent,
         as the synthetic generator writes; then K is its line count.
+    ``COCOStuff10kDataset(root, split="training", transform=None, seed=0)``
+        ``coco_stuff10k`` as mmseg's converter writes it:
+        ``images/{train2014,test2014}/*.jpg`` with
+        ``annotations/<split>/<stem>_labelTrainIds.png``; 0 is ignore and
+        ``1..171`` become ``0..170`` (the official config's
+        ``reduce_zero_label``). ``"training"`` is train2014, ``"validation"``
+        test2014 (the paper's evaluation split).
+    ``PascalContextDataset(root, split="training", transform=None, seed=0)``
+        ``VOCdevkit/VOC2010`` after mmseg's PASCAL-Context conversion:
+        ``JPEGImages/*.jpg``, ``SegmentationClassContext/*.png`` holding the 60
+        classes ``0..59`` (0 = background, a class, as in the official
+        60-class config) and 255 = ignore; the split's stems are read from
+        ``ImageSets/SegmentationContext/{train,val}.txt``. ``root`` is
+        ``VOC2010``, ``VOCdevkit`` or their parent.
     ``GenericSegDataset(root, split=None, ignore_index=255, transform=None, seed=0)``
         ``images/`` and ``masks/`` (``images/<split>/`` and ``masks/<split>/``
         when ``split`` is given) with matching stems, plus ``root/classes.txt``.
         Masks hold ``0..K-1`` directly; ``ignore_index`` is mapped to 255.
     ``open_dataset(root, split, transform=None, **kwargs)``
         Picks the layout from what is on disk. ``"train"``/``"val"`` and
-        ``"training"``/``"validation"`` stand for each other in both layouts;
+        ``"training"``/``"validation"`` stand for each other in every layout;
         ``split=None`` means no split folders (generic layout only).
 
     Attributes: ``classes`` (names), ``num_classes``, ``samples`` (list of
@@ -66,8 +80,10 @@ from .datasets import (
     ADE20K_CLASSES,
     IGNORE_INDEX,
     ADE20KDataset,
+    COCOStuff10kDataset,
     DatasetError,
     GenericSegDataset,
+    PascalContextDataset,
     SegDataset,
     open_dataset,
     sample_rng,
@@ -78,9 +94,11 @@ __all__ = [
     "ADE20K_CLASSES",
     "IGNORE_INDEX",
     "ADE20KDataset",
+    "COCOStuff10kDataset",
     "DatasetError",
     "EvalTransform",
     "GenericSegDataset",
+    "PascalContextDataset",
     "SegDataset",
     "TrainTransform",
     "generate",

@@ -1,4 +1,5 @@
-"""Segmentation datasets on disk: the ADE20K layout and a generic images/masks layout.
+"""Segmentation datasets on disk: the layouts of the paper's three data sets as mmseg
+prepares them (ADE20K, COCO-Stuff 10k, PASCAL-Context) and a generic images/masks layout.
 
 Pairing (which image goes with which mask) is checked when a dataset is built;
 file contents are checked when a sample is read, so opening a large dataset
@@ -14,12 +15,14 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..class_names import ADE20K_CLASSES
+from ..class_names import ADE20K_CLASSES, COCO_STUFF_CLASSES, PASCAL_CONTEXT_CLASSES
 from ..images import load_image
 
 IGNORE_INDEX = 255
 
 ADE_FOLDER = "ADEChallengeData2016"
+COCO_STUFF_FOLDER = "coco_stuff10k"
+CONTEXT_FOLDER = Path("VOCdevkit", "VOC2010")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 SPLIT_ALIASES = {"train": "training", "val": "validation"}
@@ -29,8 +32,10 @@ __all__ = [
     "ADE20K_CLASSES",
     "IGNORE_INDEX",
     "ADE20KDataset",
+    "COCOStuff10kDataset",
     "DatasetError",
     "GenericSegDataset",
+    "PascalContextDataset",
     "SegDataset",
     "open_dataset",
     "sample_rng",
@@ -80,26 +85,33 @@ def read_classes(path: Path) -> tuple[str, ...]:
     return names
 
 
-def _files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+def _files_by_stem(folder: Path, suffixes: tuple[str, ...], name_end: str = "") -> dict[str, Path]:
+    """Files of ``folder`` with one of ``suffixes``, by stem; ``name_end`` (e.g. ``_labelTrainIds``)
+    must end the stem and is not part of it."""
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {folder}")
     found: dict[str, Path] = {}
     for path in folder.iterdir():
-        if path.suffix.lower() not in suffixes or not path.is_file():
+        if path.suffix.lower() not in suffixes or not path.stem.endswith(name_end) or not path.is_file():
             continue
-        if path.stem in found:
-            raise DatasetError(f"two files share the stem {path.stem!r} in {folder}: "
-                               f"{found[path.stem].name} and {path.name}")
-        found[path.stem] = path
+        stem = path.stem[: len(path.stem) - len(name_end)]
+        if stem in found:
+            raise DatasetError(f"two files share the stem {stem!r} in {folder}: "
+                               f"{found[stem].name} and {path.name}")
+        found[stem] = path
     return found
 
 
 def pair_files(
-    image_dir: Path, mask_dir: Path, image_suffixes: tuple[str, ...], mask_suffixes: tuple[str, ...]
+    image_dir: Path,
+    mask_dir: Path,
+    image_suffixes: tuple[str, ...],
+    mask_suffixes: tuple[str, ...],
+    mask_name_end: str = "",
 ) -> list[tuple[Path, Path]]:
     """``(image, mask)`` pairs sorted by stem; every image needs a mask and vice versa."""
     images = _files_by_stem(image_dir, image_suffixes)
-    masks = _files_by_stem(mask_dir, mask_suffixes)
+    masks = _files_by_stem(mask_dir, mask_suffixes, mask_name_end)
     no_mask = sorted(images.keys() - masks.keys())
     no_image = sorted(masks.keys() - images.keys())
     if no_mask or no_image:
@@ -176,7 +188,17 @@ class SegDataset(Dataset):
                             f"expected {allowed} for {self.num_classes} classes")
 
 
-class ADE20KDataset(SegDataset):
+class ZeroIsIgnoreDataset(SegDataset):
+    """Masks store 0 = unlabelled (ignored) and 1..K = the classes (mmseg's ``reduce_zero_label``)."""
+
+    def labels_from_mask(self, mask, path):
+        if mask.min() < 0 or mask.max() > self.num_classes:
+            raise self._out_of_range(mask[(mask < 0) | (mask > self.num_classes)], path,
+                                     f"0 (ignore) or 1..{self.num_classes}")
+        return np.where(mask == 0, IGNORE_INDEX, mask - 1)
+
+
+class ADE20KDataset(ZeroIsIgnoreDataset):
     """``ADEChallengeData2016``: jpg images, png annotations with 0 = ignore and 1..K = classes."""
 
     def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0):
@@ -197,14 +219,71 @@ class ADE20KDataset(SegDataset):
         self.root = base
         self.split = split
 
+
+class COCOStuff10kDataset(ZeroIsIgnoreDataset):
+    """``coco_stuff10k`` as mmseg's converter writes it: ``images/{train2014,test2014}/*.jpg`` and
+    ``annotations/<split>/<stem>_labelTrainIds.png`` holding 0 = unlabelled and 1..171 (the official
+    config reads them with ``reduce_zero_label``). The test split serves as validation, as in the paper."""
+
+    SPLITS = {"training": "train2014", "validation": "test2014"}
+
+    def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0):
+        base = find_coco_stuff_folder(Path(root))
+        split = self.SPLITS.get(SPLIT_ALIASES.get(split, split), split)
+        if split not in self.SPLITS.values():
+            raise ValueError(f"COCO-Stuff 10k split must be 'training' (train2014) or 'validation' (test2014), "
+                             f"got {split!r}")
+        samples = pair_files(base / "images" / split, base / "annotations" / split,
+                             (".jpg", ".jpeg"), (".png",), mask_name_end="_labelTrainIds")
+        super().__init__(samples, COCO_STUFF_CLASSES, transform, seed)
+        self.root = base
+        self.split = split
+
+
+class IgnoreIndexDataset(SegDataset):
+    """Masks store the class indices 0..K-1 and ``ignore_index`` for unlabelled pixels."""
+
+    ignore_index = IGNORE_INDEX
+
     def labels_from_mask(self, mask, path):
-        if mask.min() < 0 or mask.max() > self.num_classes:
-            raise self._out_of_range(mask[(mask < 0) | (mask > self.num_classes)], path,
-                                     f"0 (ignore) or 1..{self.num_classes}")
-        return np.where(mask == 0, IGNORE_INDEX, mask - 1)
+        ignored = mask == self.ignore_index
+        bad = ~ignored & ((mask < 0) | (mask >= self.num_classes))
+        if bad.any():
+            raise self._out_of_range(mask[bad], path,
+                                     f"0..{self.num_classes - 1} or {self.ignore_index} (ignore)")
+        return np.where(ignored, IGNORE_INDEX, mask)
 
 
-class GenericSegDataset(SegDataset):
+class PascalContextDataset(IgnoreIndexDataset):
+    """``VOCdevkit/VOC2010`` with mmseg's PASCAL-Context conversion: ``JPEGImages/*.jpg``,
+    ``SegmentationClassContext/*.png`` holding the 60 classes 0..59 (0 = background, a class, as the
+    official 60-class config) and 255 = ignore; ``ImageSets/SegmentationContext/{train,val}.txt``
+    list each split's stems (JPEGImages holds all of VOC2010)."""
+
+    SPLITS = {"training": "train", "validation": "val"}
+
+    def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0):
+        base = find_context_folder(Path(root))
+        split = self.SPLITS.get(SPLIT_ALIASES.get(split, split), split)
+        if split not in self.SPLITS.values():
+            raise ValueError(f"PASCAL-Context split must be 'training' (train) or 'validation' (val), got {split!r}")
+        list_file = base / "ImageSets" / "SegmentationContext" / f"{split}.txt"
+        if not list_file.is_file():
+            raise FileNotFoundError(f"PASCAL-Context split list not found: {list_file}")
+        stems = [line.strip() for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not stems:
+            raise DatasetError(f"empty split: {list_file} lists no images")
+        samples = [(base / "JPEGImages" / f"{s}.jpg", base / "SegmentationClassContext" / f"{s}.png") for s in stems]
+        missing = [str(path) for pair in samples for path in pair if not path.is_file()]
+        if missing:
+            more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
+            raise DatasetError(f"{list_file} lists files that are missing: {', '.join(missing[:_SHOWN])}{more}")
+        super().__init__(samples, PASCAL_CONTEXT_CLASSES, transform, seed)
+        self.root = base
+        self.split = split
+
+
+class GenericSegDataset(IgnoreIndexDataset):
     """``images/`` + ``masks/`` with matching stems, ``classes.txt``; masks store 0..K-1."""
 
     def __init__(
@@ -233,14 +312,6 @@ class GenericSegDataset(SegDataset):
         self.split = split
         self.ignore_index = ignore_index
 
-    def labels_from_mask(self, mask, path):
-        ignored = mask == self.ignore_index
-        bad = ~ignored & ((mask < 0) | (mask >= self.num_classes))
-        if bad.any():
-            raise self._out_of_range(mask[bad], path,
-                                     f"0..{self.num_classes - 1} or {self.ignore_index} (ignore)")
-        return np.where(ignored, IGNORE_INDEX, mask)
-
 
 def _split_dirs(image_dir: Path, mask_dir: Path, split: str) -> tuple[Path, Path]:
     """``images/<split>``, ``masks/<split>``, where ``train``/``training`` and ``val``/``validation`` stand for each other."""
@@ -251,31 +322,60 @@ def _split_dirs(image_dir: Path, mask_dir: Path, split: str) -> tuple[Path, Path
     raise FileNotFoundError(f"split {split!r} not found: no folder {image_dir / split}")
 
 
-def find_ade_folder(root: Path) -> Path:
-    """``root`` itself when it is the ADE20K folder, else ``root/ADEChallengeData2016``."""
-    for base in (root, root / ADE_FOLDER):
-        if (base / "images").is_dir() and (base / "annotations").is_dir():
+def _find_folder(root: Path, folder: Path | str, required: tuple[str, ...], what: str) -> Path:
+    """``root`` itself when it holds the ``required`` subfolders, else ``root/folder``."""
+    for base in (root, root / folder):
+        if all((base / sub).is_dir() for sub in required):
             return base
     raise FileNotFoundError(
-        f"no ADE20K layout at {root}: expected {ADE_FOLDER}/images and {ADE_FOLDER}/annotations "
+        f"no {what} layout at {root}: expected {' and '.join(f'{folder}/{sub}' for sub in required)} "
         "(root may be that folder or its parent)"
     )
 
 
+def find_ade_folder(root: Path) -> Path:
+    """``root`` itself when it is the ADE20K folder, else ``root/ADEChallengeData2016``."""
+    return _find_folder(root, ADE_FOLDER, ("images", "annotations"), "ADE20K")
+
+
+def find_coco_stuff_folder(root: Path) -> Path:
+    return _find_folder(root, COCO_STUFF_FOLDER, ("images/train2014", "annotations/train2014"), "COCO-Stuff 10k")
+
+
+def find_context_folder(root: Path) -> Path:
+    for base in (root, root / "VOC2010", root / CONTEXT_FOLDER):
+        if (base / "JPEGImages").is_dir() and (base / "SegmentationClassContext").is_dir():
+            return base
+    raise FileNotFoundError(
+        f"no PASCAL-Context layout at {root}: expected {CONTEXT_FOLDER}/JPEGImages and "
+        f"{CONTEXT_FOLDER}/SegmentationClassContext (root may be VOC2010, VOCdevkit or their parent)"
+    )
+
+
+LAYOUTS = (  # most specific first: a COCO-Stuff folder also has images/ and annotations/
+    ("COCO-Stuff 10k", find_coco_stuff_folder, COCOStuff10kDataset),
+    ("PASCAL-Context", find_context_folder, PascalContextDataset),
+    ("ADE20K", find_ade_folder, ADE20KDataset),
+)
+
+
 def open_dataset(root, split: str | None, transform: Callable | None = None, **kwargs) -> SegDataset:
-    """The dataset at ``root``, ADE20K or generic layout, whichever is on disk."""
+    """The dataset at ``root`` in whichever layout is on disk: ADE20K, COCO-Stuff 10k,
+    PASCAL-Context (mmseg's prepared forms) or the generic one."""
     root = Path(root)
-    try:
-        find_ade_folder(root)
-    except FileNotFoundError:
-        pass
-    else:
+    for name, find, dataset in LAYOUTS:
+        try:
+            find(root)
+        except FileNotFoundError:
+            continue
         if split is None:
-            raise ValueError(f"{root} holds an ADE20K layout: choose split 'training' or 'validation'")
-        return ADE20KDataset(root, split, transform=transform, **kwargs)
+            raise ValueError(f"{root} holds the {name} layout: choose split 'training' or 'validation'")
+        return dataset(root, split, transform=transform, **kwargs)
     if (root / "images").is_dir() and (root / "masks").is_dir():
         return GenericSegDataset(root, split, transform=transform, **kwargs)
     raise FileNotFoundError(
         f"no dataset at {root}: expected the ADE20K layout ({ADE_FOLDER}/images/<split>, "
-        f"{ADE_FOLDER}/annotations/<split>) or the generic one (images/, masks/, classes.txt)"
+        f"{ADE_FOLDER}/annotations/<split>), COCO-Stuff 10k ({COCO_STUFF_FOLDER}/images/train2014, "
+        f"{COCO_STUFF_FOLDER}/annotations/train2014), PASCAL-Context ({CONTEXT_FOLDER}/JPEGImages, "
+        f"{CONTEXT_FOLDER}/SegmentationClassContext) or the generic one (images/, masks/, classes.txt)"
     )
