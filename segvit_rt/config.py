@@ -29,6 +29,9 @@ class SegViTConfig:
     depth: int = 24
     num_heads: int = 16
     mlp_ratio: float = 4.0
+    # training only: stochastic depth rising linearly over the blocks to this rate (official: ViT-L 0.3,
+    # ViT-B 0.1); the identity in eval mode, so engines and inference never see it
+    drop_path_rate: float = 0.0
     out_indices: tuple[int, ...] = (7, 15, 23)
     shrink_idx: int = 8
     # decoder
@@ -80,19 +83,20 @@ class SegViTConfig:
 
 _VIT_L = dict(
     embed_dim=1024, depth=24, num_heads=16, out_indices=(7, 15, 23), shrink_idx=8,
-    decoder_dim=512, decoder_heads=16, mean=HALF_RANGE, std=HALF_RANGE,
+    decoder_dim=512, decoder_heads=16, mean=HALF_RANGE, std=HALF_RANGE, drop_path_rate=0.3,
 )
 _VIT_B = dict(
     embed_dim=768, depth=12, num_heads=12, out_indices=(5, 7, 11), shrink_idx=6,
-    decoder_dim=384, decoder_heads=12,
+    decoder_dim=384, decoder_heads=12, drop_path_rate=0.1,
 )
 
 PRESETS: dict[str, SegViTConfig] = {
     c.name: c
     for c in (
-        SegViTConfig("vit_l16_ade20k_640", "ade20k", 150, 640, slide_stride=608, **_VIT_L),
+        SegViTConfig("vit_l16_ade20k_640", "ade20k", 150, 640, slide_stride=608, image_scale=(2048, 640), **_VIT_L),
         SegViTConfig("vit_b16_ade20k_512", "ade20k", 150, 512, slide_stride=341, **_VIT_B),
-        SegViTConfig("vit_l16_cocostuff10k_512", "cocostuff10k", 171, 512, slide_stride=341, **_VIT_L),
+        SegViTConfig("vit_l16_cocostuff10k_512", "cocostuff10k", 171, 512, slide_stride=341, test_min_size=512,
+                     **_VIT_L),
         SegViTConfig("vit_l16_pcontext_480", "pcontext", 60, 480, slide_stride=320, image_scale=(520, 520),
                      test_min_size=480, **_VIT_L),
         # Small enough to train on 2 CPU cores in minutes (tests and the demo, on synthetic data).

@@ -45,11 +45,18 @@ from .weights import WeightsError, import_full_into_shrunk, import_official_segv
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.safetensors"
 
-# The official SegViT schedule (160k iterations, batch 16, AdamW 2e-5, 1500 warm-up steps)...
-DEFAULTS = dict(iters=160_000, batch=16, lr=2e-5, warmup=1500, eval_every=16_000, ckpt_every=4000)
-# ...and what trains the tiny preset from scratch on the synthetic data in minutes on 2 CPU cores
-# (a backbone rate of 3e-4, i.e. 3e-3 in the head, stays on the class-frequency plateau far longer).
-PRESET_DEFAULTS = {"tiny": dict(iters=1500, batch=8, lr=1e-4, warmup=100, eval_every=500, ckpt_every=500)}
+# The official SegViT recipe (its ADE20K config: 160k iterations, batch 16, AdamW 2e-5 with weight decay
+# 0.01, 1500 warm-up steps, poly decay of power 1, gradients clipped at norm 35), the changes of its
+# COCO-Stuff 10k and PASCAL-Context configs...
+DEFAULTS = dict(iters=160_000, batch=16, lr=2e-5, weight_decay=0.01, warmup=1500, poly_power=1.0, clip_grad=35.0,
+                eval_every=16_000, ckpt_every=4000)
+PRESET_DEFAULTS = {
+    "vit_l16_cocostuff10k_512": dict(iters=80_000, weight_decay=0.02, poly_power=2.0, eval_every=8000),
+    "vit_l16_pcontext_480": dict(iters=80_000, weight_decay=0.03, eval_every=8000),
+    # ...and what trains the tiny preset from scratch on the synthetic data in minutes on 2 CPU cores
+    # (a backbone rate of 3e-4, i.e. 3e-3 in the head, stays on the class-frequency plateau far longer).
+    "tiny": dict(iters=1500, batch=8, lr=1e-4, clip_grad=1.0, warmup=100, eval_every=500, ckpt_every=500),
+}
 # A Shrunk model warm-started from a full one (--init-format full) needs longer: its QU decoders start untrained.
 VARIANT_DEFAULTS = {("tiny", "shrunk"): dict(iters=2500, eval_every=1250)}
 
@@ -61,9 +68,11 @@ SHRUNK_FROM_SCRATCH = (
     "by this trainer) or a timm/official checkpoint."
 )
 
-# Arguments a resumed run must share with the run it continues.
-RUN_DEFINING = ("preset", "variant", "iters", "batch", "lr", "weight_decay", "head_lr_mult", "warmup",
-                "clip_grad", "crop", "stride", "dropout", "seed", "amp", "init", "init_format")
+# Arguments a resumed run must share with the run it continues; runs checkpointed before an argument
+# existed ran with the value in RUN_DEFINING_BEFORE.
+RUN_DEFINING = ("preset", "variant", "iters", "batch", "lr", "weight_decay", "head_lr_mult", "warmup", "poly_power",
+                "clip_grad", "crop", "stride", "dropout", "drop_path", "seed", "amp", "init", "init_format")
+RUN_DEFINING_BEFORE = {"poly_power": 1.0, "drop_path": 0.0}
 
 
 class UsageError(ValueError):
@@ -80,12 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="global batch size, split over the processes")
     p.add_argument("--lr", type=float, help="backbone learning rate (the head's is --head-lr-mult times it)")
     p.add_argument("--head-lr-mult", type=float, default=10.0, help="decode-head learning-rate factor")
-    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: per preset, as the official configs)")
     p.add_argument("--warmup", type=int, help="linear warm-up steps")
-    p.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    p.add_argument("--poly-power", type=float, help="power of the poly learning-rate decay (default: per preset)")
+    p.add_argument("--clip-grad", type=float, help="max gradient norm, 0: no clipping (default: 35, tiny 1)")
     p.add_argument("--crop", type=int, help="training crop (default: the preset's)")
     p.add_argument("--stride", type=int, help="sliding-window eval stride (default: the preset's, scaled to --crop)")
     p.add_argument("--dropout", type=float, help="decoder dropout (default: the preset's)")
+    p.add_argument("--drop-path", type=float,
+                   help="backbone stochastic-depth rate (default: the preset's: ViT-L 0.3, ViT-B 0.1, tiny 0)")
     p.add_argument("--kernels", choices=("reference", "triton"), default="reference")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                    help="mixed precision on CUDA (auto: bf16 where supported, else fp16; none on CPU)")
@@ -123,10 +135,14 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.stride = max(1, round(args.crop * preset.slide_stride / preset.crop_size))
     if args.dropout is None:
         args.dropout = preset.decoder_dropout
+    if args.drop_path is None:
+        args.drop_path = preset.drop_path_rate
+    if not 0.0 <= args.drop_path < 1.0:
+        raise UsageError(f"--drop-path must be in [0, 1), got {args.drop_path}")
     for key in ("iters", "batch", "crop", "stride", "log_every"):
         if getattr(args, key) < 1:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
-    for key in ("eval_every", "ckpt_every", "warmup", "workers"):
+    for key in ("eval_every", "ckpt_every", "warmup", "workers", "weight_decay", "clip_grad", "poly_power"):
         if getattr(args, key) < 0:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 0, got {getattr(args, key)}")
     return args
@@ -143,8 +159,11 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def check_same_run(saved: dict, args: argparse.Namespace) -> None:
-    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}"
-               for k in RUN_DEFINING if saved.get(k) != getattr(args, k)]
+    def was(key):
+        return saved.get(key, RUN_DEFINING_BEFORE.get(key))
+
+    changed = [f"--{k.replace('_', '-')} {was(k)!r} -> {getattr(args, k)!r}"
+               for k in RUN_DEFINING if was(k) != getattr(args, k)]
     if changed:
         raise UsageError("--resume must continue the same run; these arguments differ from the checkpoint's: "
                          + ", ".join(changed))
@@ -208,7 +227,7 @@ class Trainer:
         self.train_set, self.val_set = open_datasets(args)
         self.cfg = get_config(
             args.preset, num_classes=self.train_set.num_classes, class_names=tuple(self.train_set.classes),
-            crop_size=args.crop, slide_stride=args.stride, decoder_dropout=args.dropout,
+            crop_size=args.crop, slide_stride=args.stride, decoder_dropout=args.dropout, drop_path_rate=args.drop_path,
         )
         torch.manual_seed(args.seed)
         self.model = SegViT(self.cfg, args.variant, kernels=args.kernels)
@@ -219,7 +238,7 @@ class Trainer:
         self.model.to(self.device)
         self.criterion = ATMLoss(self.cfg.num_classes)
         self.optimizer = make_optimizer(self.model, args.lr, args.weight_decay, args.head_lr_mult)
-        self.scheduler = make_scheduler(self.optimizer, args.iters, args.warmup)
+        self.scheduler = make_scheduler(self.optimizer, args.iters, args.warmup, args.poly_power)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.log = JsonlLog(self.out / "log.jsonl")
         self.step, self.elapsed = self.start(state)

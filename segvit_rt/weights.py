@@ -22,7 +22,8 @@ from .io_utils import atomic_path
 FORMAT = "segvit_rt.weights/1"
 _META_KEY = "segvit_rt"
 # Config fields that change no tensor shape and may differ between a file and a model.
-_FREE_FIELDS = {"class_names", "slide_stride", "image_scale", "test_min_size", "decoder_dropout", "dataset", "name"}
+_FREE_FIELDS = {"class_names", "slide_stride", "image_scale", "test_min_size", "decoder_dropout", "drop_path_rate",
+                "dataset", "name"}
 
 
 class WeightsError(ValueError):

@@ -4,6 +4,7 @@ import torch
 
 import segvit_rt
 from segvit_rt.flops import count_params
+from segvit_rt.models.vit import drop_path
 
 
 def _tiny(variant, **kw):
@@ -179,6 +180,30 @@ def test_vit_b_backbone_has_timm_vit_base_parameter_count():
     assert count_params(model.backbone) == 85_796_352
 
 
+def test_drop_path_drops_whole_samples_in_training_only():
+    torch.manual_seed(0)
+    branch = torch.ones(4000, 3, 2)
+    dropped = drop_path(branch, 0.25, training=True)
+    per_sample = dropped.flatten(1)
+    assert ((per_sample == 0).all(1) | (per_sample == 1 / 0.75).all(1)).all()  # all or nothing per sample
+    assert (per_sample[:, 0] == 0).float().mean().item() == pytest.approx(0.25, abs=0.03)
+    assert dropped.mean().item() == pytest.approx(1.0, abs=0.05)  # unbiased
+    assert drop_path(branch, 0.25, training=False) is branch
+    model = segvit_rt.create_model("tiny", variant="shrunk", drop_path_rate=0.2)
+    assert [round(b.drop_path_rate, 6) for b in model.backbone.blocks] == [0.0, 0.04, 0.08, 0.12, 0.16, 0.2]
+    x = torch.randn(2, 3, 64, 64)
+    plain = segvit_rt.create_model("tiny", variant="shrunk").eval()
+    plain.load_state_dict(model.state_dict())  # same parameter names: stochastic depth adds none
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x)["pred_masks"], plain(x)["pred_masks"])
+        model.train()
+        torch.manual_seed(1)
+        first = model(x)["pred_masks"]
+        torch.manual_seed(1)
+        assert torch.equal(first, model(x)["pred_masks"])
+        assert not torch.equal(first, model(x)["pred_masks"])  # another draw of the dropped branches
+
+
 def test_presets_match_the_official_configs():
     p = segvit_rt.PRESETS
     assert p["vit_l16_ade20k_640"].out_indices == (7, 15, 23) and p["vit_l16_ade20k_640"].shrink_idx == 8
@@ -191,8 +216,10 @@ def test_presets_match_the_official_configs():
     assert [p[n].num_classes for n in ("vit_l16_cocostuff10k_512", "vit_l16_pcontext_480")] == [171, 60]
     assert len(p["vit_l16_ade20k_640"].names()) == 150
     # image scales (long, short) and test min size: official train/test Resize settings
-    assert p["vit_l16_ade20k_640"].scales() == ((2560, 640), None)
-    assert p["vit_l16_cocostuff10k_512"].scales() == ((2048, 512), None)
+    assert p["vit_l16_ade20k_640"].scales() == ((2048, 640), None)
+    assert p["vit_b16_ade20k_512"].scales() == ((2048, 512), None)
+    assert p["vit_l16_cocostuff10k_512"].scales() == ((2048, 512), 512)
     assert p["vit_l16_pcontext_480"].scales() == ((520, 520), 480)
     assert p["vit_l16_pcontext_480"].scales(240) == ((260, 260), 240)  # scaled with a smaller crop
     assert p["tiny"].scales(64) == ((256, 64), None)
+    assert [p[n].drop_path_rate for n in ("vit_l16_ade20k_640", "vit_b16_ade20k_512", "tiny")] == [0.3, 0.1, 0.0]

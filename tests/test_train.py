@@ -232,7 +232,7 @@ def test_training_resize_follows_the_presets_image_scale(tmp_path):
 
     assert train_scale("--preset", "vit_l16_pcontext_480") == (520, 520)
     assert train_scale("--preset", "vit_l16_pcontext_480", "--crop", "240") == (260, 260)
-    assert train_scale("--preset", "vit_l16_ade20k_640") == (2560, 640)
+    assert train_scale("--preset", "vit_l16_ade20k_640") == (2048, 640)
 
 
 def test_resume_refuses_changed_arguments_and_missing_checkpoint(synth, tmp_path):
@@ -274,6 +274,29 @@ def test_defaults_follow_preset_and_variant():
     assert resolved("--variant", "shrunk", "--iters", "7").iters == 7
     paper = resolved("--preset", "vit_b16_ade20k_512", "--variant", "shrunk")
     assert (paper.iters, paper.batch, paper.lr) == (160_000, 16, 2e-5)
+    # the official configs' recipes (ADE20K, COCO-Stuff 10k, PASCAL-Context)
+    recipe = ("iters", "weight_decay", "poly_power", "clip_grad", "drop_path", "warmup")
+    assert [getattr(paper, k) for k in recipe] == [160_000, 0.01, 1.0, 35.0, 0.1, 1500]
+    ade = resolved("--preset", "vit_l16_ade20k_640")
+    assert [getattr(ade, k) for k in recipe] == [160_000, 0.01, 1.0, 35.0, 0.3, 1500]
+    coco = resolved("--preset", "vit_l16_cocostuff10k_512")
+    assert [getattr(coco, k) for k in recipe] == [80_000, 0.02, 2.0, 35.0, 0.3, 1500]
+    context = resolved("--preset", "vit_l16_pcontext_480", "--drop-path", "0")
+    assert [getattr(context, k) for k in recipe] == [80_000, 0.03, 1.0, 35.0, 0.0, 1500]
+    tiny = resolved()
+    assert [getattr(tiny, k) for k in recipe] == [1500, 0.01, 1.0, 1.0, 0.0, 100]
+    for bad in (["--drop-path", "1"], ["--weight-decay", "-0.1"], ["--clip-grad", "-1"]):
+        with pytest.raises(train_cli.UsageError, match=bad[0]):
+            resolved(*bad)
+
+
+def test_resume_accepts_checkpoints_from_before_poly_power_and_drop_path():
+    args = train_cli.resolve_defaults(train_cli.build_parser().parse_args(["--data", "d", "--out", "o"]))
+    saved = {k: getattr(args, k) for k in train_cli.RUN_DEFINING if k not in ("poly_power", "drop_path")}
+    train_cli.check_same_run(saved, args)  # they ran with power 1 and no stochastic depth, as these args say
+    args.drop_path = 0.1
+    with pytest.raises(train_cli.UsageError, match="--drop-path 0.0 -> 0.1"):
+        train_cli.check_same_run(saved, args)
 
 
 def test_shrunk_without_init_is_told_to_warm_start(synth, tmp_path, capsys):

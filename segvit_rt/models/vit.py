@@ -72,20 +72,34 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def drop_path(branch: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: in training, a residual branch is dropped for whole samples with probability
+    ``rate`` and kept ones are scaled by ``1 / (1 - rate)``; the identity otherwise."""
+    if not training or rate == 0.0:
+        return branch
+    keep = branch.new_empty((branch.shape[0],) + (1,) * (branch.dim() - 1)).bernoulli_(1.0 - rate)
+    return branch * keep / (1.0 - rate)
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path_rate: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor, qd_grid: Grid | None = None) -> torch.Tensor:
+        rate = self.drop_path_rate
         if qd_grid is None:
-            x = x + self.attn(self.norm1(x))
+            x = x + drop_path(self.attn(self.norm1(x)), rate, self.training)
         else:  # QD: the residual is the downsampled input
-            x = downsample_tokens(x, qd_grid) + self.attn(self.norm1(x), qd_grid)
-        return x + self.mlp(self.norm2(x))
+            x = downsample_tokens(x, qd_grid) + drop_path(self.attn(self.norm1(x), qd_grid), rate, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), rate, self.training)
+
+    def extra_repr(self) -> str:
+        return f"drop_path_rate={self.drop_path_rate:g}" if self.drop_path_rate else ""
 
 
 class VisionTransformer(nn.Module):
@@ -100,7 +114,8 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
         self.pos_grid = cfg.grid_size
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.pos_grid**2, cfg.embed_dim))
-        self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # deeper: dropped more
+        self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, r) for r in rates)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def grid_pos_embed(self, grid: Grid) -> torch.Tensor:
