@@ -64,9 +64,10 @@ class Runtime:
         return len(self.class_names)
 
     def normalise(self, rgb: np.ndarray) -> torch.Tensor:
-        """``HxWx3`` uint8 -> normalised float32 ``[1, 3, H, W]`` on the engine's device."""
+        """``HxWx3`` uint8 -> normalised float32 ``[1, 3, H, W]`` on the engine's device (in place: a
+        large photo's float copy is the biggest tensor of a call)."""
         x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float()
-        return ((x - self._mean) / self._std)[None]
+        return x.sub_(self._mean).div_(self._std)[None]
 
     @torch.no_grad()
     def segment(self, img) -> np.ndarray:

@@ -7,7 +7,7 @@ kernel (``segvit_rt.engines.tensorrt_plugin``); everything else is the reference
 """
 from __future__ import annotations
 
-from . import reference
+from . import full_size, reference
 
 IMPLS = ("reference", "triton", "tensorrt_plugin")
 
@@ -41,8 +41,13 @@ def qd_attention(x_q, k, v, grid_hw, num_heads, *, impl="reference", scale=None)
 
 
 def segment_postprocess(class_logits, mask_logits, out_hw, *, impl="reference"):
+    """Labels [B, H, W]. The reference holds every query and class at full size; above
+    ``full_size.BUDGET`` bytes of that it runs a band of rows at a time (``ops.full_size``)."""
     if check_impl(impl) == "triton":
         from segvit_rt.kernels import segment_postprocess as fused
 
         return fused(class_logits, mask_logits, out_hw)
+    channels = mask_logits.shape[1] + class_logits.shape[-1] - 1
+    if full_size.nbytes(mask_logits.shape[0], channels, out_hw) > full_size.BUDGET:
+        return full_size.segment_postprocess(class_logits, mask_logits, out_hw)
     return reference.segment_postprocess(class_logits, mask_logits, out_hw)
