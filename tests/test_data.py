@@ -67,8 +67,9 @@ def test_coco_stuff_10k_layout(tmp_path):
         image, label = ds[0]
         assert image.shape == (5, 4, 3)
         np.testing.assert_array_equal(label[0], [IGNORE_INDEX, 0, 1, 170])
-    val = open_dataset(tmp_path, "validation")
-    assert val.split == "test2014" and len(val) == 1
+    for split in ("validation", "val", "test", "test2014"):
+        val = open_dataset(tmp_path, split)
+        assert val.split == "test2014" and len(val) == 1
     with pytest.raises(ValueError, match="train2014.*test2014"):
         COCOStuff10kDataset(tmp_path, "val2017")
     bad = base / "annotations" / "train2014" / "COCO_train2014_000000000001_labelTrainIds.png"

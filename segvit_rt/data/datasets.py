@@ -225,14 +225,14 @@ class COCOStuff10kDataset(ZeroIsIgnoreDataset):
     ``annotations/<split>/<stem>_labelTrainIds.png`` holding 0 = unlabelled and 1..171 (the official
     config reads them with ``reduce_zero_label``). The test split serves as validation, as in the paper."""
 
-    SPLITS = {"training": "train2014", "validation": "test2014"}
+    SPLITS = {"training": "train2014", "validation": "test2014", "test": "test2014"}
 
     def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0):
         base = find_coco_stuff_folder(Path(root))
         split = self.SPLITS.get(SPLIT_ALIASES.get(split, split), split)
         if split not in self.SPLITS.values():
-            raise ValueError(f"COCO-Stuff 10k split must be 'training' (train2014) or 'validation' (test2014), "
-                             f"got {split!r}")
+            raise ValueError(f"COCO-Stuff 10k split must be 'training' (train2014) or 'validation'/'test' "
+                             f"(test2014), got {split!r}")
         samples = pair_files(base / "images" / split, base / "annotations" / split,
                              (".jpg", ".jpeg"), (".png",), mask_name_end="_labelTrainIds")
         super().__init__(samples, COCO_STUFF_CLASSES, transform, seed)
