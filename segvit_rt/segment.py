@@ -6,7 +6,8 @@ For each image ``<stem>.<ext>`` writes ``DIR/<stem>_labels.png`` (pixel value =
 class index; 16-bit past 256 classes) and ``DIR/<stem>_overlay.png`` (the image
 blended with the class colours), each atomically. A folder stands for the image
 files directly inside it. An image that cannot be read is reported and skipped:
-the others are still segmented, and the exit status is 1.
+the others are still segmented, and the exit status is 1. ``--skip-existing``
+leaves images whose two outputs are already there (to continue a stopped run).
 """
 from __future__ import annotations
 
@@ -54,12 +55,14 @@ def check_inputs(paths: list[Path]) -> None:
 
 
 def segment_files(
-    runtime, paths: list[Path], out: Path, alpha: float = 0.5, progress: bool = True
+    runtime, paths: list[Path], out: Path, alpha: float = 0.5, progress: bool = True, skip_existing: bool = False
 ) -> tuple[list[Path], dict[Path, str]]:
     """Segment ``paths`` into ``out``. Returns the label PNGs written, and the images that could not
     be read with the reason (skipped, so one bad file in a folder does not stop the rest)."""
     check_inputs(paths)
     out.mkdir(parents=True, exist_ok=True)
+    if skip_existing:
+        paths = [p for p in paths if not all(o.is_file() for o in output_paths(p, out))]
     written, unreadable = [], {}
     bar = tqdm(paths, desc="segment", unit="img", disable=not progress)
     for path in bar:
@@ -85,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="slide", help="slide (official evaluation) or whole (resize)")
     p.add_argument("--device", help="cpu or cuda (default: the engine backend's choice)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight in [0, 1]")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave images whose label map and overlay are already in --out (continue a stopped run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -99,7 +104,8 @@ def main(argv=None) -> list[Path]:
         paths = expand_inputs(args.images)
         check_inputs(paths)
         runtime = Runtime(args.engine, device=args.device, mode=args.mode)
-        written, unreadable = segment_files(runtime, paths, Path(args.out), args.alpha, progress=not args.quiet)
+        written, unreadable = segment_files(runtime, paths, Path(args.out), args.alpha, progress=not args.quiet,
+                                            skip_existing=args.skip_existing)
     print(f"wrote {len(written)} label maps and overlays to {args.out}")
     if unreadable:
         print(f"error: {len(unreadable)} of {len(paths)} images could not be read:", file=sys.stderr)

@@ -175,6 +175,12 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
         f"{stem}_{kind}.png" for stem in "acd" for kind in ("labels", "overlay")
     ]
     np.testing.assert_array_equal(np.asarray(Image.open(out / "c_labels.png")), runtime.segment(photos / "c.jpg"))
+    (out / "a_overlay.png").unlink()  # as if stopped between a's two outputs
+    d_written = (out / "d_labels.png").stat().st_mtime_ns
+    segment.main([str(photos / "a.png"), str(single), "--engine", str(onnx_engine), "--out", str(out), "--quiet",
+                  "--skip-existing"])
+    assert "wrote 1 label maps" in capsys.readouterr().out
+    assert (out / "a_overlay.png").is_file() and (out / "d_labels.png").stat().st_mtime_ns == d_written
 
 
 def test_segment_cli_errors(onnx_engine, tmp_path, capsys):
