@@ -24,7 +24,7 @@ from .data import EvalTransform, open_dataset
 from .inference import MODES, model_logits_fn, predict_labels, test_size
 from .metrics import ConfusionMatrix, chance_levels
 from .training.distributed import all_reduce_sum_, pick_device
-from .training.logs import write_json
+from .training.logs import plot_class_iou, write_json
 from .weights import WeightsError, load_weights
 
 
@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=("reference", "triton"), default="reference")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--chart", help="also write a per-class IoU bar chart to this PNG file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -147,6 +148,8 @@ def main(argv=None) -> dict:
     print(format_table(metrics, cfg.names()))
     if args.json:
         write_json(args.json, metrics)
+    if args.chart:
+        plot_class_iou(metrics, cfg.names(), args.chart)
     return metrics
 
 

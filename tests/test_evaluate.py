@@ -50,8 +50,9 @@ def expected_miou(model, ade) -> float:
 def test_cli_metrics_match_a_hand_computation(setup, mode, capsys):
     root, ade, model, weights = setup
     out_json = root / f"metrics_{mode}.json"
+    chart = root / f"iou_{mode}.png"
     evaluate.main(["--weights", str(weights), "--data", str(ade.parent), "--mode", mode, "--json", str(out_json),
-                   "--quiet"])
+                   "--chart", str(chart), "--quiet"])
     printed = capsys.readouterr().out
     metrics = json.loads(out_json.read_text())
     assert metrics["mIoU"] == pytest.approx(expected_miou(model, ade), abs=1e-9)
@@ -59,6 +60,8 @@ def test_cli_metrics_match_a_hand_computation(setup, mode, capsys):
     assert len(metrics["IoU"]) == K and metrics["class_names"] == (ade / "classes.txt").read_text().split()
     assert f"mIoU {100 * metrics['mIoU']:6.2f}" in printed
     assert all(name in printed for name in metrics["class_names"])
+    with Image.open(chart) as png:
+        assert png.format == "PNG" and png.width >= 500 and png.height >= 100
 
 
 def test_predictions_come_back_at_the_original_size():

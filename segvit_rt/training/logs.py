@@ -87,3 +87,29 @@ def plot_curves(records: list[dict], path) -> Path:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_class_iou(metrics: dict, class_names, path) -> Path:
+    """PNG of each class's IoU as a horizontal bar, best first, with the mIoU marked (atomically);
+    classes absent from the split (IoU undefined) are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(((iou, name) for name, iou in zip(class_names, metrics["IoU"]) if iou is not None and iou == iou),
+                  reverse=True)
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 1.2 + 0.18 * len(rows))))
+    ax.barh(range(len(rows)), [iou for iou, _ in rows], color="tab:blue")
+    ax.set_yticks(range(len(rows)), [name for _, name in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(metrics["mIoU"], color="tab:red", lw=1, label=f"mIoU {metrics['mIoU']:.3f}")
+    ax.set(xlim=(0, 1), xlabel="IoU", title=f"per-class IoU ({metrics['images']} images, {metrics['mode']})")
+    ax.legend(loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
