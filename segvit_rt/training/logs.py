@@ -64,13 +64,29 @@ class JsonlLog:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 
-def plot_curves(records: list[dict], path) -> Path:
-    """PNG of the training loss (left) and validation mIoU (right) against the step, written atomically."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_png(fig, path) -> Path:
+    """Write ``fig`` as a PNG atomically, and close it."""
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_curves(records: list[dict], path) -> Path:
+    """PNG of the training loss (left) and validation mIoU (right) against the step, written atomically."""
+    plt = _pyplot()
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval" and r.get("mIoU") is not None]
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
@@ -81,22 +97,13 @@ def plot_curves(records: list[dict], path) -> Path:
     ax_miou.set(xlabel="step", ylabel="mIoU", title="validation mIoU", ylim=(0, 1))
     for ax in (ax_loss, ax_miou):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 def plot_class_iou(metrics: dict, class_names, path) -> Path:
     """PNG of each class's IoU as a horizontal bar, best first, with the mIoU marked (atomically);
     classes absent from the split (IoU undefined) are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = sorted(((iou, name) for name, iou in zip(class_names, metrics["IoU"]) if iou is not None and iou == iou),
                   reverse=True)
     fig, ax = plt.subplots(figsize=(7, max(2.5, 1.2 + 0.18 * len(rows))))
@@ -107,9 +114,4 @@ def plot_class_iou(metrics: dict, class_names, path) -> Path:
     ax.set(xlim=(0, 1), xlabel="IoU", title=f"per-class IoU ({metrics['images']} images, {metrics['mode']})")
     ax.legend(loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
