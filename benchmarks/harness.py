@@ -96,6 +96,27 @@ def measure(
     return result
 
 
+def peak_extra_bytes(fn):
+    """(peak bytes allocated while ``fn`` runs, beyond what was live before; how it was measured)."""
+    if ON_CUDA:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before, "torch.cuda.max_memory_allocated delta"
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage  # allocations minus frees of the op itself
+        peak = max(peak, live)
+    method = "torch.profiler CPU allocator, op granularity (the Triton interpreter's numpy buffers not included)"
+    return peak, method
+
+
 def device_name() -> str:
     return torch.cuda.get_device_name() if ON_CUDA else "cpu (Triton interpreter)"
 

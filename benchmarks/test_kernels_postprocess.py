@@ -16,7 +16,7 @@ int64 labels written.
 import pytest
 import torch
 
-from benchmarks.harness import DEVICE, ON_CUDA, measure, pick, tensor_bytes
+from benchmarks.harness import DEVICE, measure, peak_extra_bytes, pick, tensor_bytes
 from segvit_rt.kernels.segment_postprocess import segment_postprocess
 from segvit_rt.ops import reference
 
@@ -26,27 +26,6 @@ SHAPE = pick(
 )
 VARIANTS = {"reference": reference.segment_postprocess, "fused": segment_postprocess}  # baseline first
 _PEAK_BYTES: dict[str, int] = {}
-
-
-def peak_extra_bytes(fn):
-    """(peak bytes allocated while ``fn`` runs, beyond what was live before; how it was measured)."""
-    if ON_CUDA:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before, "torch.cuda.max_memory_allocated delta"
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.self_cpu_memory_usage  # allocations minus frees of the op itself
-        peak = max(peak, live)
-    method = "torch.profiler CPU allocator, op granularity (the Triton interpreter's numpy buffers not included)"
-    return peak, method
 
 
 def _inputs():

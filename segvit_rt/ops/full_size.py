@@ -70,6 +70,7 @@ def upsample_argmax(scores: torch.Tensor, out_hw: tuple[int, int], budget: int =
             torch.gt(up[:, i], best, out=better)  # strictly: a tie keeps the lower class, as argmax does
             labels.masked_fill_(better, c0 + i)
             torch.maximum(best, up[:, i], out=best)
+        del up  # before the next chunk is allocated
     return labels
 
 
