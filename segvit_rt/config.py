@@ -110,13 +110,21 @@ PRESETS: dict[str, SegViTConfig] = {
 
 
 def get_config(preset: str | SegViTConfig, **overrides) -> SegViTConfig:
-    """Look up a preset by name (or pass a config through), with field overrides."""
+    """Look up a preset by name (or pass a config through), with field overrides. A new
+    ``crop_size`` scales the preset's own image scale and test min size with it."""
     if isinstance(preset, SegViTConfig):
         cfg = preset
     else:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
         cfg = PRESETS[preset]
+    crop = overrides.get("crop_size")
+    if crop is not None and crop != cfg.crop_size:  # the official image scales follow the crop
+        scale, min_size = cfg.scales(crop)
+        if cfg.image_scale is not None:
+            overrides.setdefault("image_scale", scale)
+        if cfg.test_min_size is not None:
+            overrides.setdefault("test_min_size", min_size)
     return replace(cfg, **overrides) if overrides else cfg
 
 

@@ -29,13 +29,15 @@ def output_paths(image: Path, out: Path) -> tuple[Path, Path]:
 
 
 def expand_inputs(args: list[str]) -> list[Path]:
-    """Command-line inputs as image paths: a folder becomes the image files directly inside it, sorted."""
+    """Command-line inputs as image paths: a folder becomes the image files directly inside it, sorted
+    (hidden files left out)."""
     paths = []
     for arg in map(Path, args):
         if not arg.is_dir():
             paths.append(arg)
             continue
-        found = sorted(p for p in arg.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = sorted(p for p in arg.iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
         if not found:
             raise FileNotFoundError(f"no image files ({'/'.join(IMAGE_SUFFIXES)}) in folder {arg}")
         paths.extend(found)

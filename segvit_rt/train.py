@@ -195,11 +195,16 @@ def synth_metadata(dataset) -> dict | None:
 
 
 def previous_state(args) -> dict | None:
-    """The checkpoint to continue from with ``--resume``; without it, refuse to overwrite a run."""
+    """The checkpoint to continue from with ``--resume``, whose run's values fill the run-defining
+    arguments left unset (so a resume needs only ``--data``, ``--out``, ``--preset``, ``--variant``
+    and ``--resume``, whatever the defaults have become since); without it, refuse to overwrite a run."""
     path = Path(args.out) / CHECKPOINT
     if args.resume:
         state = load_checkpoint(path)
-        check_same_run(state["args"], args)
+        saved = {**RUN_DEFINING_BEFORE, **state["args"]}
+        for key in RUN_DEFINING:
+            if getattr(args, key) is None and saved.get(key) is not None:
+                setattr(args, key, saved[key])
         return state
     if path.exists():
         raise UsageError(f"{args.out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
@@ -210,13 +215,15 @@ def previous_state(args) -> dict | None:
 class Trainer:
     """One process's share of a (possibly data-parallel) training run."""
 
-    def __init__(self, args: argparse.Namespace, info: DistInfo):
+    def __init__(self, args: argparse.Namespace, info: DistInfo, state: dict | None = None):
+        """``args`` with their defaults resolved; ``state``: the checkpoint to resume from."""
         self.args, self.info = args, info
         self.out = Path(args.out)
         self.device = info.device
         if args.batch % info.world_size:
             raise UsageError(f"--batch {args.batch} does not split over {info.world_size} processes")
-        state = previous_state(args)
+        if state is not None:
+            check_same_run(state["args"], args)
         use_interpreter_on_cpu(args.kernels, self.device)
         if args.threads is not None:
             if args.threads < 1:
@@ -374,7 +381,8 @@ def train(args: argparse.Namespace) -> dict:
     """Run training as this process's share of the (torchrun) world; returns the summary."""
     info = init_distributed(args.device)
     try:
-        return Trainer(resolve_defaults(args), info).run()
+        state = previous_state(args)
+        return Trainer(resolve_defaults(args), info, state).run()
     finally:
         cleanup()
 

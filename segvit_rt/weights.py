@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import SegViTConfig
+from .config import PRESETS, SegViTConfig, get_config
 from .models.vit import resize_token_grid
 from .io_utils import atomic_path
 
@@ -36,6 +36,9 @@ def _config_from_dict(d: dict) -> SegViTConfig:
     if unknown:
         raise WeightsError(f"weights metadata has unknown config fields {sorted(unknown)}")
     d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    if d.get("name") in PRESETS and "image_scale" not in d:  # written before presets carried their scales
+        preset = get_config(d["name"], crop_size=d.get("crop_size", PRESETS[d["name"]].crop_size))
+        d.update(image_scale=preset.image_scale, test_min_size=preset.test_min_size)
     return SegViTConfig(**d)
 
 

@@ -103,6 +103,24 @@ def test_pascal_context_layout(tmp_path):
         open_dataset(tmp_path, "validation")
 
 
+def test_a_folder_with_several_data_sets_is_refused(tmp_path):
+    ann = np.ones((4, 4))
+    make_coco_stuff(tmp_path, {"train2014": [ann], "test2014": [ann]})
+    make_context(tmp_path, {"train": [ann], "val": [ann]})
+    with pytest.raises(ValueError, match="several data sets.*COCO-Stuff 10k.*PASCAL-Context.*pass the folder"):
+        open_dataset(tmp_path, "training")
+    assert isinstance(open_dataset(tmp_path / "coco_stuff10k", "training"), COCOStuff10kDataset)
+    assert isinstance(open_dataset(tmp_path / "VOCdevkit", "training"), PascalContextDataset)
+
+
+def test_hidden_files_are_not_samples(tmp_path):
+    base = make_ade(tmp_path, [np.ones((4, 4))])
+    (base / "images" / "training" / "._img_0.jpg").write_bytes(b"macOS resource fork")
+    (base / "annotations" / "training" / ".img_9.png").write_bytes(b"")
+    ds = open_dataset(tmp_path, "training")
+    assert [image.name for image, _ in ds.samples] == ["img_0.jpg"]
+
+
 def test_generic_layout_with_split_palette_masks_and_ignore_index(tmp_path):
     mask = np.array([[0, 1, 2], [7, 2, 0]], dtype=np.uint8)
     images = make_generic(tmp_path, [mask], ["x", "y", "z"], split="val")

@@ -28,6 +28,14 @@ def test_upsample_argmax_in_class_chunks_is_exact():
         assert torch.equal(labels, full)
 
 
+def test_nan_scores_give_argmax_labels():
+    scores = torch.randn(1, 5, 6, 7, generator=torch.Generator().manual_seed(5))
+    scores[0, 1, 2:4, 1:5] = float("nan")
+    scores[0, 3, 1:3, :] = float("nan")
+    full = F.interpolate(scores, size=(11, 11), mode="bilinear", align_corners=False).argmax(1)
+    assert torch.equal(full_size.upsample_argmax(scores, (11, 11), budget=4 * 11 * 11 * 2), full)
+
+
 def test_segment_postprocess_in_bands_matches_the_reference():
     g = torch.Generator().manual_seed(2)
     cls, masks = torch.randn(2, 12, 8, generator=g), 3 * torch.randn(2, 12, 16, 16, generator=g)

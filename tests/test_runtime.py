@@ -162,6 +162,7 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
     Image.fromarray(image(70, 50, seed=2)).save(photos / "c.jpg")
     (photos / "b.jpg").write_bytes(b"not a jpeg")
     (photos / "notes.txt").write_text("not an image, not an input")
+    (photos / "._a.png").write_bytes(b"macOS resource fork, not an input")
     single = tmp_path / "d.png"
     Image.fromarray(image(40, 40, seed=3)).save(single)
     out = tmp_path / "out"

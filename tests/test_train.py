@@ -290,6 +290,28 @@ def test_defaults_follow_preset_and_variant():
             resolved(*bad)
 
 
+def test_resume_takes_unset_arguments_from_the_checkpoint(synth, tmp_path):
+    """A run made under other defaults (an older release's) resumes without repeating its arguments."""
+    out = tmp_path / "run"
+    train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", *FAST])
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["args"]["clip_grad"] = 5.0
+    del state["args"]["poly_power"], state["args"]["drop_path"]
+    torch.save(state, out / "checkpoint.pt")
+
+    def resumed(*extra):
+        args = train_cli.build_parser().parse_args(["--data", str(synth), "--out", str(out), "--resume", *extra])
+        saved = train_cli.previous_state(args)["args"]
+        args = train_cli.resolve_defaults(args)
+        train_cli.check_same_run(saved, args)
+        return args
+
+    args = resumed()
+    assert (args.clip_grad, args.poly_power, args.drop_path, args.iters, args.crop, args.batch) == (5.0, 1.0, 0.0, 2, 64, 4)
+    with pytest.raises(train_cli.UsageError, match="--clip-grad 5.0 -> 1.0"):
+        resumed("--clip-grad", "1")
+
+
 def test_resume_accepts_checkpoints_from_before_poly_power_and_drop_path():
     args = train_cli.resolve_defaults(train_cli.build_parser().parse_args(["--data", "d", "--out", "o"]))
     saved = {k: getattr(args, k) for k in train_cli.RUN_DEFINING if k not in ("poly_power", "drop_path")}

@@ -188,3 +188,18 @@ def test_full_weights_warm_start_a_shrunk_model(tmp_path):
         "decode_head.decoder_1", "decode_head.decoder_2", "decode_head.input_proj_2", "decode_head.proj_norm_2"}
     with pytest.raises(WeightsError, match="needs a Shrunk model"):
         weights.import_full_into_shrunk(full, path)
+
+
+def test_files_from_before_presets_carried_scales_get_the_presets():
+    """Metadata written before ``image_scale``/``test_min_size`` existed: the preset's values (scaled
+    to the file's crop), not the generic (4 crops, crop)."""
+    from segvit_rt.weights import config_from_metadata
+
+    for crop, expected in ((640, ((2048, 640), None)), (320, ((1024, 320), None))):
+        old = segvit_rt.get_config("vit_l16_ade20k_640", crop_size=crop).to_dict()
+        for key in ("image_scale", "test_min_size", "drop_path_rate"):
+            del old[key]
+        assert config_from_metadata({"config": old}).scales() == expected
+    old = segvit_rt.get_config("vit_l16_pcontext_480").to_dict()
+    del old["image_scale"], old["test_min_size"]
+    assert config_from_metadata({"config": old}).scales() == ((520, 520), 480)

@@ -92,8 +92,9 @@ def _files_by_stem(folder: Path, suffixes: tuple[str, ...], name_end: str = "") 
         raise FileNotFoundError(f"dataset folder not found: {folder}")
     found: dict[str, Path] = {}
     for path in folder.iterdir():
-        if path.suffix.lower() not in suffixes or not path.stem.endswith(name_end) or not path.is_file():
-            continue
+        if (path.name.startswith(".") or path.suffix.lower() not in suffixes or not path.stem.endswith(name_end)
+                or not path.is_file()):
+            continue  # hidden files too: macOS copies leave "._name.jpg" beside each image
         stem = path.stem[: len(path.stem) - len(name_end)]
         if stem in found:
             raise DatasetError(f"two files share the stem {stem!r} in {folder}: "
@@ -322,24 +323,27 @@ def _split_dirs(image_dir: Path, mask_dir: Path, split: str) -> tuple[Path, Path
     raise FileNotFoundError(f"split {split!r} not found: no folder {image_dir / split}")
 
 
-def _find_folder(root: Path, folder: Path | str, required: tuple[str, ...], what: str) -> Path:
-    """``root`` itself when it holds the ``required`` subfolders, else ``root/folder``."""
-    for base in (root, root / folder):
-        if all((base / sub).is_dir() for sub in required):
+def find_ade_folder(root: Path) -> Path:
+    """``root`` itself when it is the ADE20K folder, else ``root/ADEChallengeData2016`` (a folder with
+    ``images/`` and ``annotations/`` and a ``training`` or ``validation`` split in them)."""
+    for base in (root, root / ADE_FOLDER):
+        if any((base / "images" / s).is_dir() and (base / "annotations" / s).is_dir() for s in ("training", "validation")):
             return base
     raise FileNotFoundError(
-        f"no {what} layout at {root}: expected {' and '.join(f'{folder}/{sub}' for sub in required)} "
-        "(root may be that folder or its parent)"
+        f"no ADE20K layout at {root}: expected {ADE_FOLDER}/images/<split> and {ADE_FOLDER}/annotations/<split> "
+        "for split training or validation (root may be that folder or its parent)"
     )
 
 
-def find_ade_folder(root: Path) -> Path:
-    """``root`` itself when it is the ADE20K folder, else ``root/ADEChallengeData2016``."""
-    return _find_folder(root, ADE_FOLDER, ("images", "annotations"), "ADE20K")
-
-
 def find_coco_stuff_folder(root: Path) -> Path:
-    return _find_folder(root, COCO_STUFF_FOLDER, ("images/train2014", "annotations/train2014"), "COCO-Stuff 10k")
+    """``root`` itself when it is the COCO-Stuff 10k folder, else ``root/coco_stuff10k``."""
+    for base in (root, root / COCO_STUFF_FOLDER):
+        if (base / "images" / "train2014").is_dir() and (base / "annotations" / "train2014").is_dir():
+            return base
+    raise FileNotFoundError(
+        f"no COCO-Stuff 10k layout at {root}: expected {COCO_STUFF_FOLDER}/images/train2014 and "
+        f"{COCO_STUFF_FOLDER}/annotations/train2014 (root may be that folder or its parent)"
+    )
 
 
 def find_context_folder(root: Path) -> Path:
@@ -352,7 +356,7 @@ def find_context_folder(root: Path) -> Path:
     )
 
 
-LAYOUTS = (  # most specific first: a COCO-Stuff folder also has images/ and annotations/
+LAYOUTS = (
     ("COCO-Stuff 10k", find_coco_stuff_folder, COCOStuff10kDataset),
     ("PASCAL-Context", find_context_folder, PascalContextDataset),
     ("ADE20K", find_ade_folder, ADE20KDataset),
@@ -361,13 +365,20 @@ LAYOUTS = (  # most specific first: a COCO-Stuff folder also has images/ and ann
 
 def open_dataset(root, split: str | None, transform: Callable | None = None, **kwargs) -> SegDataset:
     """The dataset at ``root`` in whichever layout is on disk: ADE20K, COCO-Stuff 10k,
-    PASCAL-Context (mmseg's prepared forms) or the generic one."""
+    PASCAL-Context (mmseg's prepared forms) or the generic one. A folder holding several of them
+    is refused (which one was meant is not for us to guess)."""
     root = Path(root)
+    found = []
     for name, find, dataset in LAYOUTS:
         try:
-            find(root)
+            found.append((name, find(root), dataset))
         except FileNotFoundError:
             continue
+    if len(found) > 1:
+        raise ValueError(f"{root} holds several data sets ({', '.join(f'{n} in {b}' for n, b, _ in found)}): "
+                         "pass the folder of the one to use")
+    if found:
+        name, _, dataset = found[0]
         if split is None:
             raise ValueError(f"{root} holds the {name} layout: choose split 'training' or 'validation'")
         return dataset(root, split, transform=transform, **kwargs)

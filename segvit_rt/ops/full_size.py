@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-BUDGET = 256 << 20  # float32 bytes of full-size planes (or full-width rows) held at once
+BUDGET = 256 << 20  # about the float32 bytes of full-size planes (or full-width rows) held at once
 
 Taps = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -42,7 +42,7 @@ def upsample_band(x: torch.Tensor, rows: Taps, cols: Taps, y0: int, y1: int) -> 
     lo, hi, w_lo, w_hi = (t[y0:y1, None] for t in rows)
     band = x[..., lo[:, 0], :] * w_lo + x[..., hi[:, 0], :] * w_hi  # [..., y1 - y0, w]
     lo, hi, w_lo, w_hi = cols
-    return band[..., lo] * w_lo + band[..., hi] * w_hi
+    return band[..., lo].mul_(w_lo).add_(band[..., hi].mul_(w_hi))
 
 
 def _bands(x: torch.Tensor, out_hw: tuple[int, int], budget: int):
@@ -61,6 +61,7 @@ def upsample_argmax(scores: torch.Tensor, out_hw: tuple[int, int], budget: int =
     running maximum and the labels are all that is kept besides them)."""
     b, classes = scores.shape[:2]
     step = max(1, budget // nbytes(b, 1, out_hw))
+    has_nan = bool(scores.isnan().any())  # argmax picks a pixel's first NaN: followed only when needed
     best = torch.full((b, *out_hw), float("-inf"), device=scores.device)
     labels = torch.zeros((b, *out_hw), dtype=torch.long, device=scores.device)
     better = torch.empty((b, *out_hw), dtype=torch.bool, device=scores.device)
@@ -68,8 +69,10 @@ def upsample_argmax(scores: torch.Tensor, out_hw: tuple[int, int], budget: int =
         up = F.interpolate(scores[:, c0 : c0 + step].float(), size=out_hw, mode="bilinear", align_corners=False)
         for i in range(up.shape[1]):
             torch.gt(up[:, i], best, out=better)  # strictly: a tie keeps the lower class, as argmax does
+            if has_nan:
+                better |= up[:, i].isnan() & ~best.isnan()
             labels.masked_fill_(better, c0 + i)
-            torch.maximum(best, up[:, i], out=best)
+            torch.maximum(best, up[:, i], out=best)  # NaN stays NaN
         del up  # before the next chunk is allocated
     return labels
 
@@ -83,5 +86,5 @@ def segment_postprocess(
     labels = torch.empty(mask_logits.shape[0], *out_hw, dtype=torch.long, device=mask_logits.device)
     per_band = budget * mask_logits.shape[1] // (mask_logits.shape[1] + probs.shape[-1])
     for y0, y1, band in _bands(mask_logits.float(), out_hw, per_band):
-        labels[:, y0:y1] = torch.einsum("bqc,bqhw->bchw", probs, band.sigmoid()).argmax(dim=1)
+        labels[:, y0:y1] = torch.einsum("bqc,bqhw->bchw", probs, band.sigmoid_()).argmax(dim=1)
     return labels
