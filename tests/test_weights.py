@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 import segvit_rt
-from segvit_rt import weights
+from segvit_rt import convert, weights
 from segvit_rt.weights import WeightsError
 
 
@@ -120,13 +120,10 @@ def test_import_timm_vit_resizes_pos_embed_and_reports(tmp_path, tiny_shrunk):
     assert "resized" in str(report) and "unexpected (5)" in str(report)
 
 
-@pytest.mark.parametrize("variant", ["full", "shrunk"])
-def test_import_official_segvit_mmseg_layout(tmp_path, variant):
-    torch.manual_seed(0)
-    model = segvit_rt.create_model("tiny", variant)
-    src = segvit_rt.create_model("tiny", variant)
+def official_state(src) -> dict:
+    """``src``'s parameters as an official SegViT checkpoint holds them: the backbone in mmseg ViT
+    names, the head in the official ATM names (identical to ours)."""
     state = {}
-    # backbone in mmseg ViT naming, head in the official ATM naming (identical to ours)
     for k, v in src.backbone.state_dict().items():
         k = (k.replace("patch_embed.proj", "patch_embed.projection").replace("blocks.", "layers.")
              .replace("norm1", "ln1").replace("norm2", "ln2").replace("attn.qkv.weight", "attn.attn.in_proj_weight")
@@ -134,6 +131,15 @@ def test_import_official_segvit_mmseg_layout(tmp_path, variant):
              .replace("mlp.fc1", "ffn.layers.0.0").replace("mlp.fc2", "ffn.layers.1"))
         state["backbone." + k] = v
     state.update({"decode_head." + k: v for k, v in src.decode_head.state_dict().items()})
+    return state
+
+
+@pytest.mark.parametrize("variant", ["full", "shrunk"])
+def test_import_official_segvit_mmseg_layout(tmp_path, variant):
+    torch.manual_seed(0)
+    model = segvit_rt.create_model("tiny", variant)
+    src = segvit_rt.create_model("tiny", variant)
+    state = official_state(src)
     if variant == "shrunk":  # the official Shrunk head's own names (TPNATMHead + ATMSingleHead)
         for k in ("decode_head.q.weight", "decode_head.decoder_2.layers.2.multihead_attn.in_proj_weight",
                   "decode_head.atm.decoder_1.layers.0.multihead_attn.k.bias", "decode_head.atm.class_embed.weight"):
@@ -203,3 +209,30 @@ def test_files_from_before_presets_carried_scales_get_the_presets():
     old = segvit_rt.get_config("vit_l16_pcontext_480").to_dict()
     del old["image_scale"], old["test_min_size"]
     assert config_from_metadata({"config": old}).scales() == ((520, 520), 480)
+
+
+def test_convert_cli_writes_weights_the_builder_takes(tmp_path, capsys):
+    torch.manual_seed(1)
+    src = segvit_rt.create_model("tiny", "shrunk")
+    state = {**official_state(src), "auxiliary_head.conv.weight": torch.zeros(1)}
+    torch.save({"state_dict": state}, tmp_path / "official.pth")
+    out = convert.main([str(tmp_path / "official.pth"), "--preset", "tiny", "--variant", "shrunk",
+                        "--out", str(tmp_path / "w.safetensors")])
+    printed = capsys.readouterr().out
+    assert "unexpected (1): auxiliary_head.conv.weight" in printed and "segvit_rt.build --variant shrunk" in printed
+    model = weights.load_weights(out)
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in model.state_dict().items())
+    assert weights.read_metadata(out)["converted_from"] == "official.pth"
+
+    del state["decode_head.atm.class_embed.weight"]
+    torch.save({"state_dict": state}, tmp_path / "partial.pth")
+    with pytest.raises(SystemExit) as exc:
+        convert.main([str(tmp_path / "partial.pth"), "--preset", "tiny", "--variant", "shrunk",
+                      "--out", str(tmp_path / "partial.safetensors")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "decode_head.atm.class_embed.weight" in err and "a shrunk SegViT checkpoint" in err
+    assert not (tmp_path / "partial.safetensors").exists()
+    with pytest.raises(SystemExit):  # a full checkpoint is not a Shrunk one
+        convert.main([str(tmp_path / "official.pth"), "--preset", "tiny", "--variant", "full",
+                      "--out", str(tmp_path / "full.safetensors")])
+    assert "decode_head.q.weight" in (err := capsys.readouterr().err) and "a full SegViT checkpoint" in err
