@@ -111,7 +111,8 @@ PRESETS: dict[str, SegViTConfig] = {
 
 def get_config(preset: str | SegViTConfig, **overrides) -> SegViTConfig:
     """Look up a preset by name (or pass a config through), with field overrides. A new
-    ``crop_size`` scales the preset's own image scale and test min size with it."""
+    ``crop_size`` scales the preset's slide stride, image scale and test min size with it
+    (unless they are overridden too)."""
     if isinstance(preset, SegViTConfig):
         cfg = preset
     else:
@@ -119,7 +120,8 @@ def get_config(preset: str | SegViTConfig, **overrides) -> SegViTConfig:
             raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
         cfg = PRESETS[preset]
     crop = overrides.get("crop_size")
-    if crop is not None and crop != cfg.crop_size:  # the official image scales follow the crop
+    if crop is not None and crop != cfg.crop_size:  # the official stride and image scales follow the crop
+        overrides.setdefault("slide_stride", max(1, round(cfg.slide_stride * crop / cfg.crop_size)))
         scale, min_size = cfg.scales(crop)
         if cfg.image_scale is not None:
             overrides.setdefault("image_scale", scale)

@@ -4,11 +4,12 @@
 
 CKPT is a checkpoint of the official SegViT code (mmseg layout: ``backbone.*`` in
 mmseg or timm ViT names, ``decode_head.*``; ``.pth`` files are read with
-``weights_only=True``). Every parameter of the model must come from it: a missing
-one is an error naming it, since a half-loaded model would segment without saying
-that it is wrong. Keys the model has no use for (an auxiliary head, a cls token)
-are listed and left out. The weights are written atomically with the preset's
-class names; then ``python -m segvit_rt.build --variant V --weights W.safetensors``.
+``weights_only=True``). Every parameter of the model must come from it, at the
+preset's size: a missing one, or a position embedding for another crop size, is an
+error naming it, since such a model would segment without saying that it is wrong.
+Keys the model has no use for (an auxiliary head, a cls token) are listed and left
+out. The weights are written atomically with the preset's class names; then
+``python -m segvit_rt.build --variant V --weights W.safetensors``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def convert(checkpoint, preset: str, variant: str, out) -> tuple[Path, str]:
         report = import_official_segvit(model, state)
     except WeightsError as e:  # a tensor of another shape
         raise WeightsError(f"{checkpoint}: {e}; {question}") from e
+    if report.resized:  # trained at another crop size: not the model the preset describes
+        raise WeightsError(f"{checkpoint}: {', '.join(report.resized)} is for another input size than the "
+                           f"preset's crop ({PRESETS[preset].crop_size}); {question}")
     if report.missing:
         raise WeightsError(
             f"{checkpoint} has no values for {len(report.missing)} parameters of the {preset} {variant} model "

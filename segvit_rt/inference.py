@@ -61,6 +61,9 @@ def slide_scores(
 ) -> torch.Tensor:
     """Scores [B, C, H, W] averaged over ``crop``×``crop`` windows every ``stride`` pixels
     (windows past a small image's edge are zero-padded)."""
+    if not 0 < stride <= crop:
+        raise ValueError(f"the sliding-window stride must be in 1..crop ({crop}), got {stride}: "
+                         "a larger stride leaves pixels between windows unscored")
     b, _, h, w = img.shape
     boxes = [(y, x) for y in window_starts(h, crop, stride) for x in window_starts(w, crop, stride)]
     total, count = None, img.new_zeros(1, 1, h, w)
@@ -99,7 +102,7 @@ def predict_labels(
     out_hw = tuple(out_hw)
     if scores.is_cuda and full_size.nbytes(scores.shape[0], scores.shape[1], out_hw) <= full_size.BUDGET:
         return F.interpolate(scores, size=out_hw, mode="bilinear", align_corners=False).argmax(dim=1)
-    return full_size.upsample_argmax(scores, out_hw)
+    return full_size.upsample_argmax(scores, out_hw, budget=full_size.BUDGET)
 
 
 def model_logits_fn(model: torch.nn.Module) -> LogitsFn:

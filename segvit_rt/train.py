@@ -142,6 +142,9 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     for key in ("iters", "batch", "crop", "stride", "log_every"):
         if getattr(args, key) < 1:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if args.stride > args.crop:
+        raise UsageError(f"--stride {args.stride} is larger than --crop {args.crop}: pixels between windows "
+                         "would go unscored")
     for key in ("eval_every", "ckpt_every", "warmup", "workers", "weight_decay", "clip_grad", "poly_power"):
         if getattr(args, key) < 0:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 0, got {getattr(args, key)}")
@@ -382,7 +385,9 @@ def train(args: argparse.Namespace) -> dict:
     info = init_distributed(args.device)
     try:
         state = previous_state(args)
-        return Trainer(resolve_defaults(args), info, state).run()
+        trainer = Trainer(resolve_defaults(args), info, state)
+        del state  # restored into the trainer: free the checkpoint's copy (GBs for ViT-L with AdamW)
+        return trainer.run()
     finally:
         cleanup()
 

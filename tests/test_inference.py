@@ -64,3 +64,8 @@ def test_predict_labels_resizes_to_the_original_and_checks_mode(model):
             assert labels.shape == (2, 50, 75) and labels.dtype == torch.int64
     with pytest.raises(ValueError, match="inference mode"):
         predict_labels(fn, x, 128, 96, mode="tiles")
+
+
+def test_a_stride_past_the_crop_is_refused():
+    with pytest.raises(ValueError, match="stride must be in 1..crop"):
+        slide_scores(lambda x: None, torch.zeros(1, 3, 100, 100), crop=32, stride=40)

@@ -224,5 +224,7 @@ def test_presets_match_the_official_configs():
     for name in ("vit_l16_pcontext_480", "vit_l16_cocostuff10k_512", "vit_l16_ade20k_640", "tiny"):
         smaller = segvit_rt.get_config(name, crop_size=p[name].crop_size // 2)  # e.g. the trainer's --crop
         assert smaller.scales() == p[name].scales(p[name].crop_size // 2), name
+        assert smaller.slide_stride == round(p[name].slide_stride / 2), name
+    assert segvit_rt.get_config("tiny", crop_size=64, slide_stride=40).slide_stride == 40
     assert p["tiny"].scales(64) == ((256, 64), None)
     assert [p[n].drop_path_rate for n in ("vit_l16_ade20k_640", "vit_b16_ade20k_512", "tiny")] == [0.3, 0.1, 0.0]

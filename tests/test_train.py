@@ -19,6 +19,7 @@ from dataset_layouts import make_coco_stuff, make_context
 from segvit_rt import train as train_cli
 from segvit_rt.class_names import COCO_STUFF_CLASSES, PASCAL_CONTEXT_CLASSES
 from segvit_rt.data.synth import generate
+from segvit_rt.training.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from segvit_rt.training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segvit_rt.training.optim import WarmupPoly, make_optimizer, make_scheduler, param_groups
 from segvit_rt.training.sampler import ResumableSampler
@@ -285,7 +286,7 @@ def test_defaults_follow_preset_and_variant():
     assert [getattr(context, k) for k in recipe] == [80_000, 0.03, 1.0, 35.0, 0.0, 1500]
     tiny = resolved()
     assert [getattr(tiny, k) for k in recipe] == [1500, 0.01, 1.0, 1.0, 0.0, 100]
-    for bad in (["--drop-path", "1"], ["--weight-decay", "-0.1"], ["--clip-grad", "-1"]):
+    for bad in (["--drop-path", "1"], ["--weight-decay", "-0.1"], ["--clip-grad", "-1"], ["--stride", "200"]):
         with pytest.raises(train_cli.UsageError, match=bad[0]):
             resolved(*bad)
 
@@ -307,9 +308,24 @@ def test_resume_takes_unset_arguments_from_the_checkpoint(synth, tmp_path):
         return args
 
     args = resumed()
-    assert (args.clip_grad, args.poly_power, args.drop_path, args.iters, args.crop, args.batch) == (5.0, 1.0, 0.0, 2, 64, 4)
+    assert (args.clip_grad, args.iters, args.crop, args.batch) == (5.0, 2, 64, 4)
     with pytest.raises(train_cli.UsageError, match="--clip-grad 5.0 -> 1.0"):
         resumed("--clip-grad", "1")
+
+
+def test_resume_of_a_run_from_before_poly_power_and_drop_path(tmp_path):
+    """Such a run had poly power 1 and no stochastic depth, whatever the preset's defaults are now
+    (COCO-Stuff's: power 2, drop path 0.3)."""
+    now = train_cli.resolve_defaults(train_cli.build_parser().parse_args(
+        ["--data", "d", "--out", str(tmp_path), "--preset", "vit_l16_cocostuff10k_512"]))
+    saved = {k: getattr(now, k) for k in train_cli.RUN_DEFINING if k not in ("poly_power", "drop_path")}
+    torch.save({"format": CHECKPOINT_FORMAT, "args": saved}, tmp_path / "checkpoint.pt")
+    args = train_cli.build_parser().parse_args(
+        ["--data", "d", "--out", str(tmp_path), "--preset", "vit_l16_cocostuff10k_512", "--resume"])
+    state = train_cli.previous_state(args)
+    args = train_cli.resolve_defaults(args)
+    assert (args.poly_power, args.drop_path, args.iters, args.weight_decay) == (1.0, 0.0, 80_000, 0.02)
+    train_cli.check_same_run(state["args"], args)
 
 
 def test_resume_accepts_checkpoints_from_before_poly_power_and_drop_path():

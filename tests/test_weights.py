@@ -232,6 +232,12 @@ def test_convert_cli_writes_weights_the_builder_takes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "decode_head.atm.class_embed.weight" in err and "a shrunk SegViT checkpoint" in err
     assert not (tmp_path / "partial.safetensors").exists()
+    small = segvit_rt.create_model("tiny", "full", crop_size=64)  # trained at another crop size
+    torch.save({"state_dict": official_state(small)}, tmp_path / "crop64.pth")
+    with pytest.raises(SystemExit):
+        convert.main([str(tmp_path / "crop64.pth"), "--preset", "tiny", "--variant", "full",
+                      "--out", str(tmp_path / "crop64.safetensors")])
+    assert "backbone.pos_embed is for another input size than the preset's crop (128)" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a full checkpoint is not a Shrunk one
         convert.main([str(tmp_path / "official.pth"), "--preset", "tiny", "--variant", "full",
                       "--out", str(tmp_path / "full.safetensors")])

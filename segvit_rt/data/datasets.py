@@ -375,8 +375,8 @@ def open_dataset(root, split: str | None, transform: Callable | None = None, **k
         except FileNotFoundError:
             continue
     if len(found) > 1:
-        raise ValueError(f"{root} holds several data sets ({', '.join(f'{n} in {b}' for n, b, _ in found)}): "
-                         "pass the folder of the one to use")
+        raise DatasetError(f"{root} holds several data sets ({', '.join(f'{n} in {b}' for n, b, _ in found)}): "
+                           "pass the folder of the one to use")
     if found:
         name, _, dataset = found[0]
         if split is None:

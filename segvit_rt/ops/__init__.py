@@ -49,5 +49,5 @@ def segment_postprocess(class_logits, mask_logits, out_hw, *, impl="reference"):
         return fused(class_logits, mask_logits, out_hw)
     channels = mask_logits.shape[1] + class_logits.shape[-1] - 1
     if full_size.nbytes(mask_logits.shape[0], channels, out_hw) > full_size.BUDGET:
-        return full_size.segment_postprocess(class_logits, mask_logits, out_hw)
+        return full_size.segment_postprocess(class_logits, mask_logits, out_hw, budget=full_size.BUDGET)
     return reference.segment_postprocess(class_logits, mask_logits, out_hw)
