@@ -12,9 +12,9 @@ Accepted inputs (:func:`load_image`):
 Grayscale is replicated to three channels; an alpha channel is dropped (the
 colour is kept as is, not composited). Files and PIL images are turned as their
 EXIF orientation says (phone cameras store pixels sideways and tag them), so
-labels match the image as viewers show it, as the official pipeline's image
-reader does. Anything else raises a ``TypeError`` or ``ValueError`` that says
-what was expected.
+labels match the image as viewers (and OpenCV's ``imread``) show it; the data
+sets read pixels as stored instead (``data.datasets.SegDataset.load``). Anything
+else raises a ``TypeError`` or ``ValueError`` that says what was expected.
 """
 from __future__ import annotations
 
@@ -32,12 +32,13 @@ EXIF_ORIENTATION = 0x0112  # the tag; 1 = stored as displayed
 __all__ = ["load_image", "overlay", "colorize", "save_labels", "save_png", "image_grid"]
 
 
-def load_image(src) -> np.ndarray:
-    """Any accepted image (see the module doc) as a new ``HxWx3`` uint8 RGB array."""
+def load_image(src, exif_turn: bool = True) -> np.ndarray:
+    """Any accepted image (see the module doc) as a new ``HxWx3`` uint8 RGB array; ``exif_turn=False``
+    keeps a file's or PIL image's pixels as stored."""
     if isinstance(src, (str, os.PathLike)):
-        return _from_path(Path(src))
+        return _from_path(Path(src), exif_turn)
     if isinstance(src, Image.Image):
-        return _from_pil(src)
+        return _from_pil(src, exif_turn)
     if isinstance(src, np.ndarray):
         return _from_array(src)
     if isinstance(src, torch.Tensor):
@@ -48,21 +49,21 @@ def load_image(src) -> np.ndarray:
     )
 
 
-def _from_path(path: Path) -> np.ndarray:
+def _from_path(path: Path, exif_turn: bool) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as im:
             im.load()
-            return _from_pil(im)
+            return _from_pil(im, exif_turn)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
 
 
-def _from_pil(im: Image.Image) -> np.ndarray:
+def _from_pil(im: Image.Image, exif_turn: bool = True) -> np.ndarray:
     if im.width == 0 or im.height == 0:
         raise ValueError(f"empty image ({im.width}x{im.height})")
-    if im.getexif().get(EXIF_ORIENTATION, 1) != 1:
+    if exif_turn and im.getexif().get(EXIF_ORIENTATION, 1) != 1:
         im = ImageOps.exif_transpose(im)  # a turned copy; the caller's image is left as it is
     if im.mode.startswith("I"):
         return _from_wide_gray(np.asarray(im, dtype=np.int64), im.mode)

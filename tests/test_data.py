@@ -207,18 +207,23 @@ def test_unreadable_image_names_the_file(tmp_path, damage):
         ds.verify()
 
 
-def test_images_are_read_as_the_runtime_reads_them(tmp_path):
-    """EXIF orientation applied (a portrait photo pairs with its portrait mask) and 16-bit
-    grayscale scaled to 8 bits, as ``images.load_image`` does; masks are read as stored."""
-    base = make_ade(tmp_path, [np.ones((30, 20))] * 2)
+def test_exif_tags_and_16_bit_images(tmp_path):
+    """Images are read as stored (the benchmarks' masks were drawn on stored pixels), except one whose
+    EXIF tag turns it to its mask's size; 16-bit grayscale is scaled to 8 bits, not clipped."""
+    base = make_ade(tmp_path, [np.ones((30, 20)), np.ones((20, 30))])
     y, x = np.mgrid[0:20, 0:30]
     landscape = np.stack([x * 8, y * 12, np.full_like(x, 100)], axis=2).astype(np.uint8)  # smooth: JPEG keeps it
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored sideways, displayed turned clockwise
-    Image.fromarray(landscape).save(base / "images" / "training" / "img_0.jpg", exif=exif, quality=100, subsampling=0)
-    image, label = ADE20KDataset(tmp_path).load(0)
+    for i, orientation in enumerate((6, 3)):  # turn clockwise to display; upside down
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(landscape).save(base / "images" / "training" / f"img_{i}.jpg", exif=exif, quality=100,
+                                        subsampling=0)
+    ds = ADE20KDataset(tmp_path)
+    image, label = ds.load(0)  # a portrait mask: drawn on the photo as displayed
     assert image.shape == (30, 20, 3) and label.shape == (30, 20)
     assert np.abs(image.astype(int) - np.rot90(landscape, -1)).mean() < 3  # JPEG, so not exact
+    image, _ = ds.load(1)  # same size either way: as stored
+    assert np.abs(image.astype(int) - landscape).mean() < 3
     Image.fromarray(np.full((30, 20), 65535, np.uint16)).save(tmp_path / "wide.png")
     assert (read_image(tmp_path / "wide.png") == 255).all(), "16-bit white stays white (PIL's conversion clips)"
 

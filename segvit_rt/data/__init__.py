@@ -38,7 +38,8 @@ Datasets (``torch.utils.data.Dataset``; each sample is ``(image, label)``)
     ``(image_path, mask_path)``), ``seed``, ``epoch``; ``set_epoch(epoch)``;
     ``load(index)`` returns the raw sample; ``verify()`` reads every sample.
     Without a transform a sample is an ``HxWx3`` uint8 RGB array (grayscale,
-    palette and RGBA images are converted) and an ``HxW`` int64 array. With
+    palette and RGBA images are converted; pixels as stored, unless the image's
+    EXIF orientation tag turns it to its mask's size) and an ``HxW`` int64 array. With
     one, ``__getitem__(i)`` returns ``transform(image, label, rng)`` where
     ``rng = sample_rng(seed, epoch, i)``: a sample's augmentation depends only
     on (seed, epoch, index), so it is the same in any DataLoader worker, under

@@ -51,11 +51,11 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, epoch, index]))
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as an ``HxWx3`` uint8 RGB array, read as the runtime reads it
-    (``images.load_image``: EXIF orientation applied, 16-bit grayscale scaled to 8 bits)."""
+def read_image(path: str | os.PathLike, exif_turn: bool = False) -> np.ndarray:
+    """An image file as an ``HxWx3`` uint8 RGB array (``images.load_image``: grayscale, palette and
+    RGBA converted, 16-bit scaled to 8 bits), its pixels as stored unless ``exif_turn``."""
     try:
-        return load_image(Path(path))
+        return load_image(Path(path), exif_turn)
     except FileNotFoundError as exc:
         raise DatasetError(f"cannot read image {path}: file not found") from exc
     except ValueError as exc:  # load_image's message names the file
@@ -63,8 +63,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """A single-channel mask file as an ``HxW`` int64 array of its stored values (as stored: no EXIF
-    turn, as the official pipeline reads annotations)."""
+    """A single-channel mask file as an ``HxW`` int64 array of its stored values (no EXIF turn)."""
     try:
         with Image.open(path) as img:
             img.load()
@@ -160,10 +159,16 @@ class SegDataset(Dataset):
         raise NotImplementedError
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample ``index`` before any transform: ``HxWx3`` uint8 RGB, ``HxW`` int64 labels."""
+        """Sample ``index`` before any transform: ``HxWx3`` uint8 RGB, ``HxW`` int64 labels.
+
+        Images are read as stored, as the benchmark data sets' annotations were drawn (their tools
+        showed stored pixels); only an image whose EXIF orientation tag turns it to its mask's size
+        is turned, since that mask was drawn on the image as displayed."""
         image_path, mask_path = self.samples[index]
         image = read_image(image_path)
         label = self.labels_from_mask(read_mask(mask_path), mask_path)
+        if image.shape[:2] != label.shape and image.shape[:2] == label.shape[::-1]:
+            image = read_image(image_path, exif_turn=True)  # annotated as displayed (a turning EXIF tag)
         if image.shape[:2] != label.shape:
             raise DatasetError(
                 f"size mismatch: image {image_path} is {image.shape[1]}x{image.shape[0]} but "
