@@ -1,6 +1,6 @@
 """Segment images with a built engine.
 
-``python -m segvit_rt.segment IMG|FOLDER... --engine E --out DIR [--mode slide|whole] [--alpha 0.5]``
+``python -m segvit_rt.segment IMG|FOLDER... --engine E --out DIR [--mode slide|whole] [--batch N] [--alpha 0.5]``
 
 For each image ``<stem>.<ext>`` writes ``DIR/<stem>_labels.png`` (pixel value =
 class index; 16-bit past 256 classes) and ``DIR/<stem>_overlay.png`` (the image
@@ -57,28 +57,40 @@ def check_inputs(paths: list[Path]) -> None:
 
 
 def segment_files(
-    runtime, paths: list[Path], out: Path, alpha: float = 0.5, progress: bool = True, skip_existing: bool = False
+    runtime,
+    paths: list[Path],
+    out: Path,
+    alpha: float = 0.5,
+    progress: bool = True,
+    skip_existing: bool = False,
+    batch: int = 1,
 ) -> tuple[list[Path], dict[Path, str]]:
-    """Segment ``paths`` into ``out``. Returns the label PNGs written, and the images that could not
-    be read with the reason (skipped, so one bad file in a folder does not stop the rest)."""
+    """Segment ``paths`` into ``out``, ``batch`` images per ``Runtime.segment_batch`` call (images of
+    one size share engine calls). Returns the label PNGs written, and the images that could not be
+    read with the reason (skipped, so one bad file in a folder does not stop the rest)."""
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
     check_inputs(paths)
     out.mkdir(parents=True, exist_ok=True)
     if skip_existing:
         paths = [p for p in paths if not all(o.is_file() for o in output_paths(p, out))]
     written, unreadable = [], {}
-    bar = tqdm(paths, desc="segment", unit="img", disable=not progress)
-    for path in bar:
-        try:
-            rgb = load_image(path)  # decoded once for the labels and the overlay
-        except ValueError as e:
-            unreadable[path] = str(e)
-            bar.write(f"skipped: {e}")
-            continue
-        labels = runtime.segment(rgb)
-        label_png, overlay_png = output_paths(path, out)
-        save_labels(labels, label_png)
-        save_png(runtime.overlay(rgb, labels, alpha), overlay_png)
-        written.append(label_png)
+    bar = tqdm(total=len(paths), desc="segment", unit="img", disable=not progress)
+    for start in range(0, len(paths), batch):
+        readable = {}
+        for path in paths[start : start + batch]:
+            try:
+                readable[path] = load_image(path)  # decoded once for the labels and the overlay
+            except ValueError as e:
+                unreadable[path] = str(e)
+                bar.write(f"skipped: {e}")
+        for (path, rgb), labels in zip(readable.items(), runtime.segment_batch(list(readable.values()))):
+            label_png, overlay_png = output_paths(path, out)
+            save_labels(labels, label_png)
+            save_png(runtime.overlay(rgb, labels, alpha), overlay_png)
+            written.append(label_png)
+        bar.update(len(paths[start : start + batch]))
+    bar.close()
     return written, unreadable
 
 
@@ -90,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="slide", help="slide (official evaluation) or whole (resize)")
     p.add_argument("--device", help="cpu or cuda (default: the engine backend's choice)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight in [0, 1]")
+    p.add_argument("--batch", type=int, default=1,
+                   help="images per engine call group (same-size images share calls; use the engine's batch)")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave images whose label map and overlay are already in --out (continue a stopped run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -103,11 +117,13 @@ def main(argv=None) -> list[Path]:
     with exit_on(EngineError, ValueError, TypeError, FileNotFoundError):
         if not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
+        if args.batch < 1:
+            raise ValueError(f"--batch must be >= 1, got {args.batch}")
         paths = expand_inputs(args.images)
         check_inputs(paths)
         runtime = Runtime(args.engine, device=args.device, mode=args.mode)
         written, unreadable = segment_files(runtime, paths, Path(args.out), args.alpha, progress=not args.quiet,
-                                            skip_existing=args.skip_existing)
+                                            skip_existing=args.skip_existing, batch=args.batch)
     print(f"wrote {len(written)} label maps and overlays to {args.out}")
     if unreadable:
         print(f"error: {len(unreadable)} of {len(paths)} images could not be read:", file=sys.stderr)

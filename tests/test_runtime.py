@@ -153,6 +153,16 @@ def test_segment_cli_writes_labels_and_overlays(runtime, onnx_engine, tmp_path, 
         np.testing.assert_array_equal(labels, runtime.segment(p))
         overlay = Image.open(out / f"{p.stem}_overlay.png")
         assert overlay.size == Image.open(p).size and overlay.mode == "RGB"
+    paths.append(tmp_path / "photo2.png")  # the size of photo0: the two share engine calls
+    Image.fromarray(image(100, 120, seed=12)).save(paths[-1])
+    segment.main([*map(str, paths), "--engine", str(onnx_engine), "--out", str(tmp_path / "batched"), "--quiet",
+                  "--batch", "3"])
+    for p in paths:
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "batched" / f"{p.stem}_labels.png")),
+                                      runtime.segment(p))
+    with pytest.raises(SystemExit):
+        segment.main([str(paths[0]), "--engine", str(onnx_engine), "--out", str(out), "--batch", "0"])
+    assert "--batch must be >= 1" in capsys.readouterr().err
 
 
 def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_engine, tmp_path, capsys):
