@@ -113,7 +113,7 @@ for s in $STEPS; do
     case $s in
         probe) step probe 30 probe ;;
         gpu-tests) step gpu-tests 140 pytest_run "${PARALLEL[@]}" $(per_test_limit 120) -m gpu tests/ ;;
-        kernel-bench) step kernel-bench 80 bench kernels 60 benchmarks/test_kernels.py benchmarks/test_kernels_qd.py benchmarks/test_kernels_postprocess.py ;;
+        kernel-bench) step kernel-bench 80 bench kernels 60 benchmarks/test_kernels.py benchmarks/test_kernels_qd.py benchmarks/test_kernels_postprocess.py benchmarks/test_labels_full_size.py ;;
         throughput-full) step throughput-full 120 bench throughput_full 100 benchmarks/test_throughput.py -k full ;;
         throughput-shrunk) step throughput-shrunk 120 bench throughput_shrunk 100 benchmarks/test_throughput.py -k shrunk ;;
         # The kernel tests without the gpu mark (tails, padded heads, poisoned outputs, opcheck, export,
