@@ -4,9 +4,9 @@ Thin on purpose: preprocessing (load, normalise, test-time resize), the engine
 call, and the post-process. Two modes:
 
 * ``"slide"`` (default, the official evaluation): the image is resized
-  keeping its aspect ratio to the preset's test scale (``inference.test_size``;
-  ADE20K, COCO-Stuff: short side to the crop size, long side at most 4 crops;
-  PASCAL-Context: short side to 520), scored by ``crop``-sized windows every
+  keeping its aspect ratio to the preset's official test scale
+  (``inference.test_size`` with ``SegViTConfig.scales``: ADE20K ViT-L fits
+  2048×640, PASCAL-Context's short side goes to 520), scored by ``crop``-sized windows every
   ``slide_stride`` pixels, and the scores are resized back to the original size
   before the argmax (``inference.predict_labels``).
 * ``"whole"``: engines take a fixed input size, so the image is resized to the
