@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True, choices=VARIANTS)
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help=f"model preset (default: the weights' own; the bundled weights are {DEMO_PRESET!r})")
-    p.add_argument("--weights", help=f"a segvit_rt .safetensors file (default: the bundled {DEMO_PRESET} demo weights)")
+    p.add_argument("--weights", help=f"a segvit_rt .safetensors file (default: the bundled {DEMO_PRESET} demo weights; "
+                                      "an official SegViT checkpoint: python -m segvit_rt.convert first)")
     p.add_argument("--backend", default="auto", choices=("auto", *engines.BACKENDS),
                    help="auto: tensorrt if it imports and a GPU is present, else aoti on a GPU, else onnx")
     p.add_argument("--precision", choices=PRECISIONS, help="default: fp16 on a GPU, fp32 on the CPU")

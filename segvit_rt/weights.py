@@ -26,6 +26,9 @@ _FREE_FIELDS = {"class_names", "slide_stride", "image_scale", "test_min_size", "
                 "dataset", "name"}
 
 
+PYTORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
 class WeightsError(ValueError):
     """A weights file that cannot be read or does not fit the model."""
 
@@ -78,6 +81,9 @@ def read_metadata(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
+    if path.suffix in PYTORCH_SUFFIXES:
+        raise WeightsError(f"{path} is a PyTorch checkpoint, not segvit_rt weights: convert an official SegViT "
+                           "checkpoint with python -m segvit_rt.convert, or use a training run's weights.safetensors")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

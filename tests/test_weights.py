@@ -223,6 +223,8 @@ def test_convert_cli_writes_weights_the_builder_takes(tmp_path, capsys):
     model = weights.load_weights(out)
     assert all(torch.equal(v, src.state_dict()[k]) for k, v in model.state_dict().items())
     assert weights.read_metadata(out)["converted_from"] == "official.pth"
+    with pytest.raises(WeightsError, match="PyTorch checkpoint.*segvit_rt.convert"):
+        weights.load_weights(tmp_path / "official.pth")  # the builder's and runtime's loader
 
     del state["decode_head.atm.class_embed.weight"]
     torch.save({"state_dict": state}, tmp_path / "partial.pth")
