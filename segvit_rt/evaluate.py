@@ -1,11 +1,12 @@
 """Evaluate a SegViT model: mIoU, aAcc, mAcc and per-class IoU on a dataset split.
 
-``python -m segvit_rt.evaluate --weights W --data ROOT [--split validation] [--mode slide|whole]``
+``python -m segvit_rt.evaluate --weights W --data ROOT [--split validation] [--mode slide|whole] [--tta]``
 
 As the official evaluation: each image is resized keeping its aspect ratio
 (``inference.test_size``), predicted whole or by sliding ``crop`` windows every
 ``stride`` pixels, and the scores are resized back to the original size before
-the argmax, so the metrics are computed against the original labels.
+the argmax, so the metrics are computed against the original labels. ``--tta``
+adds mmseg's multi-scale and mirrored testing (the papers' "MS" figures).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from .cli import exit_on
 from .data import EvalTransform, open_dataset
-from .inference import MODES, model_logits_fn, predict_labels, test_size
+from .inference import MODES, model_logits_fn, predict_labels, slide_scores, test_size, whole_scores
 from .metrics import ConfusionMatrix, chance_levels
 from .training.distributed import all_reduce_sum_, pick_device
 from .training.logs import plot_class_iou, write_json
@@ -53,6 +54,40 @@ def predict_image(
     return predict_labels(logits_fn, resized, crop, stride, mode=mode, out_hw=(h, w))
 
 
+MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg's multi-scale test (left commented out in SegViT's configs)
+
+
+def predict_image_tta(
+    logits_fn,
+    image: torch.Tensor,
+    crop: int,
+    stride: int,
+    mode: str = "slide",
+    scale: tuple[int, int] | None = None,
+    min_size: int | None = None,
+    ratios: tuple[float, ...] = MS_RATIOS,
+    flip: bool = True,
+) -> torch.Tensor:
+    """Labels [B, H, W] by multi-scale (and mirrored) testing, as mmseg's ``aug_test``: the test scale
+    times each ratio, each view's scores resized to the image's size and softmaxed, their sum's argmax."""
+    h, w = image.shape[-2:]
+    long_edge, short_edge = scale if scale is not None else (4 * crop, crop)
+    total = None
+    for ratio in ratios:
+        th, tw = test_size(h, w, crop, (int(long_edge * ratio), int(short_edge * ratio)), min_size)
+        resized = F.interpolate(image, size=(th, tw), mode="bilinear", align_corners=False)
+        views = [(resized, False), (resized.flip(-1), True)] if flip else [(resized, False)]
+        pair = None
+        for view, mirrored in views:
+            scores = slide_scores(logits_fn, view, crop, stride) if mode == "slide" else whole_scores(logits_fn, view)
+            scores = scores.flip(-1) if mirrored else scores
+            if scores.shape[-2:] != (h, w):
+                scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
+            pair = scores.softmax(dim=1) if pair is None else pair + scores.softmax(dim=1)
+        total = pair if total is None else total + pair
+    return total.argmax(dim=1)
+
+
 @torch.no_grad()
 def evaluate_model(
     model,
@@ -64,8 +99,10 @@ def evaluate_model(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
+    tta: bool = False,
 ) -> dict:
-    """Metrics of ``model`` on ``dataset`` (samples: normalised image [3, H, W], labels [H, W]).
+    """Metrics of ``model`` on ``dataset`` (samples: normalised image [3, H, W], labels [H, W]);
+    ``tta``: multi-scale and mirrored testing (``predict_image_tta``).
 
     Under data parallelism each replica takes every ``world_size``-th image and
     the confusion matrices are summed, so every replica returns the whole
@@ -89,13 +126,14 @@ def evaluate_model(
     for i in tqdm(indices, desc=f"eval ({mode})", unit="img", disable=not progress, leave=False):
         image, label = dataset[i]
         with amp:
-            pred = predict_image(logits_fn, image[None].to(device), crop, stride, mode, scale, min_size)
+            predict = predict_image_tta if tta else predict_image
+            pred = predict(logits_fn, image[None].to(device), crop, stride, mode, scale, min_size)
         confusion.update(pred[0], label.to(device))
     model.train(was_training)
     all_reduce_sum_(confusion.mat)
     metrics = confusion.compute()
     return {**metrics, "chance": chance_levels(confusion.mat.sum(1)), "images": len(dataset),
-            "mode": mode, "crop": crop, "stride": stride}
+            "mode": mode, "crop": crop, "stride": stride, "tta": tta}
 
 
 def format_table(metrics: dict, class_names) -> str:
@@ -109,7 +147,8 @@ def format_table(metrics: dict, class_names) -> str:
               for name, iou, acc in zip(class_names, metrics["IoU"], metrics["Acc"])]
     chance = metrics.get("chance", {})
     lines.append(f"mIoU {pct(metrics['mIoU'])}  aAcc {pct(metrics['aAcc'])}  mAcc {pct(metrics['mAcc'])}  "
-                 f"({metrics['images']} images, {metrics['mode']}, crop {metrics['crop']}, stride {metrics['stride']})")
+                 f"({metrics['images']} images, {metrics['mode']}, crop {metrics['crop']}, stride {metrics['stride']}"
+                 f"{', multi-scale + flip' if metrics.get('tta') else ''})")
     if chance:
         lines.append(f"chance: constant mIoU {pct(chance['constant_mIoU'])}, random mIoU {pct(chance['random_mIoU'])}")
     return "\n".join(lines)
@@ -125,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="window stride (default: the preset's slide stride)")
     p.add_argument("--kernels", choices=("reference", "triton"), default="reference")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--tta", action="store_true",
+                   help="multi-scale (0.5-1.75 of the test scale) and mirrored testing, as mmseg's aug_test")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--chart", help="also write a per-class IoU bar chart to this PNG file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -139,7 +180,8 @@ def main(argv=None) -> dict:
         model = load_weights(args.weights, kernels=args.kernels).to(device)
         cfg = model.cfg
         dataset = open_dataset(args.data, args.split, transform=EvalTransform(cfg.mean, cfg.std))
-        metrics = evaluate_model(model, dataset, args.mode, args.crop, args.stride, progress=not args.quiet)
+        metrics = evaluate_model(model, dataset, args.mode, args.crop, args.stride, progress=not args.quiet,
+                                 tta=args.tta)
     if tuple(dataset.classes) != tuple(cfg.names()):
         print(f"warning: the dataset's class names differ from the weights' ({list(dataset.classes)[:5]} ... vs "
               f"{list(cfg.names())[:5]} ...); the table uses the weights' names", file=sys.stderr)

@@ -7,10 +7,11 @@ import torch
 from PIL import Image
 
 import segvit_rt
+from engine_helpers import sharp_model
 from segvit_rt import evaluate
 from segvit_rt.data import normalize
 from segvit_rt.data.synth import generate
-from segvit_rt.evaluate import evaluate_model, predict_image
+from segvit_rt.evaluate import evaluate_model, predict_image, predict_image_tta
 from segvit_rt.inference import model_logits_fn
 from segvit_rt.weights import save_weights
 
@@ -120,3 +121,25 @@ def test_errors_name_the_problem(setup, tmp_path, capsys):
     fails(["--weights", str(weights), "--data", str(tmp_path)], "no dataset at")
     other = generate(tmp_path / "five", classes=5, train=1, val=1, size=32, seed=0, progress=False)
     fails(["--weights", str(weights), "--data", str(other)], "the dataset has 5 classes, the model 3")
+
+
+def test_multi_scale_and_flip_testing():
+    model = sharp_model("full")  # crop 128, stride 96; label maps with boundaries
+    logits_fn = model_logits_fn(model)
+    image = torch.randn(1, 3, 128, 200, generator=torch.Generator().manual_seed(1))  # at the test scale: no resize
+    with torch.no_grad():
+        single = predict_image(logits_fn, image, 128, 96)
+        assert len(single.unique()) >= 2
+        one_view = predict_image_tta(logits_fn, image, 128, 96, ratios=(1.0,), flip=False)
+        assert (one_view == single).float().mean() >= 0.999  # softmax keeps each pixel's order
+        # the mirror view is mirrored back: the mirrored image's result is the mirrored result
+        both = predict_image_tta(logits_fn, image, 128, 96, ratios=(1.0,), flip=True)
+        assert not torch.equal(both, both.flip(-1))
+        assert torch.equal(predict_image_tta(logits_fn, image.flip(-1), 128, 96, ratios=(1.0,), flip=True),
+                           both.flip(-1))
+        windows = []
+        handle = model.register_forward_pre_hook(lambda _, args: windows.append(args[0].shape[0]))
+        labels = predict_image_tta(logits_fn, image, 128, 96, ratios=(0.5, 1.0), flip=True)
+        handle.remove()
+    assert labels.shape == (1, 128, 200)
+    assert sum(windows) == (1 + 2) * 2  # 64x100 at half scale: one window; 128x200: two; each also mirrored
