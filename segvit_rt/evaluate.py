@@ -36,6 +36,9 @@ def use_interpreter_on_cpu(kernels: str, device: torch.device) -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg's multi-scale test (left commented out in SegViT's configs)
+
+
 def predict_image(
     logits_fn,
     image: torch.Tensor,
@@ -44,36 +47,24 @@ def predict_image(
     mode: str = "slide",
     scale: tuple[int, int] | None = None,
     min_size: int | None = None,
+    ratios: tuple[float, ...] | None = None,
+    flip: bool = False,
 ) -> torch.Tensor:
     """Labels [B, H, W] for a normalised batch [B, 3, H, W] at its own size (test-time resize inside:
-    ``inference.test_size`` with ``scale`` and ``min_size``, see ``SegViTConfig.scales``)."""
+    ``inference.test_size`` with ``scale`` and ``min_size``, see ``SegViTConfig.scales``).
+
+    With ``ratios`` (e.g. ``MS_RATIOS``) or ``flip``: multi-scale and mirrored testing as mmseg's
+    ``aug_test``: the test scale times each ratio, and each view mirrored too; every view's scores
+    resized to the image's size and softmaxed, their sum's argmax."""
     h, w = image.shape[-2:]
-    th, tw = test_size(h, w, crop, scale, min_size)
-    resized = image if (th, tw) == (h, w) else F.interpolate(image, size=(th, tw), mode="bilinear",
-                                                            align_corners=False)
-    return predict_labels(logits_fn, resized, crop, stride, mode=mode, out_hw=(h, w))
-
-
-MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg's multi-scale test (left commented out in SegViT's configs)
-
-
-def predict_image_tta(
-    logits_fn,
-    image: torch.Tensor,
-    crop: int,
-    stride: int,
-    mode: str = "slide",
-    scale: tuple[int, int] | None = None,
-    min_size: int | None = None,
-    ratios: tuple[float, ...] = MS_RATIOS,
-    flip: bool = True,
-) -> torch.Tensor:
-    """Labels [B, H, W] by multi-scale (and mirrored) testing, as mmseg's ``aug_test``: the test scale
-    times each ratio, each view's scores resized to the image's size and softmaxed, their sum's argmax."""
-    h, w = image.shape[-2:]
+    if ratios is None and not flip:
+        th, tw = test_size(h, w, crop, scale, min_size)
+        resized = image if (th, tw) == (h, w) else F.interpolate(image, size=(th, tw), mode="bilinear",
+                                                                align_corners=False)
+        return predict_labels(logits_fn, resized, crop, stride, mode=mode, out_hw=(h, w))
     long_edge, short_edge = scale if scale is not None else (4 * crop, crop)
     total = None
-    for ratio in ratios:
+    for ratio in ratios or (1.0,):
         th, tw = test_size(h, w, crop, (int(long_edge * ratio), int(short_edge * ratio)), min_size)
         resized = F.interpolate(image, size=(th, tw), mode="bilinear", align_corners=False)
         views = [(resized, False), (resized.flip(-1), True)] if flip else [(resized, False)]
@@ -84,7 +75,7 @@ def predict_image_tta(
             if scores.shape[-2:] != (h, w):
                 scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
             pair = scores.softmax(dim=1) if pair is None else pair + scores.softmax(dim=1)
-        total = pair if total is None else total + pair
+        total = pair if total is None else total + pair  # a view and its mirror added first: order-free
     return total.argmax(dim=1)
 
 
@@ -102,7 +93,7 @@ def evaluate_model(
     tta: bool = False,
 ) -> dict:
     """Metrics of ``model`` on ``dataset`` (samples: normalised image [3, H, W], labels [H, W]);
-    ``tta``: multi-scale and mirrored testing (``predict_image_tta``).
+    ``tta``: multi-scale and mirrored testing (``predict_image`` with ``MS_RATIOS`` and ``flip``).
 
     Under data parallelism each replica takes every ``world_size``-th image and
     the confusion matrices are summed, so every replica returns the whole
@@ -126,8 +117,8 @@ def evaluate_model(
     for i in tqdm(indices, desc=f"eval ({mode})", unit="img", disable=not progress, leave=False):
         image, label = dataset[i]
         with amp:
-            predict = predict_image_tta if tta else predict_image
-            pred = predict(logits_fn, image[None].to(device), crop, stride, mode, scale, min_size)
+            pred = predict_image(logits_fn, image[None].to(device), crop, stride, mode, scale, min_size,
+                                 ratios=MS_RATIOS if tta else None, flip=tta)
         confusion.update(pred[0], label.to(device))
     model.train(was_training)
     all_reduce_sum_(confusion.mat)

@@ -11,7 +11,7 @@ from engine_helpers import sharp_model
 from segvit_rt import evaluate
 from segvit_rt.data import normalize
 from segvit_rt.data.synth import generate
-from segvit_rt.evaluate import evaluate_model, predict_image, predict_image_tta
+from segvit_rt.evaluate import evaluate_model, predict_image
 from segvit_rt.inference import model_logits_fn
 from segvit_rt.weights import save_weights
 
@@ -130,16 +130,16 @@ def test_multi_scale_and_flip_testing():
     with torch.no_grad():
         single = predict_image(logits_fn, image, 128, 96)
         assert len(single.unique()) >= 2
-        one_view = predict_image_tta(logits_fn, image, 128, 96, ratios=(1.0,), flip=False)
+        one_view = predict_image(logits_fn, image, 128, 96, ratios=(1.0,), flip=False)
         assert (one_view == single).float().mean() >= 0.999  # softmax keeps each pixel's order
         # the mirror view is mirrored back: the mirrored image's result is the mirrored result
-        both = predict_image_tta(logits_fn, image, 128, 96, ratios=(1.0,), flip=True)
+        both = predict_image(logits_fn, image, 128, 96, ratios=(1.0,), flip=True)
         assert not torch.equal(both, both.flip(-1))
-        assert torch.equal(predict_image_tta(logits_fn, image.flip(-1), 128, 96, ratios=(1.0,), flip=True),
+        assert torch.equal(predict_image(logits_fn, image.flip(-1), 128, 96, ratios=(1.0,), flip=True),
                            both.flip(-1))
         windows = []
         handle = model.register_forward_pre_hook(lambda _, args: windows.append(args[0].shape[0]))
-        labels = predict_image_tta(logits_fn, image, 128, 96, ratios=(0.5, 1.0), flip=True)
+        labels = predict_image(logits_fn, image, 128, 96, ratios=(0.5, 1.0), flip=True)
         handle.remove()
     assert labels.shape == (1, 128, 200)
     assert sum(windows) == (1 + 2) * 2  # 64x100 at half scale: one window; 128x200: two; each also mirrored
