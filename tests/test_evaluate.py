@@ -143,3 +143,10 @@ def test_multi_scale_and_flip_testing():
         handle.remove()
     assert labels.shape == (1, 128, 200)
     assert sum(windows) == (1 + 2) * 2  # 64x100 at half scale: one window; 128x200: two; each also mirrored
+
+
+def test_cli_tta(setup, capsys):
+    root, ade, _, weights = setup
+    metrics = evaluate.main(["--weights", str(weights), "--data", str(ade.parent), "--tta", "--quiet"])
+    assert metrics["tta"] is True and 0.0 <= metrics["mIoU"] <= 1.0
+    assert "multi-scale + flip" in capsys.readouterr().out
