@@ -67,6 +67,23 @@ SHRUNK_FROM_SCRATCH = (
     "backbones), start from trained weights: --init FULL.safetensors --init-format full (a full model trained "
     "by this trainer) or a timm/official checkpoint."
 )
+BACKBONE_FROM_SCRATCH = (
+    "note: training a {preset} model without --init. The official configs start the backbone from an "
+    "ImageNet-pretrained ViT/16 at 384 pixels; from scratch, their schedule falls far short of the paper's "
+    "figures. Pass a timm ViT checkpoint of the same size, e.g. --init vit_{size}_patch16_384.safetensors "
+    "--init-format timm (the position embedding is resized to the crop)."
+)
+
+
+def from_scratch_note(args: argparse.Namespace) -> str | None:
+    """What to tell a user who trains without ``--init`` (None when nothing is worth saying)."""
+    if args.init:
+        return None
+    if args.variant == "shrunk":
+        return SHRUNK_FROM_SCRATCH
+    if args.preset != "tiny":
+        return BACKBONE_FROM_SCRATCH.format(preset=args.preset, size="large" if "vit_l" in args.preset else "base")
+    return None
 
 # Arguments a resumed run must share with the run it continues; runs checkpointed before an argument
 # existed ran with the value in RUN_DEFINING_BEFORE.
@@ -243,8 +260,8 @@ class Trainer:
         self.model = SegViT(self.cfg, args.variant, kernels=args.kernels)
         if args.init and state is None:
             load_init(self.model, args.init, args.init_format, info)
-        elif args.variant == "shrunk" and not args.init and info.is_main:
-            print(SHRUNK_FROM_SCRATCH, file=sys.stderr)
+        elif info.is_main and (note := from_scratch_note(args)) is not None:
+            print(note, file=sys.stderr)
         self.model.to(self.device)
         self.criterion = ATMLoss(self.cfg.num_classes)
         self.optimizer = make_optimizer(self.model, args.lr, args.weight_decay, args.head_lr_mult)

@@ -337,6 +337,17 @@ def test_resume_accepts_checkpoints_from_before_poly_power_and_drop_path():
         train_cli.check_same_run(saved, args)
 
 
+def test_what_training_from_scratch_is_told():
+    def note(*argv):
+        return train_cli.from_scratch_note(train_cli.build_parser().parse_args(["--data", "d", "--out", "o", *argv]))
+
+    assert note() is None  # the tiny full model trains from scratch in minutes
+    assert note("--variant", "shrunk") == train_cli.SHRUNK_FROM_SCRATCH
+    assert "--init vit_large_patch16_384" in note("--preset", "vit_l16_pcontext_480")
+    assert "--init vit_base_patch16_384" in note("--preset", "vit_b16_ade20k_512")
+    assert note("--preset", "vit_l16_ade20k_640", "--init", "vit.safetensors") is None
+
+
 def test_shrunk_without_init_is_told_to_warm_start(synth, tmp_path, capsys):
     train_cli.main(["--data", str(synth), "--out", str(tmp_path / "scratch"), "--variant", "shrunk", "--iters", "1",
                     "--eval-every", "0", *FAST])
