@@ -11,6 +11,7 @@ adds mmseg's multi-scale and mirrored testing (the papers' "MS" figures).
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import math
 import os
 import sys
@@ -63,9 +64,12 @@ def predict_image(
                                                                 align_corners=False)
         return predict_labels(logits_fn, resized, crop, stride, mode=mode, out_hw=(h, w))
     long_edge, short_edge = scale if scale is not None else (4 * crop, crop)
+    # Ratios that give one size (min_size raises the small ones) count once each, as in mmseg's mean,
+    # but run once.
+    sizes = Counter(test_size(h, w, crop, (int(long_edge * r), int(short_edge * r)), min_size)
+                    for r in ratios or (1.0,))
     total = None
-    for ratio in ratios or (1.0,):
-        th, tw = test_size(h, w, crop, (int(long_edge * ratio), int(short_edge * ratio)), min_size)
+    for (th, tw), times in sizes.items():
         resized = F.interpolate(image, size=(th, tw), mode="bilinear", align_corners=False)
         views = [(resized, False), (resized.flip(-1), True)] if flip else [(resized, False)]
         pair = None
@@ -75,6 +79,7 @@ def predict_image(
             if scores.shape[-2:] != (h, w):
                 scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
             pair = scores.softmax(dim=1) if pair is None else pair + scores.softmax(dim=1)
+        pair = pair * times if times > 1 else pair
         total = pair if total is None else total + pair  # a view and its mirror added first: order-free
     return total.argmax(dim=1)
 
@@ -148,7 +153,8 @@ def format_table(metrics: dict, class_names) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segvit_rt.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", required=True, help="a segvit_rt .safetensors weights file")
-    p.add_argument("--data", required=True, help="dataset root (ADE20K, COCO-Stuff 10k, PASCAL-Context or images/ + masks/ layout)")
+    p.add_argument("--data", required=True,
+                   help="dataset root (ADE20K, COCO-Stuff 10k, PASCAL-Context or images/ + masks/ layout)")
     p.add_argument("--split", default="validation")
     p.add_argument("--mode", choices=MODES, default="slide")
     p.add_argument("--crop", type=int, help="window size (default: the model's crop size)")

@@ -26,9 +26,6 @@ _FREE_FIELDS = {"class_names", "slide_stride", "image_scale", "test_min_size", "
                 "dataset", "name"}
 
 
-PYTORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-
-
 class WeightsError(ValueError):
     """A weights file that cannot be read or does not fit the model."""
 
@@ -76,18 +73,26 @@ def save_weights(path, model, class_names=None, extra: dict | None = None, dtype
     return path
 
 
+def _is_torch_save(path: Path) -> bool:
+    """Whether a file that is not safetensors looks like ``torch.save`` output (a zip, or a raw pickle)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head == b"PK" or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def read_metadata(path) -> dict:
     """The JSON record of one of our weights files; a clear error for anything else."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
-    if path.suffix in PYTORCH_SUFFIXES:
-        raise WeightsError(f"{path} is a PyTorch checkpoint, not segvit_rt weights: convert an official SegViT "
-                           "checkpoint with python -m segvit_rt.convert, or use a training run's weights.safetensors")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
+        if _is_torch_save(path):
+            raise WeightsError(f"{path} is a PyTorch checkpoint, not segvit_rt weights: convert an official SegViT "
+                               "checkpoint with python -m segvit_rt.convert, or use a training run's "
+                               "weights.safetensors") from e
         raise WeightsError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
     if _META_KEY not in header:
         raise WeightsError(f"{path} has no segvit_rt metadata: not a segvit_rt weights file")

@@ -145,8 +145,28 @@ def test_multi_scale_and_flip_testing():
     assert sum(windows) == (1 + 2) * 2  # 64x100 at half scale: one window; 128x200: two; each also mirrored
 
 
-def test_cli_tta(setup, capsys):
+def test_cli_tta(setup, capsys, monkeypatch):
     root, ade, _, weights = setup
+    views = []
+    original = evaluate.predict_image
+    monkeypatch.setattr(evaluate, "predict_image", lambda *a, **k: (views.append(k), original(*a, **k))[1])
     metrics = evaluate.main(["--weights", str(weights), "--data", str(ade.parent), "--tta", "--quiet"])
     assert metrics["tta"] is True and 0.0 <= metrics["mIoU"] <= 1.0
     assert "multi-scale + flip" in capsys.readouterr().out
+    assert len(views) == 3 and all(k["ratios"] == evaluate.MS_RATIOS and k["flip"] for k in views)
+
+
+def test_ratios_of_one_size_run_once_and_count_as_many():
+    model = sharp_model("full")
+    image = torch.randn(1, 3, 96, 150, generator=torch.Generator().manual_seed(2))
+    windows = []
+    handle = model.register_forward_pre_hook(lambda _, args: windows.append(args[0].shape[0]))
+    with torch.no_grad():  # min_size 128: ratios 0.5 and 1.0 both give the short side 128
+        labels = predict_image(model_logits_fn(model), image, 128, 96, scale=(512, 128), min_size=128,
+                               ratios=(0.5, 1.0), flip=False)
+    handle.remove()
+    assert sum(windows) == 2  # one 128x200 view: two windows
+    with torch.no_grad():
+        once = predict_image(model_logits_fn(model), image, 128, 96, scale=(512, 128), min_size=128,
+                             ratios=(1.0,), flip=False)
+    assert torch.equal(labels, once)

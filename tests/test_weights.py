@@ -225,6 +225,10 @@ def test_convert_cli_writes_weights_the_builder_takes(tmp_path, capsys):
     assert weights.read_metadata(out)["converted_from"] == "official.pth"
     with pytest.raises(WeightsError, match="PyTorch checkpoint.*segvit_rt.convert"):
         weights.load_weights(tmp_path / "official.pth")  # the builder's and runtime's loader
+    (tmp_path / "renamed.safetensors").write_bytes((tmp_path / "official.pth").read_bytes())  # told by content
+    with pytest.raises(WeightsError, match="PyTorch checkpoint"):
+        weights.load_weights(tmp_path / "renamed.safetensors")
+    assert weights.load_weights(weights.save_weights(tmp_path / "ours.pt", src)).cfg.name == "tiny"
 
     del state["decode_head.atm.class_embed.weight"]
     torch.save({"state_dict": state}, tmp_path / "partial.pth")

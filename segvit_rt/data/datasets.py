@@ -332,7 +332,8 @@ def find_ade_folder(root: Path) -> Path:
     """``root`` itself when it is the ADE20K folder, else ``root/ADEChallengeData2016`` (a folder with
     ``images/`` and ``annotations/`` and a ``training`` or ``validation`` split in them)."""
     for base in (root, root / ADE_FOLDER):
-        if any((base / "images" / s).is_dir() and (base / "annotations" / s).is_dir() for s in ("training", "validation")):
+        if any((base / "images" / s).is_dir() and (base / "annotations" / s).is_dir()
+               for s in ("training", "validation")):
             return base
     raise FileNotFoundError(
         f"no ADE20K layout at {root}: expected {ADE_FOLDER}/images/<split> and {ADE_FOLDER}/annotations/<split> "
