@@ -11,19 +11,17 @@ adds mmseg's multi-scale and mirrored testing (the papers' "MS" figures).
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 import math
 import os
 import sys
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .cli import exit_on
 from .data import EvalTransform, open_dataset
-from .inference import MODES, model_logits_fn, predict_labels, slide_scores, test_size, whole_scores
+from .inference import MODES, MS_RATIOS, model_logits_fn, predict_image
 from .metrics import ConfusionMatrix, chance_levels
 from .training.distributed import all_reduce_sum_, pick_device
 from .training.logs import plot_class_iou, write_json
@@ -35,53 +33,6 @@ def use_interpreter_on_cpu(kernels: str, device: torch.device) -> None:
     before triton is first imported (``segvit_rt.kernels`` imports it lazily)."""
     if kernels == "triton" and device.type == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg's multi-scale test (left commented out in SegViT's configs)
-
-
-def predict_image(
-    logits_fn,
-    image: torch.Tensor,
-    crop: int,
-    stride: int,
-    mode: str = "slide",
-    scale: tuple[int, int] | None = None,
-    min_size: int | None = None,
-    ratios: tuple[float, ...] | None = None,
-    flip: bool = False,
-) -> torch.Tensor:
-    """Labels [B, H, W] for a normalised batch [B, 3, H, W] at its own size (test-time resize inside:
-    ``inference.test_size`` with ``scale`` and ``min_size``, see ``SegViTConfig.scales``).
-
-    With ``ratios`` (e.g. ``MS_RATIOS``) or ``flip``: multi-scale and mirrored testing as mmseg's
-    ``aug_test``: the test scale times each ratio, and each view mirrored too; every view's scores
-    resized to the image's size and softmaxed, their sum's argmax."""
-    h, w = image.shape[-2:]
-    if ratios is None and not flip:
-        th, tw = test_size(h, w, crop, scale, min_size)
-        resized = image if (th, tw) == (h, w) else F.interpolate(image, size=(th, tw), mode="bilinear",
-                                                                align_corners=False)
-        return predict_labels(logits_fn, resized, crop, stride, mode=mode, out_hw=(h, w))
-    long_edge, short_edge = scale if scale is not None else (4 * crop, crop)
-    # Ratios that give one size (min_size raises the small ones) count once each, as in mmseg's mean,
-    # but run once.
-    sizes = Counter(test_size(h, w, crop, (int(long_edge * r), int(short_edge * r)), min_size)
-                    for r in ratios or (1.0,))
-    total = None
-    for (th, tw), times in sizes.items():
-        resized = F.interpolate(image, size=(th, tw), mode="bilinear", align_corners=False)
-        views = [(resized, False), (resized.flip(-1), True)] if flip else [(resized, False)]
-        pair = None
-        for view, mirrored in views:
-            scores = slide_scores(logits_fn, view, crop, stride) if mode == "slide" else whole_scores(logits_fn, view)
-            scores = scores.flip(-1) if mirrored else scores
-            if scores.shape[-2:] != (h, w):
-                scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
-            pair = scores.softmax(dim=1) if pair is None else pair + scores.softmax(dim=1)
-        pair = pair * times if times > 1 else pair
-        total = pair if total is None else total + pair  # a view and its mirror added first: order-free
-    return total.argmax(dim=1)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ sigmoids (``ops.reference.semantic_logits``), accumulated per pixel.
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -19,6 +20,11 @@ LogitsFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 MODES = ("whole", "slide")
 
 
+def _edges(crop: int, scale: tuple[int, int] | None) -> tuple[int, int]:
+    """(long, short) edges of a test scale; None is the default (4·crop, crop)."""
+    return (max(scale), min(scale)) if scale is not None else (4 * crop, crop)
+
+
 def test_size(
     h: int, w: int, crop: int, scale: tuple[int, int] | None = None, min_size: int | None = None
 ) -> tuple[int, int]:
@@ -26,7 +32,7 @@ def test_size(
     the short side reaches ``short`` unless the long side would pass ``long``. With ``min_size``
     (mmseg's Resize(min_size)) the short side becomes max(short, min_size) and the long side is
     not limited. A side never shrinks below one pixel (a 1x5000 strip would round to zero rows)."""
-    long_edge, short_edge = (max(scale), min(scale)) if scale is not None else (4 * crop, crop)
+    long_edge, short_edge = _edges(crop, scale)
     if min_size is not None:
         factor = max(short_edge, min_size) / min(h, w)
     else:
@@ -81,6 +87,13 @@ def slide_scores(
     return total / count
 
 
+def mode_scores(logits_fn: LogitsFn, img: torch.Tensor, crop: int, stride: int, mode: str) -> torch.Tensor:
+    """Scores [B, C, H, W] of ``img`` by ``mode``: ``"slide"`` windows or the ``"whole"`` image."""
+    if mode not in MODES:
+        raise ValueError(f"inference mode must be one of {MODES}, got {mode!r}")
+    return slide_scores(logits_fn, img, crop, stride) if mode == "slide" else whole_scores(logits_fn, img)
+
+
 def predict_labels(
     logits_fn: LogitsFn,
     img: torch.Tensor,
@@ -94,15 +107,60 @@ def predict_labels(
     go a few classes at a time (``ops.full_size.upsample_argmax``, the same labels) on the CPU,
     where that measured faster, and on CUDA where every class at full size passes
     ``full_size.BUDGET`` bytes."""
-    if mode not in MODES:
-        raise ValueError(f"inference mode must be one of {MODES}, got {mode!r}")
-    scores = slide_scores(logits_fn, img, crop, stride) if mode == "slide" else whole_scores(logits_fn, img)
+    scores = mode_scores(logits_fn, img, crop, stride, mode)
     if out_hw is None or tuple(out_hw) == tuple(scores.shape[-2:]):
         return scores.argmax(dim=1)
     out_hw = tuple(out_hw)
     if scores.is_cuda and full_size.nbytes(scores.shape[0], scores.shape[1], out_hw) <= full_size.BUDGET:
         return F.interpolate(scores, size=out_hw, mode="bilinear", align_corners=False).argmax(dim=1)
     return full_size.upsample_argmax(scores, out_hw, budget=full_size.BUDGET)
+
+
+MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg's multi-scale test (left commented out in SegViT's configs)
+
+
+def predict_image(
+    logits_fn,
+    image: torch.Tensor,
+    crop: int,
+    stride: int,
+    mode: str = "slide",
+    scale: tuple[int, int] | None = None,
+    min_size: int | None = None,
+    ratios: tuple[float, ...] | None = None,
+    flip: bool = False,
+) -> torch.Tensor:
+    """Labels [B, H, W] for a normalised batch [B, 3, H, W] at its own size (test-time resize inside:
+    ``test_size`` with ``scale`` and ``min_size``, see ``SegViTConfig.scales``).
+
+    With ``ratios`` (e.g. ``MS_RATIOS``) or ``flip``: multi-scale and mirrored testing as mmseg's
+    ``aug_test``: the test scale times each ratio, and each view mirrored too; every view's scores
+    resized to the image's size and softmaxed, their sum's argmax."""
+    h, w = image.shape[-2:]
+    if ratios is None and not flip:
+        th, tw = test_size(h, w, crop, scale, min_size)
+        resized = image if (th, tw) == (h, w) else F.interpolate(image, size=(th, tw), mode="bilinear",
+                                                                align_corners=False)
+        return predict_labels(logits_fn, resized, crop, stride, mode=mode, out_hw=(h, w))
+    long_edge, short_edge = _edges(crop, scale)
+    # Ratios that give one size (min_size raises the small ones) count once each, as in mmseg's mean,
+    # but run once.
+    sizes = Counter(test_size(h, w, crop, (int(long_edge * r), int(short_edge * r)), min_size)
+                    for r in ratios or (1.0,))
+    total = None
+    for (th, tw), times in sizes.items():
+        resized = F.interpolate(image, size=(th, tw), mode="bilinear", align_corners=False)
+        views = [(resized, False), (resized.flip(-1), True)] if flip else [(resized, False)]
+        pair = None
+        for view, mirrored in views:
+            scores = mode_scores(logits_fn, view, crop, stride, mode)
+            scores = scores.flip(-1) if mirrored else scores
+            if scores.shape[-2:] != (h, w):
+                scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
+            pair = scores.softmax(dim=1) if pair is None else pair + scores.softmax(dim=1)
+        pair = pair * times if times > 1 else pair
+        total = pair if total is None else total + pair  # a view and its mirror added first: order-free
+    return total.argmax(dim=1)
 
 
 def model_logits_fn(model: torch.nn.Module) -> LogitsFn:

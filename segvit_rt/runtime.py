@@ -8,7 +8,7 @@ call, and the post-process. Two modes:
   (``inference.test_size`` with ``SegViTConfig.scales``: ADE20K ViT-L fits
   2048×640, PASCAL-Context's short side goes to 520), scored by ``crop``-sized windows every
   ``slide_stride`` pixels, and the scores are resized back to the original size
-  before the argmax (``inference.predict_labels``).
+  before the argmax (``inference.predict_image``).
 * ``"whole"``: engines take a fixed input size, so the image is resized to the
   crop size (aspect ratio not kept) and run once; the mask logits are
   upsampled straight to the original size by the post-process
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import engines, images, ops
-from .inference import MODES, predict_labels, test_size
+from .inference import MODES, predict_image
 from .weights import config_from_metadata
 
 
@@ -94,9 +94,7 @@ class Runtime:
             x = F.interpolate(batch, size=(self.crop, self.crop), mode="bilinear", align_corners=False)
             cls, masks = self.engine(x)
             return ops.segment_postprocess(cls, masks, hw, impl=self._post_impl)
-        th, tw = test_size(*hw, self.crop, *self.cfg.scales())
-        x = batch if (th, tw) == hw else F.interpolate(batch, size=(th, tw), mode="bilinear", align_corners=False)
-        return predict_labels(self.engine, x, self.crop, self.stride, mode="slide", out_hw=hw)
+        return predict_image(self.engine, batch, self.crop, self.stride, "slide", *self.cfg.scales())
 
     def _to_numpy(self, labels: torch.Tensor) -> np.ndarray:
         dtype = np.uint8 if self.num_classes <= 256 else np.int32
