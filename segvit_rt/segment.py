@@ -77,8 +77,8 @@ def segment_files(
     written, unreadable = [], {}
     bar = tqdm(total=len(paths), desc="segment", unit="img", disable=not progress)
     for start in range(0, len(paths), batch):
-        readable = {}
-        for path in paths[start : start + batch]:
+        chunk, readable = paths[start : start + batch], {}
+        for path in chunk:
             try:
                 readable[path] = load_image(path)  # decoded once for the labels and the overlay
             except ValueError as e:
@@ -89,7 +89,7 @@ def segment_files(
             save_labels(labels, label_png)
             save_png(runtime.overlay(rgb, labels, alpha), overlay_png)
             written.append(label_png)
-        bar.update(len(paths[start : start + batch]))
+        bar.update(len(chunk))
     bar.close()
     return written, unreadable
 
@@ -117,8 +117,6 @@ def main(argv=None) -> list[Path]:
     with exit_on(EngineError, ValueError, TypeError, FileNotFoundError):
         if not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
-        if args.batch < 1:
-            raise ValueError(f"--batch must be >= 1, got {args.batch}")
         paths = expand_inputs(args.images)
         check_inputs(paths)
         runtime = Runtime(args.engine, device=args.device, mode=args.mode)

@@ -150,7 +150,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.crop is None:
         args.crop = preset.crop_size
     if args.stride is None:
-        args.stride = max(1, round(args.crop * preset.slide_stride / preset.crop_size))
+        args.stride = get_config(preset, crop_size=args.crop).slide_stride  # the preset's, scaled to the crop
     if args.dropout is None:
         args.dropout = preset.decoder_dropout
     if args.drop_path is None:

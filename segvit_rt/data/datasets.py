@@ -128,6 +128,16 @@ def pair_files(
     return [(images[s], masks[s]) for s in sorted(images)]
 
 
+def split_folder(split: str, folders: dict[str, str], what: str) -> str:
+    """A data set's own name for ``split``: ``folders`` maps ours (``training``, ``validation``;
+    ``train``, ``val`` stand for them) to its own, which are accepted as they are too."""
+    name = folders.get(SPLIT_ALIASES.get(split, split), split)
+    if name not in folders.values():
+        choices = ", ".join(repr(k) if k == v else f"{k!r} ({v})" for k, v in folders.items())
+        raise ValueError(f"{what} split must be one of {choices}, got {split!r}")
+    return name
+
+
 class SegDataset(Dataset):
     """Paired image/mask files; subclasses say how stored mask values become labels."""
 
@@ -209,9 +219,7 @@ class ADE20KDataset(ZeroIsIgnoreDataset):
 
     def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0):
         base = find_ade_folder(Path(root))
-        split = SPLIT_ALIASES.get(split, split)
-        if split not in ("training", "validation"):
-            raise ValueError(f"ADE20K split must be 'training' or 'validation', got {split!r}")
+        split = split_folder(split, {"training": "training", "validation": "validation"}, "ADE20K")
         classes = ADE20K_CLASSES
         for candidate in (base / "classes.txt", base.parent / "classes.txt"):
             if candidate.is_file():
@@ -235,10 +243,7 @@ class COCOStuff10kDataset(ZeroIsIgnoreDataset):
 
     def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0):
         base = find_coco_stuff_folder(Path(root))
-        split = self.SPLITS.get(SPLIT_ALIASES.get(split, split), split)
-        if split not in self.SPLITS.values():
-            raise ValueError(f"COCO-Stuff 10k split must be 'training' (train2014) or 'validation'/'test' "
-                             f"(test2014), got {split!r}")
+        split = split_folder(split, self.SPLITS, "COCO-Stuff 10k")
         samples = pair_files(base / "images" / split, base / "annotations" / split,
                              (".jpg", ".jpeg"), (".png",), mask_name_end="_labelTrainIds")
         super().__init__(samples, COCO_STUFF_CLASSES, transform, seed)
@@ -270,9 +275,7 @@ class PascalContextDataset(IgnoreIndexDataset):
 
     def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0):
         base = find_context_folder(Path(root))
-        split = self.SPLITS.get(SPLIT_ALIASES.get(split, split), split)
-        if split not in self.SPLITS.values():
-            raise ValueError(f"PASCAL-Context split must be 'training' (train) or 'validation' (val), got {split!r}")
+        split = split_folder(split, self.SPLITS, "PASCAL-Context")
         list_file = base / "ImageSets" / "SegmentationContext" / f"{split}.txt"
         if not list_file.is_file():
             raise FileNotFoundError(f"PASCAL-Context split list not found: {list_file}")
