@@ -117,6 +117,14 @@ def peak_extra_bytes(fn):
     return peak, method
 
 
+def assert_near(got: torch.Tensor, want: torch.Tensor, rel: float = 0.05) -> None:
+    """A timed variant computes what its baseline does: max |got - want| within ``rel`` of max |want|
+    (loose enough for fp16 variants at real shapes, tight enough to catch a wrong result)."""
+    err = (got.float() - want.float()).abs().max().item()
+    bound = rel * want.float().abs().max().item() + 1e-3
+    assert err <= bound, f"max |difference| {err:.3g} > {bound:.3g}"
+
+
 def device_name() -> str:
     return torch.cuda.get_device_name() if ON_CUDA else "cpu (Triton interpreter)"
 

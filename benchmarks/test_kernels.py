@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import DEVICE, measure, pick, tensor_bytes
+from benchmarks.harness import DEVICE, assert_near, measure, pick, tensor_bytes
 from segvit_rt.kernels import atm_attention_aot
 from segvit_rt.kernels.atm_attention import atm_attention
 from segvit_rt.ops import reference
@@ -77,8 +77,10 @@ def attention_flops(shape):
 def test_atm_forward(benchmark, shape_name, variant):
     shape = SHAPES[shape_name]
     q, k, v, prev = make_inputs(shape)
-    out, mask = FORWARD[variant](q, k, v, shape[-1], prev)
     with torch.no_grad():
+        out, mask = FORWARD[variant](q, k, v, shape[-1], prev)
+        for got, want in zip((out, mask), FORWARD["reference"](q, k, v, shape[-1], prev)):
+            assert_near(got, want)
         measure(
             benchmark,
             lambda: FORWARD[variant](q, k, v, shape[-1], prev),
@@ -104,6 +106,10 @@ def test_atm_backward(benchmark, shape_name, variant):
         return torch.autograd.grad((out, mask), inputs, (dout, dmask), retain_graph=True)
 
     grads = backward()
+    if variant != "reference":
+        ref_out, ref_mask = BACKWARD["reference"](*inputs[:3], shape[-1], inputs[3])
+        for got, want in zip(grads, torch.autograd.grad((ref_out, ref_mask), inputs, (dout, dmask))):
+            assert_near(got, want)
     measure(
         benchmark,
         backward,

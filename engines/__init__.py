@@ -26,9 +26,11 @@ def backend_module(name: str):
     return importlib.import_module(f".{name}_backend", __name__)
 
 
-def auto_backend() -> tuple[str, str]:
+def auto_backend(device=None) -> tuple[str, str]:
     """The backend ``--backend auto`` picks, and why: tensorrt if it imports and there is a GPU,
-    else aoti on a GPU, else onnx on the CPU."""
+    else aoti on a GPU, else onnx on the CPU. ``device="cpu"`` asks for a CPU engine: onnx."""
+    if device is not None and torch.device(device).type == "cpu":
+        return "onnx", "a CPU engine was asked for: ONNX Runtime on the CPU"
     if not torch.cuda.is_available():
         return "onnx", "no CUDA GPU: ONNX Runtime on the CPU"
     try:

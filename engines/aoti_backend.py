@@ -50,14 +50,24 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def batch_dims(dynamic_batch: bool, max_batch: int):
+    """``dynamic_shapes`` for the export: ``MIN_BATCH..max_batch``, or none (a fixed batch of
+    ``MIN_BATCH``) when that range holds one size, which ``torch.export`` refuses as a ``Dim``."""
+    if not dynamic_batch or max_batch <= MIN_BATCH:
+        return None
+    return ({0: torch.export.Dim("batch", min=MIN_BATCH, max=max_batch)},)
+
+
 def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, max_batch: int) -> dict:
     import torch._inductor
 
-    dynamic_shapes = ({0: torch.export.Dim("batch", min=MIN_BATCH, max=max_batch)},) if dynamic_batch else None
     with torch.no_grad():
-        program = torch.export.export(graph, (example,), dynamic_shapes=dynamic_shapes)
+        program = torch.export.export(graph, (example,), dynamic_shapes=batch_dims(dynamic_batch, max_batch))
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
-    return {"device": example.device.type, "min_batch": MIN_BATCH if dynamic_batch else None}
+    meta = {"device": example.device.type, "min_batch": MIN_BATCH if dynamic_batch else None}
+    if example.device.type == "cuda":  # Inductor's kernels are compiled for this architecture
+        meta["compute_capability"] = list(torch.cuda.get_device_capability(example.device))
+    return meta
 
 
 def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
@@ -70,13 +80,19 @@ def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
     if meta.get("device") != device.type:
         raise EngineError(f"{path} was compiled for {meta.get('device')}, it cannot run on {device}")
     check_available(device)
+    if device.type == "cuda" and "compute_capability" in meta:
+        capability = list(torch.cuda.get_device_capability(device))
+        if meta["compute_capability"] != capability:
+            raise EngineError(f"{path} was compiled for a GPU of compute capability {meta['compute_capability']}, "
+                              f"this GPU has {capability}: rebuild the engine here")
 
 
 def load(path: Path, meta: dict, device: torch.device):
     import torch._inductor
 
     try:
-        runner = torch._inductor.aoti_load_package(str(path))
+        index = -1 if device.index is None else device.index  # -1: the current device
+        runner = torch._inductor.aoti_load_package(str(path), device_index=index)
     except Exception as e:  # the loader raises RuntimeError or C++ errors alike
         raise EngineError(f"cannot load the AOTInductor package {path}: {e}") from e
 

@@ -9,13 +9,18 @@ palette, mean/std, crop and slide stride).
 
 :func:`read_engine` refuses, with an :class:`EngineError` naming the file, a
 directory without ``engine.json``, unreadable JSON, an unknown format version
-or backend, a missing artifact, and an artifact whose size or sha256 differs
-from the record (truncated or corrupt). Whether the installed libraries can
-load the artifact is the backend's check (``check_compatible``).
+or backend, a field the loader or the runtime uses that is missing or does not
+fit the rest (:func:`check_record`), a missing artifact, and an artifact whose
+size or sha256 differs from the record (truncated or corrupt). Whether the
+installed libraries can load the artifact is the backend's check
+(``check_compatible``); each backend's loader also compares the artifact's own
+input shape with the record (:func:`check_input_shape`).
 """
 from __future__ import annotations
 
+import importlib
 import json
+import math
 import platform
 import re
 from importlib import metadata as importlib_metadata
@@ -30,6 +35,9 @@ PRECISIONS = ("fp32", "fp16")
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("class_logits", "mask_logits")
 _LIBRARIES = ("segvit_rt", "torch", "triton", "onnx", "onnxruntime", "onnxscript", "tensorrt", "numpy")
+_OWN_VERSION = ("torch", "onnxruntime", "tensorrt")
+_REQUIRED = ("backend", "artifact", "sha256", "artifact_bytes", "precision", "device", "config", "batch", "max_batch",
+             "input_size", "outputs", "mean", "std", "class_names", "palette", "slide_stride")
 
 
 class EngineError(ValueError):
@@ -37,17 +45,23 @@ class EngineError(ValueError):
 
 
 def library_versions() -> dict[str, str | None]:
-    """Installed versions of the libraries an engine may depend on (``None``: not installed)."""
+    """Installed versions of the libraries an engine may depend on (``None``: not installed).
+
+    torch, onnxruntime and tensorrt are asked for their own ``__version__``: their wheels come
+    under other distribution names (``onnxruntime-gpu``, ``tensorrt-cu12``) or without the local
+    tag (``+cu126``), and the backends compare these records with ``__version__`` at load.
+    """
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in _LIBRARIES:
         try:
             versions[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:
             versions[name] = None
-    if versions["torch"] is not None:  # the wheel's metadata lacks the local tag (+cu126...)
-        import torch
-
-        versions["torch"] = torch.__version__
+    for name in _OWN_VERSION:
+        try:
+            versions[name] = importlib.import_module(name).__version__
+        except Exception:  # noqa: BLE001 - absent, or there but unable to load: not usable either way
+            versions[name] = None
     if versions["segvit_rt"] is None:  # a source checkout that was not pip-installed
         versions["segvit_rt"] = "source"
     return versions
@@ -87,14 +101,81 @@ def read_engine(directory, verify: bool = True) -> dict:
             f"{meta_path}: unknown engine format {meta.get('format')!r}; this segvit_rt reads {FORMAT!r} "
             "(rebuild the engine with this version's python -m segvit_rt.build)"
         )
-    missing = [k for k in ("backend", "artifact", "sha256", "artifact_bytes", "precision", "config") if k not in meta]
+    missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise EngineError(f"{meta_path} lacks the fields {missing}")
     if meta["backend"] not in BACKENDS:
         raise EngineError(f"{meta_path}: unknown backend {meta['backend']!r} (known: {', '.join(BACKENDS)})")
+    check_record(meta, meta_path)
     if verify:
         verify_artifact(directory, meta)
     return meta
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _numbers(value, n: int) -> bool:
+    return (isinstance(value, list) and len(value) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def check_record(meta: dict, meta_path) -> None:
+    """Check the fields the loader and the runtime use: a damaged or hand-edited ``engine.json``
+    fails here, naming the field, rather than inside the first ``segment`` call."""
+
+    def bad(field: str, want: str):
+        raise EngineError(f"{meta_path}: {field} must be {want}, got {meta.get(field)!r}")
+
+    config = meta["config"]
+    if not isinstance(config, dict) or not all(_positive_int(config.get(k)) for k in ("crop_size", "num_classes")):
+        bad("config", "the model config (with crop_size and num_classes)")
+    crop, classes = config["crop_size"], config["num_classes"]
+    if meta["precision"] not in PRECISIONS:
+        bad("precision", f"one of {PRECISIONS}")
+    if meta["device"] not in ("cpu", "cuda"):
+        bad("device", "'cpu' or 'cuda'")
+    if not (isinstance(meta["sha256"], str) and _positive_int(meta["artifact_bytes"])):
+        bad("sha256", "a hex digest, with artifact_bytes a byte count")
+    if meta["input_size"] != [crop, crop]:
+        bad("input_size", f"[{crop}, {crop}] (the config's crop size)")
+    if not (meta["batch"] is None or _positive_int(meta["batch"])):
+        bad("batch", "a batch size, or null for a dynamic batch")
+    if not _positive_int(meta["max_batch"]) or (meta["batch"] and meta["max_batch"] != meta["batch"]):
+        bad("max_batch", "a batch size (the static batch itself, if there is one)")
+    min_batch = meta.get("min_batch")
+    if not (min_batch is None or (_positive_int(min_batch) and min_batch <= meta["max_batch"])):
+        bad("min_batch", "null or a batch size up to max_batch")
+    if not _numbers(meta["mean"], 3):
+        bad("mean", "3 numbers")
+    if not (_numbers(meta["std"], 3) and all(v > 0 for v in meta["std"])):
+        bad("std", "3 positive numbers")
+    names = meta["class_names"]
+    if not (isinstance(names, list) and len(names) == classes and all(isinstance(n, str) for n in names)):
+        bad("class_names", f"{classes} names (the config's num_classes)")
+    palette = meta["palette"]
+    if not (isinstance(palette, list) and len(palette) == classes
+            and all(_numbers(c, 3) and all(v == int(v) and 0 <= v <= 255 for v in c) for c in palette)):
+        bad("palette", f"{classes} RGB colours of 0-255")
+    if not (_positive_int(meta["slide_stride"]) and meta["slide_stride"] <= crop):
+        bad("slide_stride", f"a stride of 1-{crop} pixels")
+    outputs = meta["outputs"]
+    if not (isinstance(outputs, dict) and all(isinstance(outputs.get(n), list) for n in OUTPUT_NAMES)):
+        bad("outputs", f"the shapes of {', '.join(OUTPUT_NAMES)}")
+
+
+def check_input_shape(meta: dict, path, shape) -> None:
+    """Raise unless an artifact's input ``shape`` (``None`` or a negative size: dynamic) is the
+    ``[batch, 3, crop, crop]`` its record says."""
+    dims = [d if isinstance(d, int) and d >= 0 else None for d in shape]
+    want = [meta["batch"], 3, *meta["input_size"]]
+    if dims != want:
+        def show(sizes):
+            return ", ".join("dynamic" if d is None else str(d) for d in sizes)
+
+        raise EngineError(f"{path} takes input [{show(dims)}], its {META_FILE} records [{show(want)}]: "
+                          "the record does not belong to this artifact; rebuild the engine")
 
 
 def artifact_path(directory, meta: dict) -> Path:

@@ -19,6 +19,7 @@ class LogitsGraph(nn.Module):
     def __init__(self, model: nn.Module, precision: str):
         super().__init__()
         self.model = model
+        self.precision = precision
         self.dtype = DTYPES[precision]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

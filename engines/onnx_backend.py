@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .format import INPUT_NAME, OUTPUT_NAMES, EngineError
+from .format import INPUT_NAME, OUTPUT_NAMES, EngineError, check_input_shape
 
 ARTIFACT = "model.onnx"
 OPSET = 18
@@ -87,7 +87,10 @@ def load(path: Path, meta: dict, device: torch.device):
     import onnxruntime as ort
 
     if device.type == "cuda":
-        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        options = {"device_id": device.index or 0}
+        if meta["precision"] == "fp32":  # computes in fp32, as its parity check assumed: no TF32 (on by default)
+            options["use_tf32"] = 0
+        providers = [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
     try:
@@ -98,6 +101,7 @@ def load(path: Path, meta: dict, device: torch.device):
             f"onnxruntime {ort.__version__} cannot load {path} (opset {meta.get('opset')}, "
             f"built next to onnxruntime {built}): {e}"
         ) from e
+    check_input_shape(meta, path, session.get_inputs()[0].shape)
     if device.type == "cuda":
         if session.get_providers()[0] != "CUDAExecutionProvider":  # ONNX Runtime falls back to the CPU silently
             raise EngineError(f"onnxruntime {ort.__version__} could not start its CUDA provider for {path} "

@@ -14,12 +14,13 @@ same compute capability; both are recorded and checked before loading.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 
 from . import onnx_backend, tensorrt_plugin
-from .format import INPUT_NAME, OUTPUT_NAMES, EngineError
+from .format import INPUT_NAME, OUTPUT_NAMES, EngineError, check_input_shape
 
 ARTIFACT = "model.plan"
 OPT_BATCH = 8  # the profile's optimum for dynamic batches: the runtime's sliding-window batch
@@ -78,14 +79,14 @@ def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic
     onnx_backend.export(graph, example, onnx_path, dynamic_batch=dynamic_batch, max_batch=max_batch,
                         translations=translations)
     try:
-        plan = _build_plan(trt, onnx_path, example.shape, dynamic_batch, max_batch)
+        plan = _build_plan(trt, onnx_path, example.shape, dynamic_batch, max_batch, graph.precision)
     finally:
         onnx_path.unlink(missing_ok=True)
     path.write_bytes(plan)
     return meta
 
 
-def _build_plan(trt, onnx_path: Path, shape, dynamic_batch: bool, max_batch: int) -> bytes:
+def _build_plan(trt, onnx_path: Path, shape, dynamic_batch: bool, max_batch: int, precision: str) -> bytes:
     logger = _logger(trt)
     builder = trt.Builder(logger)
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -95,6 +96,8 @@ def _build_plan(trt, onnx_path: Path, shape, dynamic_batch: bool, max_batch: int
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):  # on by default: fp32 would not be fp32
+        config.clear_flag(trt.BuilderFlag.TF32)
     _, c, h, w = shape
     batch = shape[0]
     if dynamic_batch:
@@ -144,11 +147,18 @@ def check_plugin_driver(meta: dict, path: Path, driver_cuda: str) -> None:
 
 def load(path: Path, meta: dict, device: torch.device):
     trt = _trt()  # a plan with the ATM plugin embeds its PTX: loading it needs no plugin definition
+    plan = path.read_bytes()
+    if hashlib.sha256(plan).hexdigest() != meta["sha256"]:  # the bytes deserialized are the bytes checked
+        raise EngineError(f"engine artifact {path} changed since its sha256 check; rebuild the engine")
     runtime = trt.Runtime(_logger(trt))
     with torch.cuda.device(device):
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise EngineError(f"TensorRT cannot deserialize {path} (corrupt, or built for another setup)")
+        check_input_shape(meta, path, tuple(engine.get_tensor_shape(INPUT_NAME)))
+        for name in (INPUT_NAME, *OUTPUT_NAMES):
+            if engine.get_tensor_dtype(name) != trt.float32:
+                raise EngineError(f"{path}: tensor {name} is {engine.get_tensor_dtype(name)}, engines use float32 I/O")
         context = engine.create_execution_context()
     return _PlanRunner(runtime, engine, context, device)
 
@@ -159,7 +169,10 @@ class _PlanRunner:
         self.device = device
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image = image.contiguous()
+        with torch.cuda.device(self.device):  # the context belongs to the device it was made on
+            return self._run(image.contiguous())
+
+    def _run(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctx = self.context
         if not ctx.set_input_shape(INPUT_NAME, tuple(image.shape)):
             raise EngineError(f"the TensorRT engine does not accept an input of shape {tuple(image.shape)}")

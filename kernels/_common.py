@@ -29,9 +29,16 @@ import triton.language as tl
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+# Triton makes each @triton.jit kernel interpreted or compiled when it is defined, so the kernel
+# modules (imported with this one) follow the environment as it was then; a later change of
+# TRITON_INTERPRET must not make the launch code disagree with the kernels.
+_INTERPRETER = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
 def interpreter_active() -> bool:
-    """True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+    """True when our kernels run through Triton's CPU interpreter (``TRITON_INTERPRET=1`` when
+    ``segvit_rt.kernels`` was first imported)."""
+    return _INTERPRETER
 
 
 def _fix_interpreter_index() -> None:
@@ -159,6 +166,16 @@ def check_tensor(
             "call .contiguous() first"
         )
     return t
+
+
+MAX_GRID_Y = 65535  # CUDA's limit on a launch grid's second axis
+
+
+def check_grid_y(op: str, batch: int, num_heads: int) -> None:
+    """The attention kernels put one program per (batch, head) on the grid's second axis."""
+    if batch * num_heads > MAX_GRID_Y:
+        raise ValueError(f"{op}: the Triton kernel runs at most {MAX_GRID_Y} (batch, head) pairs per call, got "
+                         f"B={batch} x {num_heads} heads; split the batch")
 
 
 def check_same(op: str, attr: str, **tensors: torch.Tensor) -> None:

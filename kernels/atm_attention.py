@@ -41,6 +41,7 @@ from segvit_rt.ops import reference
 from ._common import (
     FLOAT_DTYPES,
     autotune_configs,
+    check_grid_y,
     check_same,
     check_shape,
     check_tensor,
@@ -367,6 +368,8 @@ def _check_inputs(q, k, v, num_heads, prev_mask, need_mask, triton_path):
             f"{OP}: the Triton kernel needs head_dim a power of two in [16, 128], got {head_dim} "
             f"(dim {d} / {num_heads} heads); use kernels='reference' for this model"
         )
+    if triton_path:
+        check_grid_y(OP, b, num_heads)
     if prev_mask is not None and need_mask:
         check_tensor(OP, "prev_mask", prev_mask, ndim=3, dtypes=FLOAT_DTYPES)
         check_shape(OP, "prev_mask", prev_mask, (b, n, length), "[B, N, L]")

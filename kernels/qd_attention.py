@@ -33,6 +33,7 @@ from segvit_rt.ops import reference
 from ._common import (
     FLOAT_DTYPES,
     autotune_configs,
+    check_grid_y,
     check_same,
     check_shape,
     check_tensor,
@@ -329,6 +330,8 @@ def _check_inputs(x_q, k, v, grid_h, grid_w, num_heads, triton_path):
             f"{OP}: the Triton kernel needs head_dim a power of two in [16, 128], got {head_dim} "
             f"(dim {d} / {num_heads} heads); use kernels='reference' for this model"
         )
+    if triton_path:
+        check_grid_y(OP, b, num_heads)
 
 
 def _grid_ints(grid_hw) -> tuple[int, int]:

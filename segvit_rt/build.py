@@ -25,7 +25,7 @@ from . import engines
 from .cli import exit_on
 from .class_names import palette
 from .config import PRESETS, VARIANTS
-from .engines.format import FORMAT, PRECISIONS, EngineError, library_versions, write_engine_json
+from .engines.format import FORMAT, META_FILE, PRECISIONS, EngineError, library_versions, write_engine_json
 from .engines.graph import DTYPES, LogitsGraph, example_input, output_shapes
 from .io_utils import atomic_dir, sha256_file
 from .ops.reference import segment_postprocess
@@ -99,9 +99,9 @@ def check_parity(engine, reference: torch.nn.Module, precision: str, batch: int,
     )
 
 
-def resolve_backend(name: str, log=print) -> str:
+def resolve_backend(name: str, log=print, device=None) -> str:
     if name == "auto":
-        name, why = engines.auto_backend()
+        name, why = engines.auto_backend(None if device == "auto" else device)
         log(f"backend: {name} ({why})")
     elif name not in engines.BACKENDS:
         raise EngineError(f"unknown backend {name!r}; choose from auto, {', '.join(engines.BACKENDS)}")
@@ -158,6 +158,15 @@ def default_out(preset: str, variant: str, backend: str, precision: str) -> Path
     return base / "engines" / "built" / f"{preset}_{variant}_{backend}_{precision}"
 
 
+def check_out(out: Path) -> None:
+    """``out`` is replaced whole by the new engine: refuse anything there but an engine."""
+    if out.is_file():
+        raise EngineError(f"--out {out} is a file; an engine is a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).is_file():
+        raise EngineError(f"--out {out} is a directory holding other things than an engine (no {META_FILE}); "
+                          "the build replaces its directory whole, so give a new or an engine directory")
+
+
 def build_engine(
     model,
     *,
@@ -179,7 +188,7 @@ def build_engine(
     model was loaded from, recorded with its sha256. ``kernels``: ``"triton"`` or ``"reference"``
     ops, see :func:`resolve_kernels` (default: triton for aoti on CUDA, else reference).
     """
-    backend = resolve_backend(backend, log)
+    backend = resolve_backend(backend, log, device)
     module = engines.backend_module(backend)
     device = engine_device(backend, device)
     module.check_available(device)
@@ -193,6 +202,7 @@ def build_engine(
     if len(names) != cfg.num_classes:
         raise EngineError(f"{len(names)} class names for a model with {cfg.num_classes} classes")
     out = Path(out) if out is not None else default_out(cfg.name, variant, backend, precision)
+    check_out(out)
 
     reference = copy.deepcopy(model).float().eval().to(device).set_kernels("reference")
     # ONNX export traces on the CPU (the graph is device-free); aoti compiles for its device.

@@ -53,7 +53,8 @@ def evaluate_model(
 
     Under data parallelism each replica takes every ``world_size``-th image and
     the confusion matrices are summed, so every replica returns the whole
-    split's metrics. Also returns ``chance`` (see ``metrics.chance_levels``).
+    split's metrics. Also returns ``chance`` (see ``metrics.chance_levels``; ``None`` when no
+    pixel of the split is labelled, and the metrics are then NaN).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -79,7 +80,9 @@ def evaluate_model(
     model.train(was_training)
     all_reduce_sum_(confusion.mat)
     metrics = confusion.compute()
-    return {**metrics, "chance": chance_levels(confusion.mat.sum(1)), "images": len(dataset),
+    labelled = confusion.mat.sum(1)
+    chance = chance_levels(labelled) if labelled.sum() > 0 else None  # None: every pixel was ignore
+    return {**metrics, "chance": chance, "images": len(dataset),
             "mode": mode, "crop": crop, "stride": stride, "tta": tta}
 
 
@@ -92,12 +95,14 @@ def format_table(metrics: dict, class_names) -> str:
     lines = [f"{'class':<{width}}    IoU    Acc"]
     lines += [f"{name:<{width}} {pct(iou)} {pct(acc)}"
               for name, iou, acc in zip(class_names, metrics["IoU"], metrics["Acc"])]
-    chance = metrics.get("chance", {})
+    chance = metrics.get("chance", {})  # None: evaluate_model found no labelled pixel
     lines.append(f"mIoU {pct(metrics['mIoU'])}  aAcc {pct(metrics['aAcc'])}  mAcc {pct(metrics['mAcc'])}  "
                  f"({metrics['images']} images, {metrics['mode']}, crop {metrics['crop']}, stride {metrics['stride']}"
                  f"{', multi-scale + flip' if metrics.get('tta') else ''})")
     if chance:
         lines.append(f"chance: constant mIoU {pct(chance['constant_mIoU'])}, random mIoU {pct(chance['random_mIoU'])}")
+    elif chance is None:
+        lines.append("no pixel of these images is labelled (all ignore): the metrics are undefined")
     return "\n".join(lines)
 
 

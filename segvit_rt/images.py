@@ -56,8 +56,14 @@ def _from_path(path: Path, exif_turn: bool) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             return _from_pil(im, exif_turn)
+    except Image.DecompressionBombError as e:  # also what a corrupt header claiming a huge size gives
+        raise ValueError(f"cannot read image {path}: {e} (Pillow's limit: PIL.Image.MAX_IMAGE_PIXELS)") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+# PIL modes whose conversion to RGB would give a wrong picture without an error.
+_NO_RGB_MEANING = {"F": "floats of no fixed range", "LAB": "Pillow copies L*a*b* channels into RGB unconverted"}
 
 
 def _from_pil(im: Image.Image, exif_turn: bool = True) -> np.ndarray:
@@ -66,18 +72,21 @@ def _from_pil(im: Image.Image, exif_turn: bool = True) -> np.ndarray:
     if exif_turn and im.getexif().get(EXIF_ORIENTATION, 1) != 1:
         im = ImageOps.exif_transpose(im)  # a turned copy; the caller's image is left as it is
     if im.mode.startswith("I"):
-        return _from_wide_gray(np.asarray(im, dtype=np.int64), im.mode)
+        return _from_wide_gray(np.asarray(im, dtype=np.int64), im.mode, im.format)
+    if im.mode in _NO_RGB_MEANING:
+        raise ValueError(f"{im.mode!r} images are not taken ({_NO_RGB_MEANING[im.mode]}): convert to RGB first")
     if im.mode != "RGB":
         im = im.convert("RGBA" if "A" in im.mode or im.mode == "P" else "RGB")
     return np.array(np.asarray(im)[..., :3])  # a writable copy
 
 
-def _from_wide_gray(values: np.ndarray, mode: str) -> np.ndarray:
-    """16-bit grayscale (PIL modes ``I;16*``, and ``I`` as 16-bit PNGs open) to 8 bits: PIL's own
-    conversion clips at 255 instead of scaling. Mode ``I`` holding only 0..255 is taken as 8-bit."""
+def _from_wide_gray(values: np.ndarray, mode: str, fmt: str | None = None) -> np.ndarray:
+    """16-bit grayscale (PIL modes ``I;16*``, and ``I`` as older Pillow opens 16-bit PNGs) to 8 bits:
+    PIL's own conversion clips at 255 instead of scaling. Mode ``I`` from another source (a TIFF,
+    a PIL image made in memory) holding only 0..255 is taken as 8-bit."""
     if values.size and (values.min() < 0 or values.max() > 65535):
         raise ValueError(f"unsupported {mode!r} image: values outside 0..65535")
-    if mode.startswith("I;16") or (values.size and values.max() > 255):
+    if mode.startswith("I;16") or fmt == "PNG" or (values.size and values.max() > 255):
         values = (values + 128) // 257
     return np.repeat(values.astype(np.uint8)[..., None], 3, axis=2)
 
@@ -149,15 +158,17 @@ def save_png(image: Image.Image, path) -> Path:
     return path
 
 
-def save_labels(labels: np.ndarray, path) -> Path:
-    """Write a label map as a PNG whose pixel values are the class indices
-    (8-bit up to 256 classes, else 16-bit), atomically."""
+def save_labels(labels: np.ndarray, path, num_classes: int | None = None) -> Path:
+    """Write a label map as a PNG whose pixel values are the class indices, atomically: 8-bit up to
+    256 classes, else 16-bit (``num_classes``: the model's, so that every map of one model has one
+    bit depth; default: from the labels present)."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be an HxW array, got shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 65535):
         raise ValueError(f"labels must be in 0..65535 to be stored as PNG, got [{labels.min()}, {labels.max()}]")
-    dtype = np.uint16 if labels.size and labels.max() > 255 else np.uint8
+    top = max(num_classes - 1 if num_classes else 0, int(labels.max()) if labels.size else 0)
+    dtype = np.uint16 if top > 255 else np.uint8
     return save_png(Image.fromarray(np.ascontiguousarray(labels, dtype=dtype)), path)
 
 

@@ -10,9 +10,22 @@ from pathlib import Path
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``os.umask`` sets it
+    for a moment, which races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 @contextmanager
@@ -24,8 +37,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        _fsync(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only
         os.replace(tmp, path)
     finally:
@@ -35,21 +47,32 @@ def atomic_path(path: str | os.PathLike):
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike):
-    """Yield a temporary directory beside ``path``; on success it replaces ``path`` whole."""
+    """Yield a temporary directory beside ``path``; on success it replaces ``path`` whole.
+
+    Its files are flushed to disk before the swap. An existing ``path`` is moved aside under a
+    name of its own (so concurrent builds do not collide) and put back if the new one cannot
+    take its place; it is deleted only once the new directory is in.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                _fsync(file)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+        if not path.exists():
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, path)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old)  # renaming a directory onto an empty one replaces it
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -29,7 +29,7 @@ from PIL import Image
 
 from . import engines, images, ops
 from .inference import MODES, predict_image
-from .weights import config_from_metadata
+from .weights import WeightsError, config_from_metadata
 
 
 class Runtime:
@@ -47,7 +47,10 @@ class Runtime:
         self.meta = self.engine.meta
         self.mode = mode
         self.device = self.engine.device
-        self.cfg = config_from_metadata(self.meta)
+        try:
+            self.cfg = config_from_metadata(self.meta)
+        except (WeightsError, TypeError, ValueError) as e:
+            raise engines.EngineError(f"{self.engine.path / 'engine.json'}: its model config does not load: {e}") from e
         self.class_names: list[str] = list(self.meta["class_names"])
         self.palette = np.asarray(self.meta["palette"], dtype=np.uint8)
         self.crop = self.cfg.crop_size

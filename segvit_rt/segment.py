@@ -44,16 +44,29 @@ def expand_inputs(args: list[str]) -> list[Path]:
     return paths
 
 
-def check_inputs(paths: list[Path]) -> None:
-    """Fail before any work on missing files, or on two inputs that would write the same outputs."""
+def check_inputs(paths: list[Path], out: Path | None = None) -> None:
+    """Fail before any work on missing files, on two inputs that would write the same outputs (stems
+    compared without case, as macOS and Windows file systems do), or on an output that would
+    overwrite an input."""
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"image(s) not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     seen: dict[str, Path] = {}
     for p in paths:
-        if p.stem in seen:
-            raise ValueError(f"{seen[p.stem]} and {p} share the stem {p.stem!r}: their outputs would overwrite each other")
-        seen[p.stem] = p
+        key = p.stem.lower()
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {p} share the stem {p.stem!r}: their outputs would overwrite each other")
+        seen[key] = p
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    inputs = {p.resolve() for p in paths}
+    for p in paths:
+        for o in output_paths(p, out):
+            if o.resolve() in inputs:
+                raise ValueError(f"the output {o} of {p} is one of the input images: it would be overwritten "
+                                 "(choose another --out, or leave earlier outputs out of the inputs)")
 
 
 def segment_files(
@@ -70,7 +83,7 @@ def segment_files(
     read with the reason (skipped, so one bad file in a folder does not stop the rest)."""
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
-    check_inputs(paths)
+    check_inputs(paths, out)
     out.mkdir(parents=True, exist_ok=True)
     if skip_existing:
         paths = [p for p in paths if not all(o.is_file() for o in output_paths(p, out))]
@@ -86,7 +99,7 @@ def segment_files(
                 bar.write(f"skipped: {e}")
         for (path, rgb), labels in zip(readable.items(), runtime.segment_batch(list(readable.values()))):
             label_png, overlay_png = output_paths(path, out)
-            save_labels(labels, label_png)
+            save_labels(labels, label_png, runtime.num_classes)
             save_png(runtime.overlay(rgb, labels, alpha), overlay_png)
             written.append(label_png)
         bar.update(len(chunk))
@@ -118,7 +131,7 @@ def main(argv=None) -> list[Path]:
         if not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
         paths = expand_inputs(args.images)
-        check_inputs(paths)
+        check_inputs(paths, Path(args.out))
         runtime = Runtime(args.engine, device=args.device, mode=args.mode)
         written, unreadable = segment_files(runtime, paths, Path(args.out), args.alpha, progress=not args.quiet,
                                             skip_existing=args.skip_existing, batch=args.batch)

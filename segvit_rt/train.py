@@ -49,7 +49,7 @@ WEIGHTS = "weights.safetensors"
 # 0.01, 1500 warm-up steps, poly decay of power 1, gradients clipped at norm 35), the changes of its
 # COCO-Stuff 10k and PASCAL-Context configs...
 DEFAULTS = dict(iters=160_000, batch=16, lr=2e-5, weight_decay=0.01, warmup=1500, poly_power=1.0, clip_grad=35.0,
-                eval_every=16_000, ckpt_every=4000)
+                eval_every=16_000, ckpt_every=4000, head_lr_mult=10.0, seed=0, amp="auto", init_format="timm")
 PRESET_DEFAULTS = {
     "vit_l16_cocostuff10k_512": dict(iters=80_000, weight_decay=0.02, poly_power=2.0, eval_every=8000),
     "vit_l16_pcontext_480": dict(iters=80_000, weight_decay=0.03, eval_every=8000),
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, help="optimizer steps (default: per preset and variant, 160000 for the paper's)")
     p.add_argument("--batch", type=int, help="global batch size, split over the processes")
     p.add_argument("--lr", type=float, help="backbone learning rate (the head's is --head-lr-mult times it)")
-    p.add_argument("--head-lr-mult", type=float, default=10.0, help="decode-head learning-rate factor")
+    p.add_argument("--head-lr-mult", type=float, help="decode-head learning-rate factor (default 10)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: per preset, as the official configs)")
     p.add_argument("--warmup", type=int, help="linear warm-up steps")
     p.add_argument("--poly-power", type=float, help="power of the poly learning-rate decay (default: per preset)")
@@ -117,10 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-path", type=float,
                    help="backbone stochastic-depth rate (default: the preset's: ViT-L 0.3, ViT-B 0.1, tiny 0)")
     p.add_argument("--kernels", choices=("reference", "triton"), default="reference")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
-                   help="mixed precision on CUDA (auto: bf16 where supported, else fp16; none on CPU)")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"),
+                   help="mixed precision on CUDA (default auto: bf16 where supported, else fp16; none on CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="seed of the initialisation, data order and augmentation (default 0)")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes per training process")
     p.add_argument("--threads", type=int,
                    help="CPU compute threads per process (default: torch's); on a busy machine, keep threads + "
@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10, help="log the mean loss every K steps")
     p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
     p.add_argument("--init", help="initial weights: a timm ViT or an official SegViT checkpoint")
-    p.add_argument("--init-format", choices=("timm", "official", "full"), default="timm",
-                   help="full: our weights of a trained full model, to warm-start a Shrunk one")
+    p.add_argument("--init-format", choices=("timm", "official", "full"),
+                   help="default timm; full: our weights of a trained full model, to warm-start a Shrunk one")
     p.add_argument("--weights-dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="storage dtype of the final weights file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -160,6 +160,13 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     for key in ("iters", "batch", "crop", "stride", "log_every"):
         if getattr(args, key) < 1:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    multiple = preset.patch_size * (2 if args.variant == "shrunk" else 1)
+    if args.crop % multiple:
+        why = f"patch {preset.patch_size}" + (", and an even token grid for QD" if args.variant == "shrunk" else "")
+        raise UsageError(f"--crop {args.crop} must be a multiple of {multiple} for a {args.variant} model ({why})")
+    for key in ("lr", "head_lr_mult"):
+        if not getattr(args, key) > 0:
+            raise UsageError(f"--{key.replace('_', '-')} must be > 0, got {getattr(args, key)}")
     if args.stride > args.crop:
         raise UsageError(f"--stride {args.stride} is larger than --crop {args.crop}: pixels between windows "
                          "would go unscored")
@@ -277,6 +284,8 @@ class Trainer:
 
     def start(self, state: dict | None) -> tuple[int, float]:
         """Step to start from and training seconds already spent (by interrupted processes)."""
+        self.window: list[torch.Tensor] = []  # this replica's [loss, ce, focal, dice, grad_norm] since the last log
+        self.final_metrics: dict | None = None
         if state is None:
             if self.info.is_main:
                 self.log.truncate(0)  # a run killed before its first checkpoint starts over
@@ -286,7 +295,11 @@ class Trainer:
                        scaler=self.scaler, rank=self.info.rank, world_size=self.info.world_size)
         if self.info.is_main:
             self.log.truncate(step)  # drop what the interrupted process logged after its checkpoint
-        return step, float(state["extra"]["elapsed"])
+        extra = state["extra"]
+        windows = extra.get("loss_windows")  # checkpoints from before they were kept have none
+        self.window = [torch.tensor(row) for row in windows[self.info.rank]] if windows else []
+        self.final_metrics = extra.get("final_metrics")
+        return step, float(extra["elapsed"])
 
     # ------------------------------------------------------------------ loop
 
@@ -340,26 +353,30 @@ class Trainer:
                              "mAcc": metrics["mAcc"], "IoU": metrics["IoU"]})
         return metrics
 
-    def checkpoint(self, elapsed: float) -> None:
+    def checkpoint(self, elapsed: float, metrics: dict | None) -> None:
+        """Save the training state, with what a resumed run needs to log as this one would have:
+        each replica's losses since the last logged step, and the final evaluation once done."""
         rng = gather_objects(rng_state())
+        windows = gather_objects([row.tolist() for row in self.window])
         if self.info.is_main:
+            final = metrics if self.step == self.args.iters else None
             save_checkpoint(self.out / CHECKPOINT, model=self.model, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=self.scaler, step=self.step, args=vars(self.args),
-                            rng=rng, extra={"elapsed": elapsed})
+                            rng=rng, extra={"elapsed": elapsed, "loss_windows": windows, "final_metrics": final})
 
     def run(self) -> dict:
         args, main = self.args, self.info.is_main
         start = time.perf_counter()
-        metrics, window, loss = None, [], float("nan")
+        metrics, loss = self.final_metrics, float("nan")
         bar = tqdm(total=args.iters, initial=self.step, desc="train", unit="it", disable=not main or args.quiet)
         batches = self.batches()
         while self.step < args.iters:
-            window.append(self.train_step(*next(batches)))
+            lr = self.optimizer.param_groups[0]["lr"]  # this step's rate (the scheduler moves on in train_step)
+            self.window.append(self.train_step(*next(batches)))
             bar.update()
             if self.step % args.log_every == 0 or self.step == args.iters:
-                loss, ce, focal, dice, grad_norm = all_reduce_mean(torch.stack(window).mean(0)).tolist()
-                window = []
-                lr = self.optimizer.param_groups[0]["lr"]
+                loss, ce, focal, dice, grad_norm = all_reduce_mean(torch.stack(self.window).mean(0)).tolist()
+                self.window = []
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
                 if main:
                     self.log.append({"kind": "train", "step": self.step, "epoch": self.step // self.steps_per_epoch,
@@ -369,9 +386,9 @@ class Trainer:
                 metrics = self.evaluate()
                 bar.set_postfix(loss=f"{loss:.3f}", mIoU=f"{metrics['mIoU']:.3f}")
             if args.ckpt_every and self.step % args.ckpt_every == 0 or self.step == args.iters:
-                self.checkpoint(self.elapsed + time.perf_counter() - start)
+                self.checkpoint(self.elapsed + time.perf_counter() - start, metrics)
         bar.close()
-        if metrics is None:  # resumed from the final checkpoint
+        if metrics is None:  # resumed from a final checkpoint written before it kept its evaluation
             metrics = self.evaluate()
         return self.finish(metrics, self.elapsed + time.perf_counter() - start)
 
@@ -392,9 +409,10 @@ class Trainer:
             plot_curves(self.log.records(), self.out / "curves.png")
             write_json(self.out / "summary.json", summary)
             chance = metrics["chance"]
-            print(f"step {self.step}: mIoU {metrics['mIoU']:.4f} aAcc {metrics['aAcc']:.4f} (chance: constant "
-                  f"mIoU {chance['constant_mIoU']:.4f}, random {chance['random_mIoU']:.4f}) after {seconds:.0f} s; "
-                  f"weights: {self.out / WEIGHTS}", file=sys.stderr)
+            against = (f"chance: constant mIoU {chance['constant_mIoU']:.4f}, random {chance['random_mIoU']:.4f}"
+                       if chance else "the validation split has no labelled pixel")
+            print(f"step {self.step}: mIoU {metrics['mIoU']:.4f} aAcc {metrics['aAcc']:.4f} ({against}) "
+                  f"after {seconds:.0f} s; weights: {self.out / WEIGHTS}", file=sys.stderr)
         return summary
 
 

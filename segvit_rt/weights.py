@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -188,6 +189,14 @@ class ImportReport:
         return "; ".join(lines)
 
 
+def _numpy_scalar_types() -> list:
+    """numpy scalars and dtypes, which mmcv checkpoints hold in their ``meta`` (a best score, for
+    one): plain values, allowed to ``weights_only`` loading, which refuses them by default."""
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "bool")]
+    return [core.multiarray.scalar, np.dtype, *dtypes]
+
+
 def read_checkpoint(path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` checkpoint (unpickled with
     ``weights_only=True``), unwrapped from a ``state_dict``/``model`` entry."""
@@ -200,9 +209,13 @@ def read_checkpoint(path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"{path} is not a readable safetensors file: {e}") from e
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_types()):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe pickles
-        raise WeightsError(f"{path}: cannot load checkpoint safely (weights_only=True): {e}") from e
+        # torch's message goes on to suggest weights_only=False, which runs whatever the file holds
+        reason = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line),
+                      str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise WeightsError(f"{path}: cannot load checkpoint safely (weights_only=True): {reason}") from e
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

@@ -113,6 +113,15 @@ def test_a_folder_with_several_data_sets_is_refused(tmp_path):
     assert isinstance(open_dataset(tmp_path / "VOCdevkit", "training"), PascalContextDataset)
 
 
+def test_a_generic_tree_beside_a_benchmark_layout_is_refused_and_its_classes_stay_its_own(tmp_path):
+    make_ade(tmp_path, [np.ones((4, 4))])
+    make_generic(tmp_path, [np.zeros((4, 4))], ["cat", "dog"], split="train")  # classes.txt lands in tmp_path
+    with pytest.raises(ValueError, match="several data sets.*ADE20K.*the generic layout"):
+        open_dataset(tmp_path, "training")
+    ade = open_dataset(tmp_path / "ADEChallengeData2016", "training")
+    assert isinstance(ade, ADE20KDataset) and ade.classes == ADE20K_CLASSES  # not the generic tree's list
+
+
 def test_hidden_files_are_not_samples(tmp_path):
     base = make_ade(tmp_path, [np.ones((4, 4))])
     (base / "images" / "training" / "._img_0.jpg").write_bytes(b"macOS resource fork")

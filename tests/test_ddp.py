@@ -31,7 +31,7 @@ def train_losses(out: Path) -> list[float]:
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     data = tmp_path / "data"
-    generate(data, classes=3, train=12, val=2, size=64, seed=0, progress=False)
+    generate(data, classes=3, train=12, val=3, size=64, seed=0, progress=False)
     # Dropout off: the replicas' dropout masks cannot match one process's; augmentation depends on
     # (seed, epoch, sample index) only, so the data are the same.
     common = ["--data", str(data), "--crop", "64", "--batch", "4", "--iters", "6", "--lr", "5e-4",
@@ -47,6 +47,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert len(digests) == 2 and digests[0] == digests[1]  # replicas identical, bit for bit
     assert digests[0] == parameter_digest(load_weights(tmp_path / "two" / "weights.safetensors"))
 
+    # Each replica scores every other validation image; the summed confusion gives both the whole split.
+    metrics = [json.loads((tmp_path / run / "summary.json").read_text())["metrics"] for run in ("one", "two")]
+    for key in ("mIoU", "aAcc", "mAcc"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], abs=1e-3), key
     # 6 steps over 12 images: two epochs, so the per-epoch reshuffle is covered too.
     assert train_losses(tmp_path / "two") == pytest.approx(train_losses(tmp_path / "one"), rel=1e-4)
     w1, w2 = (load_file(str(tmp_path / run / "weights.safetensors")) for run in ("one", "two"))

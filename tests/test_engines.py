@@ -245,6 +245,68 @@ def test_refuses_unknown_format_backend_and_bad_json(engine_copy):
         load_engine(engine_copy)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("batch", "eight", "batch must be a batch size, or null"),
+    ("input_size", [64, 64], r"input_size must be \[128, 128\] \(the config's crop size\)"),
+    ("mean", [0.5, 0.5], "mean must be 3 numbers"),
+    ("std", [1.0, 0.0, 1.0], "std must be 3 positive numbers"),
+    ("class_names", ["a", "b"], "class_names must be 5 names"),
+    ("palette", [[0, 0, 0]] * 4 + [[0, 0, 300]], "palette must be 5 RGB colours"),
+    ("slide_stride", 0, "slide_stride must be a stride of 1-128 pixels"),
+    ("max_batch", 0, "max_batch must be a batch size"),
+    ("device", "tpu", "device must be 'cpu' or 'cuda'"),
+])
+def test_refuses_a_record_with_a_field_that_does_not_fit(engine_copy, field, value, message):
+    edit_meta(engine_copy, **{field: value})
+    with pytest.raises(EngineError, match=f"engine.json: {message}"):
+        load_engine(engine_copy)
+
+
+def test_runtime_refuses_a_record_whose_model_config_does_not_load(engine_copy):
+    meta = json.loads((engine_copy / "engine.json").read_text())
+    edit_meta(engine_copy, config={**meta["config"], "depth_of_field": 3})
+    with pytest.raises(EngineError, match="engine.json: its model config does not load: .*depth_of_field"):
+        segvit_rt.Runtime(engine_copy)
+
+
+def test_refuses_a_record_without_a_field_the_runtime_uses(engine_copy):
+    meta = json.loads((engine_copy / "engine.json").read_text())
+    del meta["input_size"]
+    (engine_copy / "engine.json").write_text(json.dumps(meta))
+    with pytest.raises(EngineError, match=r"lacks the fields \['input_size'\]"):
+        load_engine(engine_copy)
+
+
+def test_refuses_a_record_whose_batch_the_artifact_does_not_take(engine_copy):
+    """A dynamic-batch artifact under a record that says batch 4: the artifact's own input tells."""
+    edit_meta(engine_copy, batch=4, max_batch=4)
+    with pytest.raises(EngineError, match=r"takes input \[dynamic, 3, 128, 128\], .* records \[4, 3, 128, 128\]"):
+        load_engine(engine_copy)
+
+
+def test_library_versions_come_from_the_modules_whatever_their_distribution_names(monkeypatch):
+    """onnxruntime-gpu and tensorrt-cu12 wheels have other distribution names; the backends compare
+    the record with the module's __version__, so that is what is recorded."""
+    from segvit_rt.engines import format as engine_format
+
+    real_version = engine_format.importlib_metadata.version
+
+    def version(name):
+        if name in ("onnxruntime", "tensorrt"):
+            raise engine_format.importlib_metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(engine_format.importlib_metadata, "version", version)
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.9.0.34"))
+    import onnxruntime
+
+    versions = engine_format.library_versions()
+    assert versions["onnxruntime"] == onnxruntime.__version__ and versions["tensorrt"] == "10.9.0.34"
+    assert versions["torch"] == torch.__version__
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert engine_format.library_versions()["tensorrt"] is None
+
+
 def test_an_unloadable_artifact_is_reported_by_name(engine_copy):
     artifact = engine_copy / "model.onnx"
     artifact.write_bytes(b"\x08\x07garbage that is not a protobuf graph")
@@ -273,6 +335,35 @@ def test_auto_backend_choices(monkeypatch):
     assert name == "aoti" and "tensorrt does not import" in why
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
     assert engines.auto_backend()[0] == "tensorrt"
+
+
+def test_auto_backend_for_a_cpu_engine_is_onnx_even_beside_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    name, why = engines.auto_backend("cpu")
+    assert name == "onnx" and "CPU engine" in why
+    assert engines.auto_backend("cuda")[0] == "tensorrt"
+
+
+def test_build_refuses_to_replace_what_is_not_an_engine(shrunk, tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(EngineError, match="holding other things than an engine"):
+        build_engine(shrunk, backend="onnx", out=folder, log=quiet)
+    assert (folder / "notes.txt").read_text() == "mine" and os.listdir(folder) == ["notes.txt"]
+    with pytest.raises(EngineError, match="is a file"):
+        build_engine(shrunk, backend="onnx", out=folder / "notes.txt", log=quiet)
+    assert os.listdir(tmp_path) == ["models"]
+
+
+def test_aoti_dynamic_batch_range_of_one_size_exports_a_fixed_batch():
+    """``Dim(min=2, max=2)`` is refused by torch.export; max_batch 2 is then a fixed batch of 2."""
+    from segvit_rt.engines import aoti_backend
+
+    assert aoti_backend.batch_dims(True, 2) is None and aoti_backend.batch_dims(False, 8) is None
+    (dims,) = aoti_backend.batch_dims(True, 8)
+    assert dims[0].min == aoti_backend.MIN_BATCH == 2 and dims[0].max == 8
 
 
 def test_tensorrt_without_tensorrt_is_a_clear_error(monkeypatch, shrunk, tmp_path):

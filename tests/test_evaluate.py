@@ -170,3 +170,20 @@ def test_ratios_of_one_size_run_once_and_count_as_many():
         once = predict_image(model_logits_fn(model), image, 128, 96, scale=(512, 128), min_size=128,
                              ratios=(1.0,), flip=False)
     assert torch.equal(labels, once)
+
+
+def test_a_split_without_labelled_pixels_gives_undefined_metrics_not_a_crash(setup):
+    _, _, model, _ = setup
+
+    class AllIgnore:
+        num_classes = K
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 64, 64), torch.full((64, 64), 255, dtype=torch.int64)
+
+    metrics = evaluate_model(model, AllIgnore(), "whole")
+    assert metrics["chance"] is None and np.isnan(metrics["mIoU"]) and np.isnan(metrics["aAcc"])
+    assert "no pixel of these images is labelled" in evaluate.format_table(metrics, ["a", "b", "c"])

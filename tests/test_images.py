@@ -56,6 +56,15 @@ def test_palette_and_16_bit_images(rgb, tmp_path):
     np.testing.assert_array_equal(out[..., 0], ((wide.astype(np.int64) + 128) // 257).astype(np.uint8))
 
 
+def test_a_dark_16_bit_png_in_mode_I_is_scaled_whatever_its_brightest_pixel():
+    """Older Pillow opens 16-bit PNGs as mode "I": one of values up to 255 is still 16-bit."""
+    dark = np.array([[0, 200], [255, 100]], dtype=np.int32)
+    png = Image.fromarray(dark, mode="I")
+    png.format = "PNG"  # as Image.open sets it
+    np.testing.assert_array_equal(load_image(png)[..., 0], (dark + 128) // 257)
+    np.testing.assert_array_equal(load_image(Image.fromarray(dark, mode="I"))[..., 0], dark)  # made in memory
+
+
 def orientation_tag(orientation: int) -> Image.Exif:
     """EXIF saying how to turn the stored pixels for display."""
     exif = Image.Exif()
@@ -149,6 +158,9 @@ def test_save_labels_round_trip_8_and_16_bit(tmp_path):
         save_labels(-small, tmp_path / "neg.png")
     assert not (tmp_path / "neg.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png", "small.png"], "no temporary files left"
+    save_labels(small, tmp_path / "of_300.png", num_classes=300)  # every map of a 300-class model is 16-bit
+    back = np.asarray(Image.open(tmp_path / "of_300.png"))
+    assert back.dtype != np.uint8 and np.array_equal(back.astype(np.int64), small)
 
 
 def test_image_grid_layout(rgb):
@@ -157,3 +169,10 @@ def test_image_grid_layout(rgb):
     np.testing.assert_array_equal(grid[:12, :17], rgb)
     np.testing.assert_array_equal(grid[14:19, :17], rgb[:5])
     assert (grid[14:, 19:] == 255).all()  # the missing cell stays blank
+
+
+@pytest.mark.parametrize("mode", ["F", "LAB"])
+def test_modes_without_a_plain_rgb_meaning_are_refused(mode):
+    im = Image.new(mode, (4, 3))
+    with pytest.raises(ValueError, match=f"'{mode}' images are not taken.*convert to RGB first"):
+        load_image(im)

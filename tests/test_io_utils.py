@@ -31,8 +31,40 @@ def test_atomic_dir_keeps_old_directory_on_failure(tmp_path):
     assert (target / "a").read_text() == "1" and os.listdir(tmp_path) == ["engine"]
 
 
-def test_outputs_get_umask_permissions_not_owner_only(tmp_path):
-    old = os.umask(0o022)
+def test_atomic_dir_replaces_an_existing_directory_whole(tmp_path):
+    target = tmp_path / "engine"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+        (tmp / "b").write_text("1")
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("2")
+    assert sorted(os.listdir(target)) == ["a"] and (target / "a").read_text() == "2"
+    assert os.listdir(tmp_path) == ["engine"]
+
+
+def test_atomic_dir_puts_the_old_directory_back_if_the_swap_fails(tmp_path, monkeypatch):
+    target = tmp_path / "engine"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(src)
+        if len(calls) == 2:  # the new directory moving in: interrupted
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(target) as tmp:
+            (tmp / "a").write_text("2")
+    assert len(calls) == 3  # aside, (interrupted) in, back
+    assert (target / "a").read_text() == "1" and os.listdir(tmp_path) == ["engine"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_umask_permissions_not_owner_only(tmp_path, umask):
+    old = os.umask(umask)
     try:
         with atomic_path(tmp_path / "f") as tmp:
             tmp.write_bytes(b"x")
@@ -40,8 +72,8 @@ def test_outputs_get_umask_permissions_not_owner_only(tmp_path):
             pass
     finally:
         os.umask(old)
-    assert stat.S_IMODE(os.stat(tmp_path / "f").st_mode) == 0o644
-    assert stat.S_IMODE(os.stat(tmp_path / "d").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(tmp_path / "f").st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(os.stat(tmp_path / "d").st_mode) == 0o777 & ~umask
 
 
 def test_sha256_matches_known_digest(tmp_path):

@@ -1,5 +1,6 @@
 """``segvit_rt.Runtime`` and ``python -m segvit_rt.segment`` against the PyTorch model they were built from."""
 import shutil
+import zlib
 from dataclasses import replace
 
 import numpy as np
@@ -213,4 +214,43 @@ def test_segment_cli_errors(onnx_engine, tmp_path, capsys):
     with pytest.raises(SystemExit):
         segment.main([str(tmp_path / "empty"), "--engine", str(onnx_engine), "--out", str(tmp_path / "o")])
     assert "no image files" in capsys.readouterr().err
+    upper = tmp_path / "b" / "SAME.jpg"  # one file with same.png on case-insensitive file systems
+    Image.fromarray(image(40, 40)).save(upper)
+    with pytest.raises(SystemExit):
+        segment.main([str(a), str(upper), "--engine", str(onnx_engine), "--out", str(tmp_path / "o")])
+    assert "share the stem" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        segment.main([str(a), "--engine", str(onnx_engine), "--out", str(tmp_path / "file")])
+    assert "is a file, not a folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_segment_cli_never_writes_over_an_input(onnx_engine, tmp_path, capsys):
+    """A folder with img.png and a mask of the user's named img_labels.png, segmented into itself."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    Image.fromarray(image(40, 40, seed=1)).save(folder / "img.png")
+    mask = np.full((40, 40), 3, np.uint8)
+    Image.fromarray(mask).save(folder / "img_labels.png")
+    with pytest.raises(SystemExit) as exc:
+        segment.main([str(folder), "--engine", str(onnx_engine), "--out", str(folder), "--quiet"])
+    assert exc.value.code == 2 and "is one of the input images" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / "img_labels.png")), mask)
+    assert sorted(p.name for p in folder.iterdir()) == ["img.png", "img_labels.png"]
+
+
+def test_segment_cli_skips_an_image_whose_header_claims_a_huge_size(onnx_engine, tmp_path, capsys):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    Image.fromarray(image(40, 40, seed=1)).save(folder / "a.png")
+    Image.fromarray(image(40, 40, seed=2)).save(folder / "b.png")
+    data = bytearray((folder / "b.png").read_bytes())
+    data[16:24] = (20000).to_bytes(4, "big") + (10000).to_bytes(4, "big")  # IHDR width, height
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # and its checksum, so the header reads
+    (folder / "b.png").write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as exc:
+        segment.main([str(folder), "--engine", str(onnx_engine), "--out", str(tmp_path / "o"), "--quiet"])
+    captured = capsys.readouterr()
+    assert exc.value.code == 1 and "b.png" in captured.err and "MAX_IMAGE_PIXELS" in captured.err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_labels.png", "a_overlay.png"]

@@ -202,6 +202,44 @@ def test_resume_after_sigkill_continues_exactly(synth, tmp_path):
     assert losses("killed") == losses("ref")
 
 
+def test_resume_mid_epoch_between_log_steps_logs_as_if_never_stopped(synth, tmp_path, monkeypatch):
+    """Checkpoints at steps 3 and 6 fall between the logged steps 4 and 6 and inside an epoch (2 steps):
+    the resumed run picks up the losses not yet logged, the data where it stood, and resuming the
+    finished run adds no second final evaluation."""
+    def run(out, *extra):
+        return train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "6", "--ckpt-every", "3",
+                               "--eval-every", "0", "--lr", "5e-4", "--dropout", "0.1", *FAST, "--log-every", "4",
+                               *extra])
+
+    def records(out):
+        return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+    run(tmp_path / "ref")
+    real_step = train_cli.Trainer.train_step
+
+    def killed_after_step_4(self, *batch):
+        if self.step == 4:
+            raise RuntimeError("killed")
+        return real_step(self, *batch)
+
+    monkeypatch.setattr(train_cli.Trainer, "train_step", killed_after_step_4)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path / "cut")
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 3
+    assert [r["step"] for r in records(tmp_path / "cut")] == [4]  # logged after the checkpoint: dropped on resume
+    monkeypatch.setattr(train_cli.Trainer, "train_step", real_step)
+    run(tmp_path / "cut", "--resume")
+
+    def comparable(out):
+        return [{k: v for k, v in r.items() if k != "time"} for r in records(out)]
+
+    assert [(r["kind"], r["step"]) for r in records(tmp_path / "ref")] == [("train", 4), ("train", 6), ("eval", 6)]
+    assert comparable(tmp_path / "cut") == comparable(tmp_path / "ref")
+    summary = run(tmp_path / "cut", "--resume")  # already finished: its final evaluation is kept, not redone
+    assert comparable(tmp_path / "cut") == comparable(tmp_path / "ref")
+    assert summary["metrics"]["mIoU"] == records(tmp_path / "ref")[-1]["mIoU"]
+
+
 @pytest.mark.parametrize("layout", ["coco_stuff10k", "pascal_context"])
 def test_trains_on_the_other_papers_datasets_layouts(tmp_path, layout):
     """A short run on a COCO-Stuff 10k / PASCAL-Context tree: their class lists reach the weights."""
@@ -286,9 +324,12 @@ def test_defaults_follow_preset_and_variant():
     assert [getattr(context, k) for k in recipe] == [80_000, 0.03, 1.0, 35.0, 0.0, 1500]
     tiny = resolved()
     assert [getattr(tiny, k) for k in recipe] == [1500, 0.01, 1.0, 1.0, 0.0, 100]
-    for bad in (["--drop-path", "1"], ["--weight-decay", "-0.1"], ["--clip-grad", "-1"], ["--stride", "200"]):
+    for bad in (["--drop-path", "1"], ["--weight-decay", "-0.1"], ["--clip-grad", "-1"], ["--stride", "200"],
+                ["--crop", "72"], ["--lr", "0"], ["--head-lr-mult", "-1"]):
         with pytest.raises(train_cli.UsageError, match=bad[0]):
             resolved(*bad)
+    with pytest.raises(train_cli.UsageError, match="--crop 48 must be a multiple of 32 .* even token grid"):
+        resolved("--variant", "shrunk", "--crop", "48")
 
 
 def test_resume_takes_unset_arguments_from_the_checkpoint(synth, tmp_path):
@@ -296,7 +337,7 @@ def test_resume_takes_unset_arguments_from_the_checkpoint(synth, tmp_path):
     out = tmp_path / "run"
     train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", *FAST])
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    state["args"]["clip_grad"] = 5.0
+    state["args"].update(clip_grad=5.0, seed=3, head_lr_mult=4.0, amp="none", init_format="official")
     del state["args"]["poly_power"], state["args"]["drop_path"]
     torch.save(state, out / "checkpoint.pt")
 
@@ -309,6 +350,7 @@ def test_resume_takes_unset_arguments_from_the_checkpoint(synth, tmp_path):
 
     args = resumed()
     assert (args.clip_grad, args.iters, args.crop, args.batch) == (5.0, 2, 64, 4)
+    assert (args.seed, args.head_lr_mult, args.amp, args.init_format) == (3, 4.0, "none", "official")
     with pytest.raises(train_cli.UsageError, match="--clip-grad 5.0 -> 1.0"):
         resumed("--clip-grad", "1")
 

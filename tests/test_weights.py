@@ -2,6 +2,7 @@
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -162,17 +163,37 @@ def test_import_reports_missing_head_keys(tiny_shrunk):
         weights.import_official_segvit(tiny_shrunk, {"foo": torch.zeros(1)})
 
 
+RAN = []  # what a malicious pickle managed to run
+
+
 class _Evil:
     def __reduce__(self):
-        return (print, ("pwned",))
+        return (RAN.append, ("pwned",))
 
 
-def test_pth_is_loaded_with_weights_only(tmp_path, tiny_shrunk):
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_pth_is_loaded_with_weights_only(tmp_path, tiny_shrunk, writer):
     path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
-        pickle.dump({"state_dict": _Evil()}, f)
-    with pytest.raises(WeightsError, match="weights_only=True"):
+    state = {"state_dict": tiny_shrunk.backbone.state_dict(), "meta": _Evil()}
+    if writer == "pickle":
+        with open(path, "wb") as f:
+            pickle.dump(state, f)
+    else:
+        torch.save(state, path)
+    with pytest.raises(WeightsError, match="cannot load checkpoint safely") as err:
         weights.import_timm_vit(tiny_shrunk, path)
+    assert RAN == [], "the checkpoint's code ran"
+    assert "weights_only=False" not in str(err.value)  # no advice to load it unsafely
+
+
+def test_mmcv_checkpoint_meta_with_numpy_scalars_loads(tmp_path, tiny_shrunk):
+    """mmcv keeps e.g. the best score as a numpy float in ``meta``: plain values, not code."""
+    path = tmp_path / "iter_160000.pth"
+    state = {k: v.clone() for k, v in tiny_shrunk.backbone.state_dict().items()}
+    torch.save({"meta": {"hook_msgs": {"best_score": np.float64(0.51), "best_iter": np.int64(8000)}},
+                "state_dict": state}, path)
+    loaded = weights.read_checkpoint(path)
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
 
 
 def test_full_weights_warm_start_a_shrunk_model(tmp_path):

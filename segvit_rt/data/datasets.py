@@ -220,11 +220,8 @@ class ADE20KDataset(ZeroIsIgnoreDataset):
     def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0):
         base = find_ade_folder(Path(root))
         split = split_folder(split, {"training": "training", "validation": "validation"}, "ADE20K")
-        classes = ADE20K_CLASSES
-        for candidate in (base / "classes.txt", base.parent / "classes.txt"):
-            if candidate.is_file():
-                classes = read_classes(candidate)
-                break
+        # Only the folder's own list: a classes.txt beside it may belong to another data set.
+        classes = read_classes(base / "classes.txt") if (base / "classes.txt").is_file() else ADE20K_CLASSES
         if len(classes) > 254:
             raise DatasetError(f"ADE20K annotations are 8-bit: at most 254 classes, got {len(classes)}")
         samples = pair_files(base / "images" / split, base / "annotations" / split,
@@ -383,6 +380,9 @@ def open_dataset(root, split: str | None, transform: Callable | None = None, **k
             found.append((name, find(root), dataset))
         except FileNotFoundError:
             continue
+    generic = (root / "images").is_dir() and (root / "masks").is_dir()
+    if generic and found:
+        found.append(("the generic layout", root, GenericSegDataset))
     if len(found) > 1:
         raise DatasetError(f"{root} holds several data sets ({', '.join(f'{n} in {b}' for n, b, _ in found)}): "
                            "pass the folder of the one to use")
@@ -391,7 +391,7 @@ def open_dataset(root, split: str | None, transform: Callable | None = None, **k
         if split is None:
             raise ValueError(f"{root} holds the {name} layout: choose split 'training' or 'validation'")
         return dataset(root, split, transform=transform, **kwargs)
-    if (root / "images").is_dir() and (root / "masks").is_dir():
+    if generic:
         return GenericSegDataset(root, split, transform=transform, **kwargs)
     raise FileNotFoundError(
         f"no dataset at {root}: expected the ADE20K layout ({ADE_FOLDER}/images/<split>, "

@@ -14,6 +14,11 @@ Per supervised output (the final one and each auxiliary one):
 
 Total = 1 * class + 20 * focal + 1 * dice, summed over the outputs.
 
+One deliberate difference from the official code: it averages focal and dice
+over every pixel, so ignore (255) and crop-padding pixels count as background
+of every class mask; here they count for nothing, as they do in the class
+targets and the metrics.
+
 Every term is a sum divided by a count (total class weight, number of present
 masks). Under data parallelism the counts can be averaged over the replicas
 (``count_reducer``) so that the mean of the replicas' losses, and of their

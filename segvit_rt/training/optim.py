@@ -1,8 +1,9 @@
 """AdamW with SegViT's parameter groups, and the warm-up + poly learning-rate schedule.
 
-As in the official configs: the decode head learns 10x faster than the
-backbone, and norms, biases, the position embedding and the (class and QU)
-query embeddings get no weight decay. The schedule is mmseg's: poly decay
+The decode head learns 10x faster than the backbone, as in the official
+configs. Norms, biases, the position embedding and the (class and QU) query
+embeddings get no weight decay, the usual ViT fine-tuning rule; the official
+configs exempt only parameters named by their norm keys (mmcv ``custom_keys``). The schedule is mmseg's: poly decay
 (power 1) to 0 over the run, multiplied by a linear warm-up.
 """
 from __future__ import annotations

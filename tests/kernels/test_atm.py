@@ -384,3 +384,9 @@ def test_real_shape_torch_compile_matches_eager(device):
     torch.testing.assert_close(out, eager_out, atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(mask, eager_mask, atol=2e-3, rtol=2e-3)
 
+
+
+def test_more_batch_heads_than_a_launch_grid_takes_is_a_clear_error(device):
+    q = torch.zeros(1, 1, 64, device=device).expand(16385, 1, 64)  # 16385 x 4 heads > 65535
+    with pytest.raises(ValueError, match="at most 65535 .* split the batch"):
+        atm_attention(q, q, q, 4)
