@@ -171,11 +171,11 @@ def check_tensor(
 MAX_GRID_Y = 65535  # CUDA's limit on a launch grid's second axis
 
 
-def check_grid_y(op: str, batch: int, num_heads: int) -> None:
-    """The attention kernels put one program per (batch, head) on the grid's second axis."""
-    if batch * num_heads > MAX_GRID_Y:
-        raise ValueError(f"{op}: the Triton kernel runs at most {MAX_GRID_Y} (batch, head) pairs per call, got "
-                         f"B={batch} x {num_heads} heads; split the batch")
+def check_grid_y(op: str, rows: int, what: str) -> None:
+    """Kernels put one program per image (or per (image, head) pair) on the grid's second axis."""
+    if rows > MAX_GRID_Y:
+        raise ValueError(f"{op}: the Triton kernel runs at most {MAX_GRID_Y} {what} per call, got {rows}; "
+                         "split the batch")
 
 
 def check_same(op: str, attr: str, **tensors: torch.Tensor) -> None:

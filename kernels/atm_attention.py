@@ -313,6 +313,7 @@ def launch_backward(dout, dmask, q, k, v, out, lse, num_heads, scale, dq, dk, dv
     ``dmask`` [B, N, L] is the gradient of the head-mean logits (``None`` when the
     mask gets none)."""
     b, n, d = q.shape
+    check_grid_y(OP, b * num_heads, "(image, head) pairs in the backward")
     length = k.shape[1]
     head_dim = d // num_heads
     # Per-row softmax correction sum_d dO·O for each (batch, head, query): [B, H, N] fp32.
@@ -369,7 +370,7 @@ def _check_inputs(q, k, v, num_heads, prev_mask, need_mask, triton_path):
             f"(dim {d} / {num_heads} heads); use kernels='reference' for this model"
         )
     if triton_path:
-        check_grid_y(OP, b, num_heads)
+        check_grid_y(OP, b, "images")  # the backward's grid has (image, head) pairs: checked there
     if prev_mask is not None and need_mask:
         check_tensor(OP, "prev_mask", prev_mask, ndim=3, dtypes=FLOAT_DTYPES)
         check_shape(OP, "prev_mask", prev_mask, (b, n, length), "[B, N, L]")

@@ -331,7 +331,7 @@ def _check_inputs(x_q, k, v, grid_h, grid_w, num_heads, triton_path):
             f"(dim {d} / {num_heads} heads); use kernels='reference' for this model"
         )
     if triton_path:
-        check_grid_y(OP, b, num_heads)
+        check_grid_y(OP, b * num_heads, "(image, head) pairs")
 
 
 def _grid_ints(grid_hw) -> tuple[int, int]:

@@ -37,6 +37,7 @@ from segvit_rt.ops import reference
 from ._common import (
     FLOAT_DTYPES,
     autotune_configs,
+    check_grid_y,
     check_same,
     check_tensor,
     define_op,
@@ -232,6 +233,7 @@ def _impl(
         scores = reference.semantic_logits(class_logits.to(dtype), mask_logits.to(dtype), (out_h, out_w))
         best, labels = scores.max(dim=1)
         return labels, (best.float() if with_scores else best.new_empty((0,), dtype=torch.float32))
+    check_grid_y(OP, b, "images")
     labels = torch.empty((b, out_h, out_w), dtype=torch.int64, device=class_logits.device)
     scores = torch.empty((b, out_h, out_w) if with_scores else (0,), dtype=torch.float32, device=labels.device)
     probs, masks = pack_inputs(class_logits, mask_logits)

@@ -31,7 +31,7 @@ from .data.synth import generate
 from .engines import EngineError
 from .evaluate import format_table
 from .images import image_grid, save_png
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, chance_levels
 from .runtime import Runtime
 from .training.logs import write_json
 from .weights import WeightsError, read_metadata
@@ -116,7 +116,8 @@ def run_demo(out: Path, variant: str = "shrunk", weights=None, max_images: int |
     save_png(image_grid(grid_rows), out / "grid.png")
 
     metrics = confusion.compute()
-    metrics.update(images=count, mode=runtime.mode, crop=runtime.crop, stride=runtime.stride)
+    metrics.update(images=count, mode=runtime.mode, crop=runtime.crop, stride=runtime.stride,
+                   chance=chance_levels(confusion.mat.sum(1)))
     throughput = count / seconds
     trained = read_metadata(weights)
     results = {

@@ -80,9 +80,7 @@ def evaluate_model(
     model.train(was_training)
     all_reduce_sum_(confusion.mat)
     metrics = confusion.compute()
-    labelled = confusion.mat.sum(1)
-    chance = chance_levels(labelled) if labelled.sum() > 0 else None  # None: every pixel was ignore
-    return {**metrics, "chance": chance, "images": len(dataset),
+    return {**metrics, "chance": chance_levels(confusion.mat.sum(1)), "images": len(dataset),
             "mode": mode, "crop": crop, "stride": stride, "tta": tta}
 
 

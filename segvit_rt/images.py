@@ -69,10 +69,11 @@ _NO_RGB_MEANING = {"F": "floats of no fixed range", "LAB": "Pillow copies L*a*b*
 def _from_pil(im: Image.Image, exif_turn: bool = True) -> np.ndarray:
     if im.width == 0 or im.height == 0:
         raise ValueError(f"empty image ({im.width}x{im.height})")
+    fmt = im.format  # the turned copy below has none
     if exif_turn and im.getexif().get(EXIF_ORIENTATION, 1) != 1:
         im = ImageOps.exif_transpose(im)  # a turned copy; the caller's image is left as it is
     if im.mode.startswith("I"):
-        return _from_wide_gray(np.asarray(im, dtype=np.int64), im.mode, im.format)
+        return _from_wide_gray(np.asarray(im, dtype=np.int64), im.mode, fmt)
     if im.mode in _NO_RGB_MEANING:
         raise ValueError(f"{im.mode!r} images are not taken ({_NO_RGB_MEANING[im.mode]}): convert to RGB first")
     if im.mode != "RGB":

@@ -24,7 +24,7 @@ def _umask() -> int:
 
 
 def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
+    with open(path, "rb+") as f:  # writable: Windows cannot flush a read-only handle
         os.fsync(f.fileno())
 
 
@@ -51,9 +51,10 @@ def atomic_dir(path: str | os.PathLike):
 
     Its files are flushed to disk before the swap. An existing ``path`` is moved aside under a
     name of its own (so concurrent builds do not collide) and put back if the new one cannot
-    take its place; it is deleted only once the new directory is in.
+    take its place; it is deleted only once the new directory is in. A symbolic link is
+    followed: the directory it points to is the one replaced, and the link stays.
     """
-    path = Path(path)
+    path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
@@ -66,7 +67,11 @@ def atomic_dir(path: str | os.PathLike):
             os.replace(tmp, path)
         else:
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old)  # renaming a directory onto an empty one replaces it
+            try:
+                os.replace(path, old)  # renaming a directory onto an empty one replaces it
+            except BaseException:
+                old.rmdir()
+                raise
             try:
                 os.replace(tmp, path)
             except BaseException:

@@ -69,14 +69,15 @@ def metrics_from_confusion(mat: torch.Tensor) -> dict:
     }
 
 
-def chance_levels(label_counts: torch.Tensor) -> dict:
+def chance_levels(label_counts: torch.Tensor) -> dict | None:
     """What predictions that ignore the image score, given each class's labelled pixel count:
     ``constant`` always predicts the most frequent class; ``random`` draws a class uniformly per
-    pixel (expected counts: IoU_c = n_c / (N + (K - 1) n_c), aAcc = 1 / K)."""
+    pixel (expected counts: IoU_c = n_c / (N + (K - 1) n_c), aAcc = 1 / K). ``None`` when no
+    pixel is labelled."""
     n = label_counts.double().cpu()
     total, k = n.sum(), n.numel()
     if total <= 0:
-        raise ValueError("chance levels need at least one labelled pixel")
+        return None
     present = n > 0
     majority = int(n.argmax())
     constant_iou = torch.zeros(k, dtype=torch.float64)

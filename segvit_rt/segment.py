@@ -44,10 +44,11 @@ def expand_inputs(args: list[str]) -> list[Path]:
     return paths
 
 
-def check_inputs(paths: list[Path], out: Path | None = None) -> None:
-    """Fail before any work on missing files, on two inputs that would write the same outputs (stems
-    compared without case, as macOS and Windows file systems do), or on an output that would
-    overwrite an input."""
+def check_inputs(paths: list[Path], out: Path | None = None, pending: list[Path] | None = None) -> None:
+    """Fail before any work on missing files, on two inputs that would write the same outputs, or on
+    an output of the ``pending`` inputs (default: all) that would overwrite an input. Names are
+    compared without case, as macOS and Windows file systems do (on Linux that refuses ``Cat.png``
+    beside ``cat.png``: rather a clear error than a lost file)."""
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"image(s) not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
@@ -61,12 +62,19 @@ def check_inputs(paths: list[Path], out: Path | None = None) -> None:
         return
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
-    inputs = {p.resolve() for p in paths}
-    for p in paths:
+    inputs = {str(p.resolve()).lower() for p in paths}
+    for p in paths if pending is None else pending:
         for o in output_paths(p, out):
-            if o.resolve() in inputs:
+            if str(o.resolve()).lower() in inputs:
                 raise ValueError(f"the output {o} of {p} is one of the input images: it would be overwritten "
                                  "(choose another --out, or leave earlier outputs out of the inputs)")
+
+
+def pending_inputs(paths: list[Path], out: Path, skip_existing: bool) -> list[Path]:
+    """The inputs still to segment: with ``skip_existing``, those whose two outputs are not both in ``out``."""
+    if not skip_existing:
+        return list(paths)
+    return [p for p in paths if not all(o.is_file() for o in output_paths(p, out))]
 
 
 def segment_files(
@@ -83,10 +91,10 @@ def segment_files(
     read with the reason (skipped, so one bad file in a folder does not stop the rest)."""
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
-    check_inputs(paths, out)
+    pending = pending_inputs(paths, out, skip_existing)
+    check_inputs(paths, out, pending)
     out.mkdir(parents=True, exist_ok=True)
-    if skip_existing:
-        paths = [p for p in paths if not all(o.is_file() for o in output_paths(p, out))]
+    paths = pending
     written, unreadable = [], {}
     bar = tqdm(total=len(paths), desc="segment", unit="img", disable=not progress)
     for start in range(0, len(paths), batch):
@@ -130,10 +138,10 @@ def main(argv=None) -> list[Path]:
     with exit_on(EngineError, ValueError, TypeError, FileNotFoundError):
         if not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
-        paths = expand_inputs(args.images)
-        check_inputs(paths, Path(args.out))
+        paths, out = expand_inputs(args.images), Path(args.out)
+        check_inputs(paths, out, pending_inputs(paths, out, args.skip_existing))
         runtime = Runtime(args.engine, device=args.device, mode=args.mode)
-        written, unreadable = segment_files(runtime, paths, Path(args.out), args.alpha, progress=not args.quiet,
+        written, unreadable = segment_files(runtime, paths, out, args.alpha, progress=not args.quiet,
                                             skip_existing=args.skip_existing, batch=args.batch)
     print(f"wrote {len(written)} label maps and overlays to {args.out}")
     if unreadable:

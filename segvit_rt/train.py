@@ -297,7 +297,7 @@ class Trainer:
             self.log.truncate(step)  # drop what the interrupted process logged after its checkpoint
         extra = state["extra"]
         windows = extra.get("loss_windows")  # checkpoints from before they were kept have none
-        self.window = [torch.tensor(row) for row in windows[self.info.rank]] if windows else []
+        self.window = [torch.tensor(row, device=self.device) for row in windows[self.info.rank]] if windows else []
         self.final_metrics = extra.get("final_metrics")
         return step, float(extra["elapsed"])
 

@@ -194,7 +194,8 @@ def _numpy_scalar_types() -> list:
     one): plain values, allowed to ``weights_only`` loading, which refuses them by default."""
     core = getattr(np, "_core", None) or np.core
     dtypes = [type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "bool")]
-    return [core.multiarray.scalar, np.dtype, *dtypes]
+    # files written under numpy 1 (every official checkpoint) name the scalar maker numpy.core.*
+    return [core.multiarray.scalar, (core.multiarray.scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
 
 
 def read_checkpoint(path) -> dict[str, torch.Tensor]:

@@ -118,7 +118,8 @@ def test_a_generic_tree_beside_a_benchmark_layout_is_refused_and_its_classes_sta
     make_generic(tmp_path, [np.zeros((4, 4))], ["cat", "dog"], split="train")  # classes.txt lands in tmp_path
     with pytest.raises(ValueError, match="several data sets.*ADE20K.*the generic layout"):
         open_dataset(tmp_path, "training")
-    ade = open_dataset(tmp_path / "ADEChallengeData2016", "training")
+    with pytest.warns(UserWarning, match="classes.txt is not read"):
+        ade = open_dataset(tmp_path / "ADEChallengeData2016", "training")
     assert isinstance(ade, ADE20KDataset) and ade.classes == ADE20K_CLASSES  # not the generic tree's list
 
 

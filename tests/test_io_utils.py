@@ -62,6 +62,17 @@ def test_atomic_dir_puts_the_old_directory_back_if_the_swap_fails(tmp_path, monk
     assert (target / "a").read_text() == "1" and os.listdir(tmp_path) == ["engine"]
 
 
+def test_atomic_dir_through_a_symlink_replaces_the_directory_it_points_to(tmp_path):
+    real = tmp_path / "real"
+    with atomic_dir(real) as tmp:
+        (tmp / "a").write_text("1")
+    (tmp_path / "link").symlink_to(real)
+    with atomic_dir(tmp_path / "link") as tmp:
+        (tmp / "a").write_text("2")
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link" / "a").read_text() == "2"
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"]
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_outputs_get_umask_permissions_not_owner_only(tmp_path, umask):
     old = os.umask(umask)

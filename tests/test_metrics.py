@@ -78,6 +78,7 @@ def test_chance_levels_by_hand():
     # uniform over 4 classes: IoU_c = n_c / (N + 3 n_c)
     assert c["random_mIoU"] == pytest.approx((6 / 28 + 2 / 16 + 2 / 16) / 3)
     assert c["random_aAcc"] == 0.25
+    assert chance_levels(torch.zeros(4)) is None  # nothing labelled: no chance level to speak of
 
 
 def test_random_chance_formula_matches_simulation():

@@ -238,6 +238,12 @@ def test_segment_cli_never_writes_over_an_input(onnx_engine, tmp_path, capsys):
     assert exc.value.code == 2 and "is one of the input images" in capsys.readouterr().err
     np.testing.assert_array_equal(np.asarray(Image.open(folder / "img_labels.png")), mask)
     assert sorted(p.name for p in folder.iterdir()) == ["img.png", "img_labels.png"]
+    # Continuing a run into the input folder: img.png's outputs are there, so it is skipped and
+    # nothing is overwritten (the earlier outputs, being images, are segmented in their turn).
+    Image.fromarray(image(40, 40, seed=2)).save(folder / "img_overlay.png")
+    segment.main([str(folder), "--engine", str(onnx_engine), "--out", str(folder), "--quiet", "--skip-existing"])
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / "img_labels.png")), mask)
+    assert "wrote 2 label maps" in capsys.readouterr().out
 
 
 def test_segment_cli_skips_an_image_whose_header_claims_a_huge_size(onnx_engine, tmp_path, capsys):

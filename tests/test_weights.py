@@ -1,6 +1,7 @@
 """Weights I/O: our safetensors format, bad files, timm and official SegViT importers."""
 import json
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -186,12 +187,23 @@ def test_pth_is_loaded_with_weights_only(tmp_path, tiny_shrunk, writer):
     assert "weights_only=False" not in str(err.value)  # no advice to load it unsafely
 
 
-def test_mmcv_checkpoint_meta_with_numpy_scalars_loads(tmp_path, tiny_shrunk):
-    """mmcv keeps e.g. the best score as a numpy float in ``meta``: plain values, not code."""
+@pytest.mark.parametrize("numpy_names", ["installed", "numpy 1"])
+def test_mmcv_checkpoint_meta_with_numpy_scalars_loads(tmp_path, tiny_shrunk, numpy_names):
+    """mmcv keeps e.g. the best score as a numpy float in ``meta``: plain values, not code. Official
+    checkpoints were pickled under numpy 1, which names the scalar maker ``numpy.core.multiarray``."""
     path = tmp_path / "iter_160000.pth"
     state = {k: v.clone() for k, v in tiny_shrunk.backbone.state_dict().items()}
     torch.save({"meta": {"hook_msgs": {"best_score": np.float64(0.51), "best_iter": np.int64(8000)}},
                 "state_dict": state}, path)
+    if numpy_names == "numpy 1":
+        with zipfile.ZipFile(path) as zin:
+            entries = [(info, zin.read(info.filename)) for info in zin.infolist()]
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zout:
+            for info, data in entries:
+                if info.filename.endswith("data.pkl"):
+                    data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+                    assert b"numpy.core.multiarray" in data
+                zout.writestr(info, data)
     loaded = weights.read_checkpoint(path)
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
 

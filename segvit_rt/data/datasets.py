@@ -8,6 +8,7 @@ stays cheap.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -222,6 +223,10 @@ class ADE20KDataset(ZeroIsIgnoreDataset):
         split = split_folder(split, {"training": "training", "validation": "validation"}, "ADE20K")
         # Only the folder's own list: a classes.txt beside it may belong to another data set.
         classes = read_classes(base / "classes.txt") if (base / "classes.txt").is_file() else ADE20K_CLASSES
+        if not (base / "classes.txt").is_file() and (base.parent / "classes.txt").is_file():
+            warnings.warn(f"{base.parent / 'classes.txt'} is not read for {base}, which gets the 150 ADE20K "
+                          f"classes; an ADE-layout data set of other classes keeps its list in {base}",
+                          stacklevel=2)
         if len(classes) > 254:
             raise DatasetError(f"ADE20K annotations are 8-bit: at most 254 classes, got {len(classes)}")
         samples = pair_files(base / "images" / split, base / "annotations" / split,

@@ -386,7 +386,11 @@ def test_real_shape_torch_compile_matches_eager(device):
 
 
 
-def test_more_batch_heads_than_a_launch_grid_takes_is_a_clear_error(device):
-    q = torch.zeros(1, 1, 64, device=device).expand(16385, 1, 64)  # 16385 x 4 heads > 65535
-    with pytest.raises(ValueError, match="at most 65535 .* split the batch"):
+def test_more_images_or_image_heads_than_a_launch_grid_takes_is_a_clear_error(device):
+    q = torch.zeros(1, 1, 64, device=device).expand(65536, 1, 64)
+    with pytest.raises(ValueError, match="at most 65535 images per call, got 65536; split the batch"):
         atm_attention(q, q, q, 4)
+    q = q[:16385]  # 16385 images x 4 heads > 65535 (image, head) pairs in the backward's grid
+    lse = torch.zeros(16385, 4, 1, device=device).expand(16385, 4, 1)
+    with pytest.raises(ValueError, match="at most 65535 \\(image, head\\) pairs in the backward"):
+        launch_backward(q, None, q, q, q, q, lse, 4, 0.125, q, q, q)

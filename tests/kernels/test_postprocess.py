@@ -205,3 +205,10 @@ def test_ade20k_640_shape_on_gpu(dtype):
     ):
         labels, max_score = segment_postprocess(class_logits, mask_logits, out_hw, return_scores=True)
         assert_labels_match(labels, _reference64(class_logits, mask_logits, out_hw), max_score)
+
+
+def test_more_images_than_a_launch_grid_takes_is_a_clear_error(device):
+    class_logits = torch.zeros(1, 1, 2, device=device).expand(65536, 1, 2)
+    mask_logits = torch.zeros(1, 1, 1, 1, device=device).expand(65536, 1, 1, 1)
+    with pytest.raises(ValueError, match="at most 65535 images per call, got 65536; split the batch"):
+        segment_postprocess(class_logits, mask_logits, (2, 2))
