@@ -1,8 +1,10 @@
 """Data-parallel training: two gloo processes under torchrun against one process, same global batch."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,16 @@ from segvit_rt.weights import load_weights
 REPO = Path(__file__).resolve().parents[1]
 
 
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(nproc: int, args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "segvit_rt.train", *args]
+
+
 def launch(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "segvit_rt.train", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    return subprocess.run(torchrun(nproc, args), capture_output=True, text=True, env=ENV, timeout=240)
 
 
 def train_losses(out: Path) -> list[float]:
@@ -58,3 +65,38 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     torch.manual_seed(0)  # the trainer's initialisation (--seed 0)
     init = SegViT(load_weights(tmp_path / "one" / "weights.safetensors").cfg).state_dict()
     assert max((w1[k] - init[k]).abs().max().item() for k in w1) > 1e-3  # the runs did move the weights
+
+
+def test_two_processes_resume_after_sigkill_as_if_never_stopped(tmp_path):
+    """torchrun and both replicas killed after a checkpoint that falls mid-epoch (2 steps per epoch,
+    checkpoints every 3) and between logged steps; the resumed pair ends with the weights and the
+    log of an uninterrupted pair."""
+    data = tmp_path / "data"
+    generate(data, classes=3, train=10, val=2, size=64, seed=0, progress=False)
+    common = ["--data", str(data), "--crop", "64", "--batch", "4", "--iters", "12", "--lr", "5e-4",
+              "--dropout", "0.1", "--log-every", "2", "--ckpt-every", "3", "--eval-every", "0", "--workers", "0",
+              "--quiet"]
+    ref = launch(2, [*common, "--out", str(tmp_path / "ref")])
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(torchrun(2, [*common, "--out", str(out)]), env=ENV, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    still_running = proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both replicas at once
+    proc.wait()
+    assert still_running, "the run ended before it could be killed"
+    resumed = launch(2, [*common, "--out", str(out), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a, b = (load_file(str(tmp_path / run / "weights.safetensors")) for run in ("ref", "killed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def log(run):
+        return [{k: v for k, v in r.items() if k != "time"}
+                for r in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())]
+
+    assert log("killed") == log("ref")
