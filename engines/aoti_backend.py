@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .format import EngineError, major_minor
+from .format import EngineError, check_compute_capability, major_minor
 
 ARTIFACT = "model.pt2"
 MIN_BATCH = 2  # smallest batch of a dynamic-batch package
@@ -66,6 +66,7 @@ def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     meta = {"device": example.device.type, "min_batch": MIN_BATCH if dynamic_batch else None}
     if example.device.type == "cuda":  # Inductor's kernels are compiled for this architecture
+        meta["gpu"] = torch.cuda.get_device_name(example.device)
         meta["compute_capability"] = list(torch.cuda.get_device_capability(example.device))
     return meta
 
@@ -80,11 +81,8 @@ def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
     if meta.get("device") != device.type:
         raise EngineError(f"{path} was compiled for {meta.get('device')}, it cannot run on {device}")
     check_available(device)
-    if device.type == "cuda" and "compute_capability" in meta:
-        capability = list(torch.cuda.get_device_capability(device))
-        if meta["compute_capability"] != capability:
-            raise EngineError(f"{path} was compiled for a GPU of compute capability {meta['compute_capability']}, "
-                              f"this GPU has {capability}: rebuild the engine here")
+    if device.type == "cuda" and "compute_capability" in meta:  # packages of older builds lack it
+        check_compute_capability(meta, path, device)
 
 
 def load(path: Path, meta: dict, device: torch.device):

@@ -26,6 +26,8 @@ import re
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+import torch
+
 from segvit_rt.io_utils import atomic_path, sha256_file
 
 FORMAT = "segvit_rt.engine/1"
@@ -136,8 +138,10 @@ def check_record(meta: dict, meta_path) -> None:
         bad("precision", f"one of {PRECISIONS}")
     if meta["device"] not in ("cpu", "cuda"):
         bad("device", "'cpu' or 'cuda'")
-    if not (isinstance(meta["sha256"], str) and _positive_int(meta["artifact_bytes"])):
-        bad("sha256", "a hex digest, with artifact_bytes a byte count")
+    if not isinstance(meta["sha256"], str):
+        bad("sha256", "a hex digest")
+    if not _positive_int(meta["artifact_bytes"]):
+        bad("artifact_bytes", "a byte count")
     if meta["input_size"] != [crop, crop]:
         bad("input_size", f"[{crop}, {crop}] (the config's crop size)")
     if not (meta["batch"] is None or _positive_int(meta["batch"])):
@@ -176,6 +180,15 @@ def check_input_shape(meta: dict, path, shape) -> None:
 
         raise EngineError(f"{path} takes input [{show(dims)}], its {META_FILE} records [{show(want)}]: "
                           "the record does not belong to this artifact; rebuild the engine")
+
+
+def check_compute_capability(meta: dict, path, device: torch.device) -> None:
+    """Raise unless ``device`` has the compute capability the artifact was compiled for."""
+    capability = list(torch.cuda.get_device_capability(device))
+    if meta.get("compute_capability") != capability:
+        built_on = f" ({meta['gpu']})" if meta.get("gpu") else ""
+        raise EngineError(f"{path} was built for a GPU of compute capability {meta.get('compute_capability')}"
+                          f"{built_on}, this GPU has {capability}: rebuild the engine here")
 
 
 def artifact_path(directory, meta: dict) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import onnx_backend, tensorrt_plugin
-from .format import INPUT_NAME, OUTPUT_NAMES, EngineError, check_input_shape
+from .format import INPUT_NAME, OUTPUT_NAMES, EngineError, check_compute_capability, check_input_shape
 
 ARTIFACT = "model.plan"
 OPT_BATCH = 8  # the profile's optimum for dynamic batches: the runtime's sliding-window batch
@@ -122,12 +122,7 @@ def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
             f"{path} was built by TensorRT {built} and this is TensorRT {trt.__version__}: plans load only in "
             "the TensorRT version that built them; rebuild the engine with python -m segvit_rt.build"
         )
-    capability = list(torch.cuda.get_device_capability(device))
-    if meta.get("compute_capability") != capability:
-        raise EngineError(
-            f"{path} was built for a GPU of compute capability {meta.get('compute_capability')} "
-            f"({meta.get('gpu')}), this GPU has {capability}: rebuild the engine here"
-        )
+    check_compute_capability(meta, path, device)
     if "plugin_driver_cuda" in meta:
         from segvit_rt.kernels.atm_attention_aot import driver_cuda_version
 

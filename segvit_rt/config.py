@@ -136,3 +136,8 @@ def check_variant(variant: str) -> str:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     return variant
+
+
+def input_multiple(cfg: SegViTConfig, variant: str) -> int:
+    """What an input's sides must be a multiple of: the patch, and for Shrunk an even token grid (QD)."""
+    return cfg.patch_size * (2 if check_variant(variant) == "shrunk" else 1)

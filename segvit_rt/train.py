@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .cli import exit_on
-from .config import PRESETS, VARIANTS, get_config
+from .config import PRESETS, VARIANTS, get_config, input_multiple
 from .data import DatasetError, EvalTransform, TrainTransform, open_dataset
 from .evaluate import evaluate_model, use_interpreter_on_cpu
 from .inference import MODES
@@ -160,7 +160,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     for key in ("iters", "batch", "crop", "stride", "log_every"):
         if getattr(args, key) < 1:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
-    multiple = preset.patch_size * (2 if args.variant == "shrunk" else 1)
+    multiple = input_multiple(preset, args.variant)
     if args.crop % multiple:
         why = f"patch {preset.patch_size}" + (", and an even token grid for QD" if args.variant == "shrunk" else "")
         raise UsageError(f"--crop {args.crop} must be a multiple of {multiple} for a {args.variant} model ({why})")

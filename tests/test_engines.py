@@ -284,6 +284,16 @@ def test_refuses_a_record_whose_batch_the_artifact_does_not_take(engine_copy):
         load_engine(engine_copy)
 
 
+def test_artifacts_for_another_gpu_architecture_are_refused(monkeypatch):
+    from segvit_rt.engines.format import check_compute_capability
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    check_compute_capability({"compute_capability": [9, 0]}, "model.pt2", torch.device("cuda", 0))
+    with pytest.raises(EngineError, match=r"model.plan was built for a GPU of compute capability \[8, 0\] "
+                                          r"\(NVIDIA A100\), this GPU has \[9, 0\]: rebuild"):
+        check_compute_capability({"compute_capability": [8, 0], "gpu": "NVIDIA A100"}, "model.plan", "cuda:0")
+
+
 def test_library_versions_come_from_the_modules_whatever_their_distribution_names(monkeypatch):
     """onnxruntime-gpu and tensorrt-cu12 wheels have other distribution names; the backends compare
     the record with the module's __version__, so that is what is recorded."""

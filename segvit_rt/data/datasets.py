@@ -222,11 +222,14 @@ class ADE20KDataset(ZeroIsIgnoreDataset):
         base = find_ade_folder(Path(root))
         split = split_folder(split, {"training": "training", "validation": "validation"}, "ADE20K")
         # Only the folder's own list: a classes.txt beside it may belong to another data set.
-        classes = read_classes(base / "classes.txt") if (base / "classes.txt").is_file() else ADE20K_CLASSES
-        if not (base / "classes.txt").is_file() and (base.parent / "classes.txt").is_file():
-            warnings.warn(f"{base.parent / 'classes.txt'} is not read for {base}, which gets the 150 ADE20K "
-                          f"classes; an ADE-layout data set of other classes keeps its list in {base}",
-                          stacklevel=2)
+        if (base / "classes.txt").is_file():
+            classes = read_classes(base / "classes.txt")
+        else:
+            classes = ADE20K_CLASSES
+            if (base.parent / "classes.txt").is_file():
+                warnings.warn(f"{base.parent / 'classes.txt'} is not read for {base}, which gets the 150 ADE20K "
+                              f"classes; an ADE-layout data set of other classes keeps its list in {base}",
+                              stacklevel=2)
         if len(classes) > 254:
             raise DatasetError(f"ADE20K annotations are 8-bit: at most 254 classes, got {len(classes)}")
         samples = pair_files(base / "images" / split, base / "annotations" / split,

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from ..config import SegViTConfig, check_variant, get_config
+from ..config import SegViTConfig, check_variant, get_config, input_multiple
 from .atm_head import ATMHead
 from .shrunk_head import ShrunkATMHead
 from .vit import VisionTransformer
@@ -54,7 +54,7 @@ class SegViT(nn.Module):
         if not isinstance(img, torch.Tensor) or img.dim() != 4 or img.shape[1] != 3:
             shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
             raise ValueError(f"SegViT expects an image batch [B, 3, H, W], got {shape}")
-        multiple = self.cfg.patch_size * (2 if self.variant == "shrunk" else 1)
+        multiple = input_multiple(self.cfg, self.variant)
         h, w = img.shape[-2:]
         if h % multiple or w % multiple:
             raise ValueError(
