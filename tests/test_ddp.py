@@ -67,6 +67,42 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert max((w1[k] - init[k]).abs().max().item() for k in w1) > 1e-3  # the runs did move the weights
 
 
+TEARDOWN = """
+import json, os, sys, torch
+from segvit_rt.training.distributed import cleanup, data_parallel, gather_objects, init_distributed
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+before = threads()
+info = init_distributed("cpu")
+joined = threads()
+net = data_parallel(torch.nn.Linear(4, 4), info)
+wrapped = threads()
+net(torch.randn(2, 4)).sum().backward()
+gather_objects(info.rank)  # gloo work that holds tensors made in Python: the kind that aborted exits
+del net
+cleanup()
+if info.is_main:
+    print(json.dumps({"before": before, "joined": joined, "wrapped": wrapped, "after": threads()}))
+"""
+
+
+def test_cleanup_joins_the_threads_of_the_group_that_ran_python_collectives(tmp_path):
+    """A gloo worker still holding a Python-made tensor when the interpreter finalises aborts the
+    process (it did, in CI, 1 run in 7). DDP never frees its group, so it gets one of its own
+    and cleanup() must really tear down the default group, worker threads joined."""
+    script = tmp_path / "teardown.py"
+    script.write_text(TEARDOWN)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script)], capture_output=True, text=True, env=ENV, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert counts["joined"] > counts["before"]  # the default group does run threads of its own
+    # Whatever DDP's group keeps running, nothing of the default group's outlives cleanup().
+    assert counts["after"] <= counts["before"] + counts["wrapped"] - counts["joined"]
+
+
 def test_two_processes_resume_after_sigkill_as_if_never_stopped(tmp_path):
     """torchrun and both replicas killed after a checkpoint that falls mid-epoch (2 steps per epoch,
     checkpoints every 3) and between logged steps; the resumed pair ends with the weights and the

@@ -6,12 +6,14 @@ does nothing, so the trainer has a single code path.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,28 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world_size, local_rank, dev)
 
 
+def data_parallel(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """``model`` wrapped in DDP that syncs gradients over a process group of its own.
+
+    DDP's reducer is never freed (it keeps its group, and that group's gloo worker threads,
+    alive to the end). A gloo worker that drops the last C++ reference to a tensor made in
+    Python needs the GIL; if the interpreter is already finalising it aborts the process
+    ("terminate called without an active exception"). Our own collectives (on the default
+    group) are the ones with Python tensors, so they stay on a group that :func:`cleanup`
+    really tears down, threads joined, before the interpreter exits.
+    """
+    if not info.distributed:
+        return model
+    group = dist.new_group(backend=dist.get_backend())
+    device_ids = [info.local_rank] if info.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, process_group=group)
+
+
 def cleanup() -> None:
+    """Destroy every process group. Drop every DDP wrapper first (see :func:`data_parallel`):
+    a live wrapper keeps the default group alive too."""
     if dist.is_initialized():
+        gc.collect()  # wrappers caught in reference cycles
         dist.destroy_process_group()
 
 
