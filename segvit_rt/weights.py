@@ -69,7 +69,7 @@ def save_weights(path, model, class_names=None, extra: dict | None = None, dtype
         k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).cpu().contiguous()
         for k, v in model.state_dict().items()
     }
-    with atomic_path(path) as tmp:
+    with atomic_path(path, sweep=True) as tmp:
         save_file(state, str(tmp), metadata={_META_KEY: json.dumps(meta)})
     return path
 

@@ -1,10 +1,19 @@
 """Atomic writes: all or nothing, and the usual permissions."""
 import os
+import signal
+import socket
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from segvit_rt.io_utils import atomic_dir, atomic_path, sha256_file
+from segvit_rt import create_model
+from segvit_rt.io_utils import atomic_dir, atomic_path, sha256_file, sweep_leftovers
+from segvit_rt.weights import save_weights
+
+REPO = str(Path(__file__).resolve().parents[1])
 
 
 def test_atomic_path_replaces_whole_or_not_at_all(tmp_path):
@@ -90,3 +99,77 @@ def test_outputs_get_umask_permissions_not_owner_only(tmp_path, umask):
 def test_sha256_matches_known_digest(tmp_path):
     (tmp_path / "abc").write_bytes(b"abc")
     assert sha256_file(tmp_path / "abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from segvit_rt import create_model
+from segvit_rt.io_utils import atomic_dir, atomic_path
+
+target, where = sys.argv[1], sys.argv[2]
+if where == "file":
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGKILL)
+real_replace = os.replace
+
+def replace(src, dst):
+    real_replace(src, dst)
+    if where == "between renames":  # the old directory is aside, the new one not yet in
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace
+with atomic_dir(target) as tmp:
+    (tmp / "a").write_text("new")
+    if where == "while writing":
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def kill_a_writer(tmp_path, target, where):
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    run = subprocess.run([sys.executable, str(script), str(target), where], env={**os.environ, "PYTHONPATH": REPO})
+    assert run.returncode == -signal.SIGKILL
+
+
+def test_a_killed_build_leaves_a_temporary_that_the_next_one_clears(tmp_path):
+    target = tmp_path / "out" / "engine"
+    kill_a_writer(tmp_path, target, "while writing")
+    (leftover,) = os.listdir(tmp_path / "out")
+    assert leftover.startswith(f".engine.{socket.gethostname()}-") and leftover.endswith(".tmp")
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    assert os.listdir(tmp_path / "out") == ["engine"]
+
+
+def test_a_build_killed_between_its_renames_gets_the_old_directory_back(tmp_path):
+    target = tmp_path / "out" / "engine"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("old")
+    kill_a_writer(tmp_path, target, "between renames")
+    assert not target.exists() and len(os.listdir(tmp_path / "out")) == 2  # the old one aside, the new one
+    with pytest.warns(UserWarning, match="put back"):
+        swept = sweep_leftovers(target)
+    assert len(swept) == 2 and os.listdir(tmp_path / "out") == ["engine"]
+    assert (target / "a").read_text() == "old"
+
+
+def test_a_killed_weights_write_is_cleared_by_the_next_save(tmp_path):
+    target = tmp_path / "w.safetensors"
+    kill_a_writer(tmp_path, target, "file")
+    assert len([n for n in os.listdir(tmp_path) if n.startswith(".w.safetensors.")]) == 1
+    save_weights(target, create_model("tiny", "full"))
+    assert sorted(os.listdir(tmp_path)) == ["w.safetensors", "writer.py"]
+
+
+def test_leftovers_of_running_writers_and_other_hosts_are_kept(tmp_path):
+    target = tmp_path / "engine"
+    gone = 2**22 + 1  # above Linux's largest pid: no such process
+    mine = tmp_path / f".engine.{socket.gethostname()}-{os.getpid()}.abcd1234.tmp"  # a running writer: us
+    other_host = tmp_path / f".engine.elsewhere-{gone}.abcd1234.tmp"
+    other_name = tmp_path / f".engine2.{socket.gethostname()}-{gone}.abcd1234.tmp"
+    for leftover in (mine, other_host, other_name):
+        leftover.mkdir()
+    assert sweep_leftovers(target) == []
+    assert all(leftover.exists() for leftover in (mine, other_host, other_name))

@@ -63,7 +63,7 @@ def save_checkpoint(path, *, model, optimizer, scheduler, step: int, args: dict,
         "rng": rng,
         "extra": extra or {},
     }
-    with atomic_path(path) as tmp:
+    with atomic_path(path, sweep=True) as tmp:
         torch.save(state, tmp)
     return path
 
