@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -33,7 +34,7 @@ from .inference import MODES
 from .models import SegViT
 from .training.checkpoint import CheckpointError, load_checkpoint, restore, rng_state, save_checkpoint
 from .training.distributed import (
-    DistInfo, all_reduce_mean, cleanup, data_parallel, gather_objects, init_distributed, replica_digests,
+    DistInfo, all_reduce_mean, cleanup, gather_objects, init_distributed, replica_digests,
 )
 from .training.logs import JsonlLog, plot_curves, write_json
 from .training.losses import ATMLoss
@@ -276,7 +277,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.log = JsonlLog(self.out / "log.jsonl")
         self.step, self.elapsed = self.start(state)
-        self.net = data_parallel(self.model, info)
+        self.net = (DistributedDataParallel(self.model, device_ids=[info.local_rank] if self.device.type == "cuda"
+                                            else None) if info.distributed else self.model)
         self.sampler = ResumableSampler(self.train_set, info.world_size, info.rank, seed=args.seed)
         self.steps_per_epoch = len(self.train_set) // args.batch
 
@@ -421,9 +423,7 @@ def train(args: argparse.Namespace) -> dict:
         state = previous_state(args)
         trainer = Trainer(resolve_defaults(args), info, state)
         del state  # restored into the trainer: free the checkpoint's copy (GBs for ViT-L with AdamW)
-        summary = trainer.run()
-        del trainer  # its DDP wrapper goes before the process groups (see distributed.data_parallel)
-        return summary
+        return trainer.run()
     finally:
         cleanup()
 

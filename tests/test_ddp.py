@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from segvit_rt.data.synth import generate
 from segvit_rt.models import SegViT
+from segvit_rt.training.checkpoint import load_checkpoint
 from segvit_rt.training.distributed import parameter_digest
 from segvit_rt.weights import load_weights
 
@@ -27,8 +28,39 @@ def torchrun(nproc: int, args: list[str]) -> list[str]:
             "-m", "segvit_rt.train", *args]
 
 
-def launch(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(torchrun(nproc, args), capture_output=True, text=True, env=ENV, timeout=240)
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts each replica in a session of its own, so
+    killing torchrun's process group misses them)."""
+    try:
+        children = [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                    for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except FileNotFoundError:  # it exited meanwhile
+        return []
+    return [d for c in children for d in (c, *descendants(c))]
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL ``pid`` and everything below it, at once; returns the pids."""
+    victims = [pid, *descendants(pid)]
+    for victim in victims:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return victims
+
+
+def launch(nproc: int, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """torchrun; on timeout its replicas are killed too, not left to hold the CI's cores."""
+    proc = subprocess.Popen(torchrun(nproc, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def train_losses(out: Path) -> list[float]:
@@ -68,39 +100,44 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 
 TEARDOWN = """
-import json, os, sys, torch
-from segvit_rt.training.distributed import cleanup, data_parallel, gather_objects, init_distributed
+import json, os, time, torch
+from segvit_rt.training.distributed import cleanup, gather_objects, init_distributed
 
 def threads():
     return len(os.listdir("/proc/self/task"))
 
-before = threads()
+def train():
+    net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
+    net(torch.randn(2, 4)).sum().backward()
+    gather_objects(info.rank)  # gloo work holding tensors made in Python: the kind that aborted exits
+    raise RuntimeError("replicas diverged")  # the traceback keeps the wrapper, and so DDP's group, alive
+
 info = init_distributed("cpu")
 joined = threads()
-net = data_parallel(torch.nn.Linear(4, 4), info)
-wrapped = threads()
-net(torch.randn(2, 4)).sum().backward()
-gather_objects(info.rank)  # gloo work that holds tensors made in Python: the kind that aborted exits
-del net
-cleanup()
-if info.is_main:
-    print(json.dumps({"before": before, "joined": joined, "wrapped": wrapped, "after": threads()}))
+try:
+    train()
+except RuntimeError as err:
+    cleanup()
+    deadline = time.monotonic() + 5  # a joined thread can linger in /proc for a moment
+    while threads() >= joined and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if info.is_main:
+        print(json.dumps({"joined": joined, "after": threads()}))
 """
 
 
-def test_cleanup_joins_the_threads_of_the_group_that_ran_python_collectives(tmp_path):
+def test_cleanup_joins_the_collectives_threads_while_ddp_pins_its_group(tmp_path):
     """A gloo worker still holding a Python-made tensor when the interpreter finalises aborts the
-    process (it did, in CI, 1 run in 7). DDP never frees its group, so it gets one of its own
-    and cleanup() must really tear down the default group, worker threads joined."""
+    process (it did in CI, 1 run in 7). DDP never frees its group, so our collectives run on a
+    group of their own, which cleanup() must really tear down, worker threads joined, even on
+    an error path that keeps the DDP wrapper alive."""
     script = tmp_path / "teardown.py"
     script.write_text(TEARDOWN)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(script)], capture_output=True, text=True, env=ENV, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     counts = json.loads(run.stdout.strip().splitlines()[-1])
-    assert counts["joined"] > counts["before"]  # the default group does run threads of its own
-    # Whatever DDP's group keeps running, nothing of the default group's outlives cleanup().
-    assert counts["after"] <= counts["before"] + counts["wrapped"] - counts["joined"]
+    assert counts["after"] < counts["joined"]
 
 
 def test_two_processes_resume_after_sigkill_as_if_never_stopped(tmp_path):
@@ -116,15 +153,18 @@ def test_two_processes_resume_after_sigkill_as_if_never_stopped(tmp_path):
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(torchrun(2, [*common, "--out", str(out)]), env=ENV, start_new_session=True,
+    proc = subprocess.Popen(torchrun(2, [*common, "--out", str(out)]), env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     still_running = proc.poll() is None
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both replicas at once
+    killed = kill_tree(proc.pid)  # torchrun and both replicas at once
     proc.wait()
     assert still_running, "the run ended before it could be killed"
+    assert len(killed) >= 3, killed
+    time.sleep(1)  # a replica left running would write on: the step below would move
+    assert load_checkpoint(out / "checkpoint.pt")["step"] < 12 and not (out / "weights.safetensors").exists()
     resumed = launch(2, [*common, "--out", str(out), "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 

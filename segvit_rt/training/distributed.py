@@ -3,17 +3,25 @@ replica check.
 
 A plain ``python -m segvit_rt.train`` is a world of one; every helper then
 does nothing, so the trainer has a single code path.
+
+Our own collectives run on a process group of their own, apart from DDP's (the default one).
+They hand the backend tensors made in Python, and a gloo worker thread that frees the last
+reference to one once the interpreter has begun to finalise aborts the process ("terminate
+called without an active exception"). DDP's reducer keeps the default group, and its threads,
+alive to the end, whatever :func:`cleanup` does; our group :func:`cleanup` really tears down,
+worker threads joined, while Python is still alive.
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
+
+
+_collectives: dist.ProcessGroup | None = None  # the group every helper below runs on
 
 
 @dataclass(frozen=True)
@@ -49,37 +57,26 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     ``MASTER_ADDR``/``PORT``): NCCL on CUDA, gloo on CPU. Without those variables: one process."""
+    global _collectives
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        _collectives = dist.new_group(backend=dist.get_backend())
     return DistInfo(rank, world_size, local_rank, dev)
 
 
-def data_parallel(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
-    """``model`` wrapped in DDP that syncs gradients over a process group of its own.
-
-    DDP's reducer is never freed (it keeps its group, and that group's gloo worker threads,
-    alive to the end). A gloo worker that drops the last C++ reference to a tensor made in
-    Python needs the GIL; if the interpreter is already finalising it aborts the process
-    ("terminate called without an active exception"). Our own collectives (on the default
-    group) are the ones with Python tensors, so they stay on a group that :func:`cleanup`
-    really tears down, threads joined, before the interpreter exits.
-    """
-    if not info.distributed:
-        return model
-    group = dist.new_group(backend=dist.get_backend())
-    device_ids = [info.local_rank] if info.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, process_group=group)
-
-
 def cleanup() -> None:
-    """Destroy every process group. Drop every DDP wrapper first (see :func:`data_parallel`):
-    a live wrapper keeps the default group alive too."""
+    """Destroy the process groups: the collectives' group first, its last reference dropped so
+    that its worker threads are joined now, even while a DDP wrapper (or a traceback holding
+    one) pins the default group."""
+    global _collectives
     if dist.is_initialized():
-        gc.collect()  # wrappers caught in reference cycles
+        if _collectives is not None:
+            dist.destroy_process_group(_collectives)
+            _collectives = None
         dist.destroy_process_group()
 
 
@@ -88,20 +85,20 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return tensor
     out = tensor.detach().clone()
-    dist.all_reduce(out)
+    dist.all_reduce(out, group=_collectives)
     return out / dist.get_world_size()
 
 
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     """In-place sum over the replicas (e.g. confusion matrices). Identity in a world of one."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, group=_collectives)
     return tensor
 
 
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+        dist.barrier(group=_collectives)
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -123,5 +120,5 @@ def gather_objects(obj) -> list:
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return [obj]
     gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
+    dist.all_gather_object(gathered, obj, group=_collectives)
     return gathered
