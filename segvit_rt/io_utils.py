@@ -1,19 +1,32 @@
 """Atomic file writes: a crash or kill never leaves a half-written artifact behind.
 
-Temporaries are named ``.NAME.HOST-PID.XXXXXXXX.tmp`` (``.old`` for a directory moved aside),
-so the next writer of NAME can tell a killed writer's leftovers from a running one's.
+A writer of NAME works in ``.NAME.XXXXXXXX.tmp`` beside it (``.old`` holds a directory it moved
+aside) and holds an exclusive ``flock`` on that temporary while it lives. A lock dies with its
+process, so the next writer of NAME can tell a killed writer's leftovers from a running one's,
+across containers and without trusting process ids.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so nothing is swept and runs are not locked
+    fcntl = None
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock."""
 
 
 def _umask() -> int:
@@ -35,52 +48,141 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _prefix(path: Path) -> str:
-    return f".{path.name}.{socket.gethostname()}-{os.getpid()}."
-
-
-def _running(pid: int) -> bool:
+def _try_lock(fd: int) -> bool:
+    """An exclusive ``flock`` on ``fd``, without waiting; False where another open file holds
+    one. Other errors (a file system without ``flock``) propagate."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return False
-    except PermissionError:  # another user's
-        return True
     return True
 
 
-def sweep_leftovers(path: str | os.PathLike) -> list[Path]:
-    """Clear what killed writers of ``path`` on this host left beside it; returns those paths.
+@contextmanager
+def hold_lock(path: str | os.PathLike):
+    """Hold an exclusive lock on ``path`` (created if missing) for the block; raise
+    :class:`LockedError`, naming the holder, where another process has it."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if not _try_lock(fd):
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise LockedError(f"{path} is held by {holder}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
-    Temporaries are deleted. A directory moved aside by :func:`atomic_dir` is put back if
-    ``path`` is missing (the kill fell between the two renames), else deleted. Leftovers of a
-    process still running, or of another host sharing the folder, are not touched.
+
+@contextmanager
+def _folder_locked(folder: Path):
+    """Serialise, within ``folder``, making a temporary and locking it against sweeping: else a
+    sweeper could take a writer's temporary in the moment between the two. Best effort."""
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # no flock here: sweepers cannot claim anything either (see _claim)
+            pass
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock_own(fd: int) -> None:
+    """Lock a writer's own temporary: the sign, for sweepers, that its writer is alive."""
+    try:
+        _try_lock(fd)  # just made under a random name: nobody else holds it
+    except OSError:
+        pass
+
+
+def _claim(tmp: Path) -> int | None:
+    """Lock a leftover temporary of ours whose writer is gone; None where a live writer (or
+    another user) holds it, or where there is no telling. The fd, to close once it is cleared."""
+    try:
+        info = os.lstat(tmp)
+        if info.st_uid != os.geteuid() or stat.S_ISLNK(info.st_mode):
+            return None
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if _try_lock(fd):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)  # a finishing writer may be deleting it too
+        if os.path.lexists(path):
+            raise OSError(errno.ENOTEMPTY, "could not be deleted", str(path))
+    else:
+        path.unlink(missing_ok=True)
+
+
+def sweep_leftovers(path: str | os.PathLike, stacklevel: int = 2) -> list[Path]:
+    """Clear what killed writers of ``path`` left beside it; returns the leftovers cleared.
+
+    A temporary no live process holds is deleted. A directory :func:`atomic_dir` had moved
+    aside is put back if ``path`` is missing and the kill fell between its two renames (its
+    temporary is there too), deleted if ``path`` is there, and else left alone. Best effort:
+    what cannot be cleared is warned about, and the write goes on. ``stacklevel`` is the
+    warnings' (the frame to blame, counted from here).
     """
     path = Path(path)
-    if os.name != "posix" or not path.parent.is_dir():  # os.kill(pid, 0) is a probe on POSIX only
+    if fcntl is None:
         return []
-    named = re.compile(rf"\.{re.escape(path.name)}\.(?P<host>.+)-(?P<pid>\d+)\.[a-z0-9_]+\.(?P<kind>tmp|old)")
-    host, stale = socket.gethostname(), []
-    with os.scandir(path.parent) as entries:
-        for entry in entries:
-            m = named.fullmatch(entry.name)
-            if m and m["host"] == host and not _running(int(m["pid"])):
-                stale.append((entry.stat(follow_symlinks=False).st_mtime, Path(entry.path), m["kind"]))
-    for _, leftover, kind in sorted(stale, reverse=True):  # newest first: the one to put back
+    named = re.compile(rf"\.{re.escape(path.name)}\.([a-z0-9_]{{8}})\.(?:tmp|old)")
+    with _folder_locked(path.parent):
         try:
-            if kind == "old" and not os.path.lexists(path):
-                os.replace(leftover, path)
-                warnings.warn(f"{path} was put back from {leftover.name}, where an interrupted write had moved it",
-                              stacklevel=3)
-            elif leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover)
-            else:
-                leftover.unlink()
-        except FileNotFoundError:  # another writer swept it first
-            pass
-        except OSError as err:  # not worth failing the write for
-            warnings.warn(f"could not clear {leftover}: {err}", stacklevel=3)
-    return [leftover for _, leftover, _ in stale]
+            stems = sorted({m[1] for m in map(named.fullmatch, os.listdir(path.parent)) if m})
+        except OSError:
+            return []
+        cleared = []
+        for stem in stems:
+            cleared += _clear(path, stem, stacklevel + 1)
+        return cleared
+
+
+def _clear(path: Path, stem: str, stacklevel: int) -> list[Path]:
+    """Clear one killed write's leftovers (see :func:`sweep_leftovers`)."""
+    tmp, old = (path.parent / f".{path.name}.{stem}.{kind}" for kind in ("tmp", "old"))
+    had_tmp = os.path.lexists(tmp)
+    fd = _claim(tmp) if had_tmp else None
+    if had_tmp and fd is None:
+        return []  # its writer is alive, or there is no telling
+    cleared = []
+    try:
+        if os.path.lexists(old):
+            if had_tmp and not os.path.lexists(path):
+                os.replace(old, path)
+                warnings.warn(f"{path} was put back from {old.name}, where a killed write had moved it",
+                              stacklevel=stacklevel)
+                cleared.append(old)
+            elif os.path.lexists(path):
+                _remove(old)
+                cleared.append(old)
+        if had_tmp:
+            _remove(tmp)
+            cleared.append(tmp)
+    except OSError as err:
+        warnings.warn(f"could not clear {err.filename or path.name}, left by a killed write: {err}",
+                      stacklevel=stacklevel)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return cleared
 
 
 @contextmanager
@@ -93,9 +195,13 @@ def atomic_path(path: str | os.PathLike, sweep: bool = False):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if sweep:
-        sweep_leftovers(path)
-    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
-    os.close(fd)
+        sweep_leftovers(path, stacklevel=4)
+    with _folder_locked(path.parent):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if fcntl is not None:
+            _lock_own(fd)  # held until the rename
+        else:
+            os.close(fd)
     try:
         yield Path(tmp)
         _fsync(Path(tmp))
@@ -104,6 +210,8 @@ def atomic_path(path: str | os.PathLike, sweep: bool = False):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if fcntl is not None:
+            os.close(fd)
 
 
 @contextmanager
@@ -118,8 +226,12 @@ def atomic_dir(path: str | os.PathLike):
     """
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_leftovers(path)
-    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
+    sweep_leftovers(path, stacklevel=4)
+    with _folder_locked(path.parent):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY) if fcntl is not None else None
+        if fd is not None:
+            _lock_own(fd)  # held to the end
     try:
         yield tmp
         for file in tmp.rglob("*"):
@@ -129,12 +241,8 @@ def atomic_dir(path: str | os.PathLike):
         if not path.exists():
             os.replace(tmp, path)
         else:
-            old = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".old", dir=path.parent))
-            try:
-                os.replace(path, old)  # renaming a directory onto an empty one replaces it
-            except BaseException:
-                old.rmdir()
-                raise
+            old = tmp.with_suffix(".old")  # paired with tmp by name: see sweep_leftovers
+            os.replace(path, old)
             try:
                 os.replace(tmp, path)
             except BaseException:
@@ -143,6 +251,8 @@ def atomic_dir(path: str | os.PathLike):
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from .config import PRESETS, VARIANTS, get_config, input_multiple
 from .data import DatasetError, EvalTransform, TrainTransform, open_dataset
 from .evaluate import evaluate_model, use_interpreter_on_cpu
 from .inference import MODES
+from .io_utils import LockedError, hold_lock
 from .models import SegViT
 from .training.checkpoint import CheckpointError, load_checkpoint, restore, rng_state, save_checkpoint
 from .training.distributed import (
@@ -420,12 +422,31 @@ def train(args: argparse.Namespace) -> dict:
     """Run training as this process's share of the (torchrun) world; returns the summary."""
     info = init_distributed(args.device)
     try:
-        state = previous_state(args)
-        trainer = Trainer(resolve_defaults(args), info, state)
-        del state  # restored into the trainer: free the checkpoint's copy (GBs for ViT-L with AdamW)
-        return trainer.run()
+        with run_lock(Path(args.out)) if info.is_main else nullcontext():
+            state = previous_state(args)
+            trainer = Trainer(resolve_defaults(args), info, state)
+            del state  # restored into the trainer: free the checkpoint's copy (GBs for ViT-L with AdamW)
+            return trainer.run()
     finally:
         cleanup()
+
+
+@contextmanager
+def run_lock(out: Path):
+    """Hold ``OUT/.lock`` while this run writes to OUT: a second run there (a ``--resume`` while
+    the replicas of a killed ``torchrun`` still run, say) is refused instead of interleaving."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; the run folder must be a folder")
+    with ExitStack() as stack:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(hold_lock(out / ".lock"))
+        except LockedError as e:
+            raise UsageError(f"another training run is writing to {out} ({e}); wait for it to end or stop it "
+                             "(after a kill of torchrun, its replicas may still run)") from None
+        except OSError as e:
+            raise UsageError(f"--out {out} cannot be used as the run folder: {e.strerror}") from None
+        yield
 
 
 def main(argv=None) -> dict:

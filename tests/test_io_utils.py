@@ -1,16 +1,18 @@
-"""Atomic writes: all or nothing, and the usual permissions."""
+"""Atomic writes: all or nothing, and the usual permissions; killed writers' leftovers cleared."""
+import fcntl
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from segvit_rt import create_model
-from segvit_rt.io_utils import atomic_dir, atomic_path, sha256_file, sweep_leftovers
+from segvit_rt.io_utils import LockedError, atomic_dir, atomic_path, hold_lock, sha256_file, sweep_leftovers
+from segvit_rt.training.checkpoint import save_checkpoint
 from segvit_rt.weights import save_weights
 
 REPO = str(Path(__file__).resolve().parents[1])
@@ -133,11 +135,15 @@ def kill_a_writer(tmp_path, target, where):
     assert run.returncode == -signal.SIGKILL
 
 
+def leftovers(folder: Path) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name.startswith("."))
+
+
 def test_a_killed_build_leaves_a_temporary_that_the_next_one_clears(tmp_path):
     target = tmp_path / "out" / "engine"
     kill_a_writer(tmp_path, target, "while writing")
-    (leftover,) = os.listdir(tmp_path / "out")
-    assert leftover.startswith(f".engine.{socket.gethostname()}-") and leftover.endswith(".tmp")
+    (leftover,) = leftovers(tmp_path / "out")
+    assert leftover.startswith(".engine.") and leftover.endswith(".tmp")
     with atomic_dir(target) as tmp:
         (tmp / "a").write_text("1")
     assert os.listdir(tmp_path / "out") == ["engine"]
@@ -148,28 +154,72 @@ def test_a_build_killed_between_its_renames_gets_the_old_directory_back(tmp_path
     with atomic_dir(target) as tmp:
         (tmp / "a").write_text("old")
     kill_a_writer(tmp_path, target, "between renames")
-    assert not target.exists() and len(os.listdir(tmp_path / "out")) == 2  # the old one aside, the new one
+    old, tmp = leftovers(tmp_path / "out")  # the old one aside, and the new one: paired by name
+    assert not target.exists() and old == tmp.replace(".tmp", ".old")
     with pytest.warns(UserWarning, match="put back"):
         swept = sweep_leftovers(target)
     assert len(swept) == 2 and os.listdir(tmp_path / "out") == ["engine"]
     assert (target / "a").read_text() == "old"
 
 
-def test_a_killed_weights_write_is_cleared_by_the_next_save(tmp_path):
-    target = tmp_path / "w.safetensors"
-    kill_a_writer(tmp_path, target, "file")
-    assert len([n for n in os.listdir(tmp_path) if n.startswith(".w.safetensors.")]) == 1
-    save_weights(target, create_model("tiny", "full"))
-    assert sorted(os.listdir(tmp_path)) == ["w.safetensors", "writer.py"]
-
-
-def test_leftovers_of_running_writers_and_other_hosts_are_kept(tmp_path):
+def test_a_directory_moved_aside_without_its_temporary_is_only_deleted_beside_the_target(tmp_path):
     target = tmp_path / "engine"
-    gone = 2**22 + 1  # above Linux's largest pid: no such process
-    mine = tmp_path / f".engine.{socket.gethostname()}-{os.getpid()}.abcd1234.tmp"  # a running writer: us
-    other_host = tmp_path / f".engine.elsewhere-{gone}.abcd1234.tmp"
-    other_name = tmp_path / f".engine2.{socket.gethostname()}-{gone}.abcd1234.tmp"
-    for leftover in (mine, other_host, other_name):
-        leftover.mkdir()
-    assert sweep_leftovers(target) == []
-    assert all(leftover.exists() for leftover in (mine, other_host, other_name))
+    old = tmp_path / ".engine.abcd1234.old"  # e.g. a kill while it was being deleted
+    old.mkdir()
+    (old / "a").write_text("half")
+    assert sweep_leftovers(target) == [] and old.exists() and not target.exists()  # not put back
+    target.mkdir()
+    assert sweep_leftovers(target) == [old] and not old.exists()
+
+
+def save_a_checkpoint(path):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_checkpoint(path, model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1.0), step=1, args={}, rng=[])
+
+
+@pytest.mark.parametrize("save", [lambda p: save_weights(p, create_model("tiny", "full")), save_a_checkpoint],
+                         ids=["weights", "checkpoint"])
+def test_a_killed_file_write_is_cleared_by_the_next_save(tmp_path, save):
+    target = tmp_path / "out" / "artifact"
+    kill_a_writer(tmp_path, target, "file")
+    assert len(leftovers(tmp_path / "out")) == 1
+    save(target)
+    assert os.listdir(tmp_path / "out") == ["artifact"]
+
+
+def test_leftovers_of_live_writers_are_kept(tmp_path):
+    target = tmp_path / "engine"
+    live = tmp_path / ".engine.abcd1234.tmp"
+    live.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a running writer's lock (another open file: same as another process)
+    try:
+        assert sweep_leftovers(target) == [] and live.exists()
+        with atomic_dir(target) as tmp:  # and a build goes on beside it
+            (tmp / "a").write_text("1")
+        assert live.exists()
+    finally:
+        os.close(fd)
+    assert sweep_leftovers(target) == [live] and not live.exists()
+
+
+def test_a_held_lock_names_its_holder(tmp_path):
+    with hold_lock(tmp_path / "lock"):
+        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+            with hold_lock(tmp_path / "lock"):
+                pass
+    with hold_lock(tmp_path / "lock"):  # released with the block
+        pass
+
+
+def test_a_writer_in_progress_is_not_swept(tmp_path):
+    """As another process writing the same target at the same time would see it."""
+    with atomic_dir(tmp_path / "engine") as tmp:
+        (tmp / "a").write_text("1")
+        assert sweep_leftovers(tmp_path / "engine") == [] and tmp.exists()
+    with atomic_path(tmp_path / "w.bin", sweep=True) as tmp:
+        tmp.write_bytes(b"1")
+        assert sweep_leftovers(tmp_path / "w.bin") == [] and tmp.exists()
+    assert sorted(os.listdir(tmp_path)) == ["engine", "w.bin"]

@@ -19,6 +19,7 @@ from dataset_layouts import make_coco_stuff, make_context
 from segvit_rt import train as train_cli
 from segvit_rt.class_names import COCO_STUFF_CLASSES, PASCAL_CONTEXT_CLASSES
 from segvit_rt.data.synth import generate
+from segvit_rt.io_utils import hold_lock
 from segvit_rt.training.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from segvit_rt.training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segvit_rt.training.optim import WarmupPoly, make_optimizer, make_scheduler, param_groups
@@ -165,6 +166,36 @@ def test_training_run_writes_everything_and_learns(synth, tmp_path):
     with Image.open(out / "curves.png") as png:
         assert png.format == "PNG" and png.size[0] > 100
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 24
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(synth, tmp_path):
+    """E.g. a --resume while the replicas of a killed torchrun still write there."""
+    common = ["--data", str(synth), "--iters", "400", "--ckpt-every", "1", "--eval-every", "0", *FAST]
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-m", "segvit_rt.train", *common, "--out", str(out)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "checkpoint.pt").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.poll() is None, "the first run ended before the second could start"
+        second = run_cli([*common, "--out", str(out), "--resume"], timeout=60)
+        assert first.poll() is None, "the first run ended before the second was refused"
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2, second.stderr
+    assert f"another training run is writing to {out}" in second.stderr and f"pid {first.pid}" in second.stderr
+    with hold_lock(out / ".lock"):  # the lock died with its run
+        pass
+
+
+def test_out_that_is_a_file_is_refused(synth, tmp_path):
+    (tmp_path / "run").write_text("mine")
+    with pytest.raises(SystemExit) as exit_:
+        train_cli.main(["--data", str(synth), "--out", str(tmp_path / "run"), "--iters", "1", *FAST])
+    assert exit_.value.code == 2 and (tmp_path / "run").read_text() == "mine"
 
 
 def test_resume_after_sigkill_continues_exactly(synth, tmp_path):
