@@ -1,9 +1,10 @@
 """Atomic file writes: a crash or kill never leaves a half-written artifact behind.
 
 A writer of NAME works in ``.NAME.XXXXXXXX.tmp`` beside it (``.old`` holds a directory it moved
-aside) and holds an exclusive ``flock`` on that temporary while it lives. A lock dies with its
-process, so the next writer of NAME can tell a killed writer's leftovers from a running one's,
-across containers and without trusting process ids.
+aside) and holds an exclusive ``flock`` on that temporary while it lives (taken while it is still
+``.new``, a name sweepers ignore). A lock dies with its process, so the next writer of NAME can
+tell a killed writer's leftovers from a running one's, across containers and without trusting
+process ids.
 """
 from __future__ import annotations
 
@@ -77,22 +78,12 @@ def hold_lock(path: str | os.PathLike):
         os.close(fd)  # releases the lock
 
 
-@contextmanager
-def _folder_locked(folder: Path):
-    """Serialise, within ``folder``, making a temporary and locking it against sweeping: else a
-    sweeper could take a writer's temporary in the moment between the two. Best effort."""
-    fd = None
-    if fcntl is not None:
-        try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # no flock here: sweepers cannot claim anything either (see _claim)
-            pass
-    try:
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)
+def _as_temporary(new: str) -> str:
+    """Rename a just-made ``.NAME.XXXXXXXX.new`` to the ``.tmp`` that sweepers look at, once its
+    writer holds the lock on it: a sweeper never sees it unlocked."""
+    tmp = new[: -len(".new")] + ".tmp"
+    os.replace(new, tmp)
+    return tmp
 
 
 def _lock_own(fd: int) -> None:
@@ -144,15 +135,14 @@ def sweep_leftovers(path: str | os.PathLike, stacklevel: int = 2) -> list[Path]:
     if fcntl is None:
         return []
     named = re.compile(rf"\.{re.escape(path.name)}\.([a-z0-9_]{{8}})\.(?:tmp|old)")
-    with _folder_locked(path.parent):
-        try:
-            stems = sorted({m[1] for m in map(named.fullmatch, os.listdir(path.parent)) if m})
-        except OSError:
-            return []
-        cleared = []
-        for stem in stems:
-            cleared += _clear(path, stem, stacklevel + 1)
-        return cleared
+    try:
+        stems = sorted({m[1] for m in map(named.fullmatch, os.listdir(path.parent)) if m})
+    except OSError:
+        return []
+    cleared = []
+    for stem in stems:
+        cleared += _clear(path, stem, stacklevel + 1)
+    return cleared
 
 
 def _clear(path: Path, stem: str, stacklevel: int) -> list[Path]:
@@ -196,12 +186,12 @@ def atomic_path(path: str | os.PathLike, sweep: bool = False):
     path.parent.mkdir(parents=True, exist_ok=True)
     if sweep:
         sweep_leftovers(path, stacklevel=4)
-    with _folder_locked(path.parent):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        if fcntl is not None:
-            _lock_own(fd)  # held until the rename
-        else:
-            os.close(fd)
+    fd, new = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
+    if fcntl is not None:
+        _lock_own(fd)  # held until the rename
+    else:
+        os.close(fd)
+    tmp = _as_temporary(new)
     try:
         yield Path(tmp)
         _fsync(Path(tmp))
@@ -227,11 +217,11 @@ def atomic_dir(path: str | os.PathLike):
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(path, stacklevel=4)
-    with _folder_locked(path.parent):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY) if fcntl is not None else None
-        if fd is not None:
-            _lock_own(fd)  # held to the end
+    new = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
+    fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY) if fcntl is not None else None
+    if fd is not None:
+        _lock_own(fd)  # held to the end
+    tmp = Path(_as_temporary(new))
     try:
         yield tmp
         for file in tmp.rglob("*"):

@@ -5,6 +5,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def test_atomic_dir_puts_the_old_directory_back_if_the_swap_fails(tmp_path, monk
 
     def replace(src, dst):
         calls.append(src)
-        if len(calls) == 2:  # the new directory moving in: interrupted
+        if len(calls) == 3:  # (.new named .tmp, old aside), the new directory moving in: interrupted
             raise KeyboardInterrupt
         real_replace(src, dst)
 
@@ -69,7 +70,7 @@ def test_atomic_dir_puts_the_old_directory_back_if_the_swap_fails(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         with atomic_dir(target) as tmp:
             (tmp / "a").write_text("2")
-    assert len(calls) == 3  # aside, (interrupted) in, back
+    assert len(calls) == 4  # .new to .tmp, aside, (interrupted) in, back
     assert (target / "a").read_text() == "1" and os.listdir(tmp_path) == ["engine"]
 
 
@@ -117,7 +118,7 @@ real_replace = os.replace
 
 def replace(src, dst):
     real_replace(src, dst)
-    if where == "between renames":  # the old directory is aside, the new one not yet in
+    if where == "between renames" and str(dst).endswith(".old"):  # the old one aside, the new not yet in
         os.kill(os.getpid(), signal.SIGKILL)
 
 os.replace = replace
@@ -223,3 +224,20 @@ def test_a_writer_in_progress_is_not_swept(tmp_path):
         tmp.write_bytes(b"1")
         assert sweep_leftovers(tmp_path / "w.bin") == [] and tmp.exists()
     assert sorted(os.listdir(tmp_path)) == ["engine", "w.bin"]
+
+
+def test_writes_nest_inside_a_directory_being_written(tmp_path):
+    """A build writes its files with atomic_path inside atomic_dir's (locked) temporary."""
+    def build():
+        with atomic_dir(tmp_path / "engine") as tmp:
+            with atomic_path(tmp / "w.bin", sweep=True) as inner:
+                inner.write_bytes(b"1")
+            with atomic_dir(tmp / "sub") as sub:
+                (sub / "a").write_text("2")
+
+    worker = threading.Thread(target=build, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "nested atomic writes deadlocked"
+    assert (tmp_path / "engine" / "w.bin").read_bytes() == b"1" and (tmp_path / "engine" / "sub" / "a").exists()
+    assert sorted(os.listdir(tmp_path / "engine")) == ["sub", "w.bin"]
