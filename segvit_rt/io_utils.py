@@ -4,7 +4,8 @@ A writer of NAME works in ``.NAME.XXXXXXXX.tmp`` beside it (``.old`` holds a dir
 aside) and holds an exclusive ``flock`` on that temporary while it lives (taken while it is still
 ``.new``, a name sweepers ignore). A lock dies with its process, so the next writer of NAME can
 tell a killed writer's leftovers from a running one's, across containers and without trusting
-process ids.
+process ids. (On shared storage whose locks stay local to each client, e.g. NFS mounted with
+``local_lock=flock``, only writers on the same host are told apart.)
 """
 from __future__ import annotations
 
@@ -59,22 +60,44 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+_held: set[int] = set()  # hold_lock's fds: closed in forked children, so the lock dies with its holder
+
+
+def _close_held_in_child() -> None:
+    for fd in _held:
+        os.close(fd)
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)  # e.g. DataLoader workers
+
+
 @contextmanager
 def hold_lock(path: str | os.PathLike):
     """Hold an exclusive lock on ``path`` (created if missing) for the block; raise
-    :class:`LockedError`, naming the holder, where another process has it."""
+    :class:`LockedError`, naming the holder, where another process has it. Where the file
+    system has no ``flock``, warn and go on unlocked."""
     if fcntl is None:
         yield
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    _held.add(fd)
     try:
-        if not _try_lock(fd):
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise LockedError(f"{path} is held by {holder}")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            locked = _try_lock(fd)
+        except OSError as err:
+            warnings.warn(f"cannot lock {path} ({err.strerror}): a second writer would not be noticed",
+                          stacklevel=3)
+        else:
+            if not locked:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                raise LockedError(f"{path} is held by {holder}")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
+        _held.discard(fd)
         os.close(fd)  # releases the lock
 
 
@@ -101,7 +124,7 @@ def _claim(tmp: Path) -> int | None:
         info = os.lstat(tmp)
         if info.st_uid != os.geteuid() or stat.S_ISLNK(info.st_mode):
             return None
-        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
@@ -186,22 +209,25 @@ def atomic_path(path: str | os.PathLike, sweep: bool = False):
     path.parent.mkdir(parents=True, exist_ok=True)
     if sweep:
         sweep_leftovers(path, stacklevel=4)
-    fd, new = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
-    if fcntl is not None:
-        _lock_own(fd)  # held until the rename
-    else:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
+    if fcntl is None:  # nothing to lock; and Windows renames no open file
         os.close(fd)
-    tmp = _as_temporary(new)
+        fd = None
     try:
+        if fd is not None:
+            _lock_own(fd)  # held until the rename
+        tmp = _as_temporary(tmp)
         yield Path(tmp)
         _fsync(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if fcntl is not None:
-            os.close(fd)
+        try:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 @contextmanager
@@ -217,12 +243,13 @@ def atomic_dir(path: str | os.PathLike):
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(path, stacklevel=4)
-    new = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
-    fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY) if fcntl is not None else None
-    if fd is not None:
-        _lock_own(fd)  # held to the end
-    tmp = Path(_as_temporary(new))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent))
+    fd = None
     try:
+        if fcntl is not None:
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+            _lock_own(fd)  # held to the end
+        tmp = Path(_as_temporary(str(tmp)))
         yield tmp
         for file in tmp.rglob("*"):
             if file.is_file():
@@ -240,9 +267,11 @@ def atomic_dir(path: str | os.PathLike):
                 raise
             shutil.rmtree(old, ignore_errors=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if fd is not None:
-            os.close(fd)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -19,7 +19,8 @@ import argparse
 import json
 import sys
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
+import traceback
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -422,31 +423,57 @@ def train(args: argparse.Namespace) -> dict:
     """Run training as this process's share of the (torchrun) world; returns the summary."""
     info = init_distributed(args.device)
     try:
-        with run_lock(Path(args.out)) if info.is_main else nullcontext():
+        with run_lock(Path(args.out), info):
             state = previous_state(args)
             trainer = Trainer(resolve_defaults(args), info, state)
             del state  # restored into the trainer: free the checkpoint's copy (GBs for ViT-L with AdamW)
             return trainer.run()
+    except BaseException as e:
+        traceback.clear_frames(e.__traceback__)  # a failed collective's frames hold the group cleanup() frees
+        raise
     finally:
         cleanup()
 
 
 @contextmanager
-def run_lock(out: Path):
-    """Hold ``OUT/.lock`` while this run writes to OUT: a second run there (a ``--resume`` while
-    the replicas of a killed ``torchrun`` still run, say) is refused instead of interleaving."""
+def run_lock(out: Path, info: DistInfo):
+    """Hold ``OUT/.lock`` (the main process) while this run writes to OUT: a second run there (a
+    ``--resume`` while the replicas of a killed ``torchrun`` still run, say) is refused instead of
+    interleaving, by every process of the run. An OUT made here and left holding only the lock
+    (the run refused its arguments) is removed."""
+    made = not out.exists()
+    with ExitStack() as stack:
+        problem = None
+        if info.is_main:
+            try:
+                lock_run_folder(out, stack)
+            except UsageError as e:
+                problem = str(e)
+        problem = gather_objects(problem)[0]  # the main process's answer, for every process
+        if problem is not None:
+            raise UsageError(problem)
+        try:
+            yield
+        except BaseException:
+            if info.is_main and made:
+                stack.close()  # release the lock first
+                with suppress(OSError):
+                    (out / ".lock").unlink()
+                    out.rmdir()  # only if nothing else was written
+            raise
+
+
+def lock_run_folder(out: Path, stack: ExitStack) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; the run folder must be a folder")
-    with ExitStack() as stack:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(hold_lock(out / ".lock"))
-        except LockedError as e:
-            raise UsageError(f"another training run is writing to {out} ({e}); wait for it to end or stop it "
-                             "(after a kill of torchrun, its replicas may still run)") from None
-        except OSError as e:
-            raise UsageError(f"--out {out} cannot be used as the run folder: {e.strerror}") from None
-        yield
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(hold_lock(out / ".lock"))
+    except LockedError as e:
+        raise UsageError(f"another training run is writing to {out} ({e}); wait for it to end or stop it "
+                         "(after a kill of torchrun, its replicas may still run)") from None
+    except OSError as e:
+        raise UsageError(f"--out {out} cannot be used as the run folder: {e.strerror}") from None
 
 
 def main(argv=None) -> dict:

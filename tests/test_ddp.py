@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from segvit_rt.data.synth import generate
+from segvit_rt.io_utils import hold_lock
 from segvit_rt.models import SegViT
 from segvit_rt.training.checkpoint import load_checkpoint
 from segvit_rt.training.distributed import parameter_digest
@@ -51,9 +52,13 @@ def kill_tree(pid: int) -> list[int]:
 
 
 def launch(nproc: int, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    """torchrun; on timeout its replicas are killed too, not left to hold the CI's cores."""
-    proc = subprocess.Popen(torchrun(nproc, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+    return run_tree(torchrun(nproc, args), timeout)
+
+
+def run_tree(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``command`` (torchrun); on timeout its replicas are killed too, not left to hold the
+    CI's cores."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -133,11 +138,24 @@ def test_cleanup_joins_the_collectives_threads_while_ddp_pins_its_group(tmp_path
     an error path that keeps the DDP wrapper alive."""
     script = tmp_path / "teardown.py"
     script.write_text(TEARDOWN)
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script)], capture_output=True, text=True, env=ENV, timeout=120)
+    run = run_tree([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(script)], timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     counts = json.loads(run.stdout.strip().splitlines()[-1])
     assert counts["after"] < counts["joined"]
+
+
+def test_a_run_folder_in_use_is_refused_by_every_replica(tmp_path):
+    data = tmp_path / "data"
+    generate(data, classes=3, train=4, val=2, size=64, seed=0, progress=False)
+    out = tmp_path / "run"
+    out.mkdir()
+    with hold_lock(out / ".lock"):  # a run already writing there
+        run = launch(2, ["--data", str(data), "--out", str(out), "--crop", "64", "--batch", "2", "--iters", "1",
+                         "--workers", "0", "--quiet"], timeout=120)
+    assert run.returncode != 0
+    assert run.stderr.count(f"error: another training run is writing to {out}") == 2, run.stderr[-3000:]
+    assert os.listdir(out) == [".lock"]
 
 
 def test_two_processes_resume_after_sigkill_as_if_never_stopped(tmp_path):

@@ -1,4 +1,5 @@
 """Atomic writes: all or nothing, and the usual permissions; killed writers' leftovers cleared."""
+import errno
 import fcntl
 import os
 import signal
@@ -132,7 +133,8 @@ with atomic_dir(target) as tmp:
 def kill_a_writer(tmp_path, target, where):
     script = tmp_path / "writer.py"
     script.write_text(KILLED_WRITER)
-    run = subprocess.run([sys.executable, str(script), str(target), where], env={**os.environ, "PYTHONPATH": REPO})
+    run = subprocess.run([sys.executable, str(script), str(target), where], env={**os.environ, "PYTHONPATH": REPO},
+                         timeout=120)
     assert run.returncode == -signal.SIGKILL
 
 
@@ -241,3 +243,60 @@ def test_writes_nest_inside_a_directory_being_written(tmp_path):
     assert not worker.is_alive(), "nested atomic writes deadlocked"
     assert (tmp_path / "engine" / "w.bin").read_bytes() == b"1" and (tmp_path / "engine" / "sub" / "a").exists()
     assert sorted(os.listdir(tmp_path / "engine")) == ["sub", "w.bin"]
+
+
+def test_a_failed_start_leaves_nothing_behind(tmp_path, monkeypatch):
+    fds = len(os.listdir("/proc/self/fd"))
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(src).endswith(".new"):
+            raise OSError("rename refused")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    for write in (atomic_path, atomic_dir):
+        with pytest.raises(OSError, match="rename refused"):
+            with write(tmp_path / "x"):
+                pass
+    assert os.listdir(tmp_path) == [] and len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_without_flock_writes_go_on_and_nothing_is_swept(tmp_path, monkeypatch):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    (tmp_path / ".w.bin.abcd1234.tmp").write_bytes(b"whose?")  # no telling whether its writer lives
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with atomic_path(tmp_path / "w.bin", sweep=True) as tmp:
+        tmp.write_bytes(b"1")
+    with pytest.warns(UserWarning, match="cannot lock .* a second writer would not be noticed"):
+        with hold_lock(tmp_path / "lock"):
+            pass
+    assert sorted(os.listdir(tmp_path)) == [".w.bin.abcd1234.tmp", "lock", "w.bin"]
+
+
+HOLDER_WITH_A_CHILD = """
+import os, signal, sys, time
+from segvit_rt.io_utils import hold_lock
+
+with hold_lock(sys.argv[1]):
+    if os.fork() == 0:  # a child that outlives its parent, as DataLoader workers briefly do
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)  # not holding the test's pipes open
+        os.dup2(quiet, 2)
+        time.sleep(30)
+        os._exit(0)
+    print("held", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_lock_dies_with_its_holder_not_with_its_forked_children(tmp_path):
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER_WITH_A_CHILD)
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "lock")], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
+    assert run.returncode == -signal.SIGKILL and run.stdout == "held\n", run.stderr
+    with hold_lock(tmp_path / "lock"):  # the child still runs
+        pass

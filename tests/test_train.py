@@ -191,11 +191,18 @@ def test_a_second_run_on_a_folder_in_use_is_refused(synth, tmp_path):
         pass
 
 
-def test_out_that_is_a_file_is_refused(synth, tmp_path):
+def test_out_that_is_a_file_is_refused(synth, tmp_path, capsys):
     (tmp_path / "run").write_text("mine")
     with pytest.raises(SystemExit) as exit_:
         train_cli.main(["--data", str(synth), "--out", str(tmp_path / "run"), "--iters", "1", *FAST])
     assert exit_.value.code == 2 and (tmp_path / "run").read_text() == "mine"
+    assert "is a file; the run folder must be a folder" in capsys.readouterr().err
+
+
+def test_a_refused_run_leaves_no_run_folder_behind(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_cli.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--iters", "1", *FAST])
+    assert "missing" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_resume_after_sigkill_continues_exactly(synth, tmp_path):
