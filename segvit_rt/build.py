@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import engines
-from .cli import exit_on
+from .cli import check_output, exit_on
 from .class_names import palette
 from .config import PRESETS, VARIANTS
 from .engines.format import FORMAT, META_FILE, PRECISIONS, EngineError, library_versions, write_engine_json
@@ -325,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
     with exit_on(EngineError, WeightsError, BuildError):
+        if args.out is not None:
+            check_output(args.out, "--out", folder=True)
         model, weights = load_build_model(args.variant, args.preset, args.weights)
         return build_engine(model, backend=args.backend, precision=args.precision, batch=args.batch,
                             max_batch=args.max_batch, out=args.out, device=args.device, weights=weights,

@@ -1,16 +1,48 @@
 """What the command-line entry points share."""
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager
+from pathlib import Path
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written as asked."""
+
+
+def check_output(path: str | Path, flag: str, folder: bool) -> None:
+    """Refuse, before any work is done, an output ``path`` that cannot be written: a folder where a
+    file is wanted (``folder=False``), a file where a folder is wanted, or a path below a file."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a file, not a folder")
+    if not folder and path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a folder; a file path is needed")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputPathError(f"{flag} {path}: {parent} is a file, not a folder")
+            break
+
+
+def _user_message(error: BaseException) -> str:
+    """The error's own message; for one re-raised from a DataLoader worker, without the worker's
+    traceback that torch puts in front of it."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        own = re.fullmatch(rf"(?:[\w.]+\.)?{re.escape(type(error).__name__)}: (.*)", last)
+        return own[1] if own else last
+    return text
 
 
 @contextmanager
 def exit_on(*errors: type[BaseException]):
-    """Report ``errors`` (the problems a user can fix: bad input, bad files) as one ``error: ...``
-    line on stderr and exit with status 2, without a traceback."""
+    """Report ``errors`` (the problems a user can fix: bad input, bad files), and bad output
+    paths, as one ``error: ...`` line on stderr and exit with status 2, without a traceback."""
     try:
         yield
-    except errors as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (OutputPathError, *errors) as e:
+        print(f"error: {_user_message(e)}", file=sys.stderr)
         raise SystemExit(2) from e

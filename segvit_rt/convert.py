@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import exit_on
+from .cli import check_output, exit_on
 from .config import PRESETS, VARIANTS
 from .models import SegViT
 from .weights import WeightsError, import_official_segvit, read_checkpoint, save_weights
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
     with exit_on(WeightsError):
+        check_output(args.out, "--out", folder=False)
         path, report = convert(args.checkpoint, args.preset, args.variant, args.out)
     print(f"{args.checkpoint}: {report}")
     print(f"wrote {path}; build an engine with: python -m segvit_rt.build --variant {args.variant} --weights {path}")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cli import exit_on
+from .cli import check_output, exit_on
 from .build import DEMO_DATA, BuildError, build_engine, default_weights, load_build_model
 from .data import IGNORE_INDEX, open_dataset
 from .data.synth import generate
@@ -153,6 +153,7 @@ def main(argv=None) -> dict:
         build_parser().error(f"--images must be at least 1, got {args.images}")
     start = time.perf_counter()
     with exit_on(EngineError, WeightsError, BuildError, FileNotFoundError):
+        check_output(args.out, "--out", folder=True)
         results = run_demo(Path(args.out), args.variant, args.weights, args.images, progress=not args.quiet)
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return results

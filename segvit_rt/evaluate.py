@@ -19,7 +19,7 @@ from contextlib import nullcontext
 import torch
 from tqdm import tqdm
 
-from .cli import exit_on
+from .cli import check_output, exit_on
 from .data import EvalTransform, open_dataset
 from .inference import MODES, MS_RATIOS, model_logits_fn, predict_image
 from .metrics import ConfusionMatrix, chance_levels
@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     with exit_on(WeightsError, ValueError, FileNotFoundError, RuntimeError):
+        for flag in ("--json", "--chart"):
+            if getattr(args, flag[2:]):
+                check_output(getattr(args, flag[2:]), flag, folder=False)
         device = pick_device(args.device)
         use_interpreter_on_cpu(args.kernels, device)
         model = load_weights(args.weights, kernels=args.kernels).to(device)

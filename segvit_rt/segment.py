@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cli import exit_on
+from .cli import check_output, exit_on
 from .data.datasets import IMAGE_SUFFIXES
 from .engines import EngineError
 from .images import load_image, save_labels, save_png
@@ -138,6 +138,14 @@ def main(argv=None) -> list[Path]:
     with exit_on(EngineError, ValueError, TypeError, FileNotFoundError):
         if not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
+        check_output(args.out, "--out", folder=True)
+        if args.device is not None:
+            import torch
+
+            try:
+                torch.device(args.device)
+            except RuntimeError:
+                raise ValueError(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N") from None
         paths, out = expand_inputs(args.images), Path(args.out)
         check_inputs(paths, out, pending_inputs(paths, out, args.skip_existing))
         runtime = Runtime(args.engine, device=args.device, mode=args.mode)

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=("reference", "triton"), default="reference")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"),
                    help="mixed precision on CUDA (default auto: bf16 where supported, else fp16; none on CPU)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, help="seed of the initialisation, data order and augmentation (default 0)")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes per training process")
     p.add_argument("--threads", type=int,
@@ -421,7 +421,10 @@ class Trainer:
 
 def train(args: argparse.Namespace) -> dict:
     """Run training as this process's share of the (torchrun) world; returns the summary."""
-    info = init_distributed(args.device)
+    try:
+        info = init_distributed(args.device)
+    except ValueError as e:  # no CUDA device
+        raise UsageError(str(e)) from None
     try:
         with run_lock(Path(args.out), info):
             state = previous_state(args)

@@ -84,6 +84,9 @@ def _is_torch_save(path: Path) -> bool:
 def read_metadata(path) -> dict:
     """The JSON record of one of our weights files; a clear error for anything else."""
     path = Path(path)
+    if path.is_dir():
+        hint = f"; did you mean {path / 'weights.safetensors'}?" if (path / "weights.safetensors").is_file() else ""
+        raise WeightsError(f"weights path {path} is a folder, not a weights file{hint}")
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:

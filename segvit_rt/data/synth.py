@@ -30,6 +30,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..cli import check_output
+
 from .datasets import ADE_FOLDER
 
 __all__ = ["FAMILIES", "class_names", "generate", "render_sample"]
@@ -235,9 +237,10 @@ def main(argv=None) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
+        check_output(args.out, "OUT", folder=True)
         root = generate(args.out, args.classes, args.train, args.val, args.size, args.seed,
                         overwrite=args.overwrite, progress=not args.quiet)
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, FileExistsError) as exc:  # OutputPathError is a ValueError
         parser.error(str(exc))
     print(root)
 

@@ -1,0 +1,86 @@
+"""What the command-line tools share: bad output paths and wrapped worker errors reported as
+one line, exit status 2, before any work."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from segvit_rt import build, convert, demo, evaluate, segment
+from segvit_rt import train as train_cli
+from segvit_rt.cli import OutputPathError, check_output, exit_on
+from segvit_rt.data import DatasetError
+from segvit_rt.data import synth
+from segvit_rt.weights import WeightsError, read_metadata
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    return path
+
+
+def test_output_paths_are_checked_for_what_they_must_be(tmp_path, a_file):
+    check_output(tmp_path / "new" / "deeper" / "x.json", "--json", folder=False)  # parents made later
+    check_output(tmp_path / "new", "--out", folder=True)
+    check_output(tmp_path, "--out", folder=True)
+    with pytest.raises(OutputPathError, match="--json .* is a folder; a file path is needed"):
+        check_output(tmp_path, "--json", folder=False)
+    with pytest.raises(OutputPathError, match="--out .*notes.txt is a file, not a folder"):
+        check_output(a_file, "--out", folder=True)
+    for folder in (True, False):
+        with pytest.raises(OutputPathError, match="notes.txt is a file, not a folder"):
+            check_output(a_file / "sub" / "x", "--out", folder=folder)
+
+
+@pytest.mark.parametrize("command, args", [
+    (convert.main, ["missing.pth", "--preset", "tiny", "--variant", "full", "--out", "{dir}"]),
+    (evaluate.main, ["--weights", "missing.safetensors", "--data", "missing", "--json", "{dir}"]),
+    (evaluate.main, ["--weights", "missing.safetensors", "--data", "missing", "--chart", "{dir}"]),
+    (demo.main, ["--out", "{file}"]),
+    (segment.main, ["{file}", "--engine", "missing", "--out", "{file}/sub"]),
+    (build.main, ["--variant", "shrunk", "--out", "{file}/sub"]),
+    (synth.main, ["{file}/sub", "--classes", "3", "--train", "1", "--val", "1"]),
+], ids=["convert", "evaluate-json", "evaluate-chart", "demo", "segment", "build", "synth"])
+def test_clis_refuse_an_unwritable_output_before_any_work(command, args, tmp_path, a_file, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        command([a.format(dir=tmp_path, file=a_file) for a in args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "is a folder; a file path is needed" in err or "notes.txt is a file, not a folder" in err, err
+    assert a_file.read_text() == "mine"
+
+
+class Unreadable(Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        raise DatasetError("cannot read image x.jpg: truncated")
+
+
+def test_an_error_from_a_dataloader_worker_is_one_line(capsys):
+    with pytest.raises(SystemExit):
+        with exit_on(DatasetError):
+            next(iter(DataLoader(Unreadable(), num_workers=1)))
+    assert capsys.readouterr().err == "error: cannot read image x.jpg: truncated\n"
+
+
+def test_train_without_cuda_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_:
+        train_cli.main(["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--device", "cuda"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: --device cuda was asked for, but torch sees no CUDA device\n"
+
+
+def test_segment_names_a_device_that_is_not_one(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        segment.main([str(tmp_path), "--engine", "missing", "--out", str(tmp_path / "out"), "--device", "gpu"])
+    assert exit_.value.code == 2 and "--device 'gpu' is not a device" in capsys.readouterr().err
+
+
+def test_a_weights_folder_points_to_its_weights_file(tmp_path):
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(WeightsError, match=r"is a folder, not a weights file; did you mean .*weights.safetensors\?"):
+        read_metadata(tmp_path)
