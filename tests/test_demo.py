@@ -38,6 +38,10 @@ def test_demo_reports_the_same_miou_as_the_pytorch_evaluation(tmp_path, capsys):
     grid = np.asarray(Image.open(out / "grid.png"))
     assert grid.shape[0] > 2 * SYNTH["size"] and grid.shape[1] > 3 * SYNTH["size"]  # 3 rows x 3 panels
 
+    again = demo.run_demo(out, "shrunk", weights=weights, max_images=1, progress=False)  # into the same folder
+    assert again["images"] == 1
+    assert [p.name for p in (out / "overlays").iterdir()] == ["synth_validation_000000_overlay.png"]
+
 
 def test_weights_without_a_synthetic_record_are_refused(tmp_path):
     weights = save_test_weights(tmp_path / "w.safetensors", sharp_model("shrunk"))
