@@ -43,7 +43,9 @@ from .training.logs import JsonlLog, plot_curves, write_json
 from .training.losses import ATMLoss
 from .training.optim import make_optimizer, make_scheduler
 from .training.sampler import ResumableSampler
-from .weights import WeightsError, import_full_into_shrunk, import_official_segvit, import_timm_vit, save_weights
+from .weights import (
+    WeightsError, import_full_into_shrunk, import_official_segvit, import_timm_vit, read_metadata, save_weights,
+)
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.safetensors"
@@ -133,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, help="checkpoint every K steps (and at the end)")
     p.add_argument("--log-every", type=int, default=10, help="log the mean loss every K steps")
     p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
-    p.add_argument("--init", help="initial weights: a timm ViT or an official SegViT checkpoint")
+    p.add_argument("--init", help="initial weights: a timm ViT, an official SegViT checkpoint or our weights")
     p.add_argument("--init-format", choices=("timm", "official", "full"),
-                   help="default timm; full: our weights of a trained full model, to warm-start a Shrunk one")
+                   help="default timm; official: an official SegViT checkpoint, or our weights of the same "
+                        "variant; full: our weights of a trained full model, to warm-start a Shrunk one")
     p.add_argument("--weights-dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="storage dtype of the final weights file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -201,10 +204,29 @@ def check_same_run(saved: dict, args: argparse.Namespace) -> None:
 
 
 def load_init(model: SegViT, path: str, fmt: str, info: DistInfo) -> None:
+    check_init_format(model, path, fmt)
     importer = {"timm": import_timm_vit, "official": import_official_segvit, "full": import_full_into_shrunk}[fmt]
     report = importer(model, path)
     if info.is_main:
         print(f"--init {path} ({fmt}): {report}", file=sys.stderr)
+
+
+def check_init_format(model: SegViT, path: str, fmt: str) -> None:
+    """Refuse an ``--init-format`` that would load the file only in part, silently."""
+    if fmt == "full" and model.variant != "shrunk":
+        raise UsageError("--init-format full warm-starts a Shrunk model from a full one; to start a full model "
+                         "from full weights (ours or official), use --init-format official")
+    try:
+        variant = read_metadata(path).get("variant")
+    except WeightsError:  # not one of our files: the importer says what it makes of it
+        return
+    if fmt == "timm":
+        raise UsageError(f"{path} is a segvit_rt weights file ({variant}), not a timm ViT: use --init-format "
+                         "official to start from it as it is" + (", or full to warm-start a Shrunk model from it"
+                                                                  if variant == "full" else ""))
+    if fmt == "full" and variant != "full":
+        raise UsageError(f"{path} holds a {variant} model; --init-format full needs a full one "
+                         "(--init-format official starts from it as it is)")
 
 
 def open_datasets(args):

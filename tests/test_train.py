@@ -472,3 +472,20 @@ def test_mixed_precision_training_on_cuda(synth, tmp_path, amp):
               if json.loads(line)["kind"] == "train"]
     assert len(losses) == 20 and all(np.isfinite(losses)) and np.mean(losses[-5:]) < np.mean(losses[:5])
     assert 0.0 <= summary["metrics"]["mIoU"] <= 1.0
+
+
+def test_init_formats_that_would_load_a_file_only_in_part_are_refused(tmp_path):
+    full, shrunk = (segvit_rt.create_model("tiny", v) for v in ("full", "shrunk"))
+    full_w, shrunk_w = save_weights(tmp_path / "full.safetensors", full), save_weights(tmp_path / "s.safetensors", shrunk)
+    one = train_cli.DistInfo(0, 1, 0, torch.device("cpu"))
+    for model, path, fmt, message in [
+        (full, full_w, "timm", "segvit_rt weights file .* not a timm ViT: use --init-format official"),
+        (shrunk, full_w, "timm", "or full to warm-start a Shrunk model"),
+        (full, full_w, "full", "--init-format full warm-starts a Shrunk model"),
+        (shrunk, shrunk_w, "full", "holds a shrunk model; --init-format full needs a full one"),
+    ]:
+        with pytest.raises(train_cli.UsageError, match=message):
+            train_cli.load_init(model, str(path), fmt, one)
+    fresh = segvit_rt.create_model("tiny", "full")
+    train_cli.load_init(fresh, str(full_w), "official", one)  # our full weights, as they are
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), full.state_dict().values()))
