@@ -267,9 +267,12 @@ def default_weights(variant: str) -> Path:
     return Path(__file__).resolve().parent / "assets" / f"{DEMO_PRESET}_{variant}.safetensors"
 
 
-def load_build_model(variant: str, preset: str | None, weights: str | None):
-    """The model to build, from ``--weights`` or the bundled demo weights; checks preset and variant."""
+def load_build_model(variant: str | None, preset: str | None, weights: str | None):
+    """The model to build, from ``--weights`` or the bundled demo weights; checks preset and variant
+    (``variant`` None: the weights file's)."""
     if weights is None:
+        if variant is None:
+            raise EngineError("--variant full or shrunk is needed to pick the bundled demo weights")
         if preset not in (None, DEMO_PRESET):
             raise EngineError(f"no weights are bundled for preset {preset!r}: pass --weights W.safetensors")
         path = default_weights(variant)
@@ -284,7 +287,7 @@ def load_build_model(variant: str, preset: str | None, weights: str | None):
     else:
         path = Path(weights)
     model = load_weights(path)
-    if model.variant != variant:
+    if variant is not None and model.variant != variant:
         raise EngineError(f"{path} holds a {model.variant} model, but --variant {variant} was asked for")
     if preset is not None and model.cfg.name != preset:
         raise EngineError(f"{path} holds preset {model.cfg.name!r}, but --preset {preset} was asked for")
@@ -302,7 +305,7 @@ def _batch_arg(text: str) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segvit_rt.build", description=__doc__.split("\n\n")[0])
-    p.add_argument("--variant", required=True, choices=VARIANTS)
+    p.add_argument("--variant", choices=VARIANTS, help="default: the --weights file's (needed for the bundled ones)")
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help=f"model preset (default: the weights' own; the bundled weights are {DEMO_PRESET!r})")
     p.add_argument("--weights", help=f"a segvit_rt .safetensors file (default: the bundled {DEMO_PRESET} demo weights; "

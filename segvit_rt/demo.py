@@ -80,9 +80,12 @@ def held_out_split(weights: Path, out: Path) -> Path:
                     seed=synth["seed"], overwrite=True, progress=False)
 
 
-def run_demo(out: Path, variant: str = "shrunk", weights=None, max_images: int | None = None,
+def run_demo(out: Path, variant: str | None = "shrunk", weights=None, max_images: int | None = None,
              progress: bool = True) -> dict:
+    """``variant`` None: the ``weights`` file's (shrunk for the bundled ones)."""
     out = Path(out)
+    if variant is None:
+        variant = read_metadata(weights)["variant"] if weights is not None else "shrunk"
     weights = Path(weights) if weights is not None else default_weights(variant)
     if not weights.is_file():
         if weights != default_weights(variant):
@@ -144,7 +147,7 @@ def run_demo(out: Path, variant: str = "shrunk", weights=None, max_images: int |
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segvit_rt.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--variant", default="shrunk", choices=("full", "shrunk"))
+    p.add_argument("--variant", choices=("full", "shrunk"), help="default: the --weights file's, else shrunk")
     p.add_argument("--weights", help="weights to use instead of the bundled ones (must record their synthetic data)")
     p.add_argument("--images", type=int, help="segment only the first N held-out images")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -5,12 +5,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from segvit_rt import build, convert, demo, evaluate, segment
+from segvit_rt import build, convert, create_model, demo, evaluate, segment
 from segvit_rt import train as train_cli
 from segvit_rt.cli import OutputPathError, check_output, exit_on
 from segvit_rt.data import DatasetError
 from segvit_rt.data import synth
-from segvit_rt.weights import WeightsError, read_metadata
+from segvit_rt.engines import EngineError
+from segvit_rt.weights import WeightsError, read_metadata, save_weights
 
 
 @pytest.fixture
@@ -84,3 +85,15 @@ def test_a_weights_folder_points_to_its_weights_file(tmp_path):
     (tmp_path / "weights.safetensors").write_bytes(b"")
     with pytest.raises(WeightsError, match=r"is a folder, not a weights file; did you mean .*weights.safetensors\?"):
         read_metadata(tmp_path)
+
+
+def test_build_takes_the_variant_from_the_weights_file(tmp_path):
+    full = save_weights(tmp_path / "full.safetensors", create_model("tiny", "full"))
+    model, path = build.load_build_model(None, None, str(full))
+    assert model.variant == "full" and path == full
+    with pytest.raises(EngineError, match="holds a full model, but --variant shrunk"):
+        build.load_build_model("shrunk", None, str(full))
+    with pytest.raises(EngineError, match="--variant full or shrunk is needed"):
+        build.load_build_model(None, None, None)
+    assert build.build_parser().parse_args(["--weights", str(full)]).variant is None
+    assert demo.build_parser().parse_args([]).variant is None
