@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import engines
-from .cli import check_output, exit_on
+from .cli import OutputPathError, check_output, exit_on
 from .class_names import palette
 from .config import PRESETS, VARIANTS
 from .engines.format import FORMAT, META_FILE, PRECISIONS, EngineError, library_versions, write_engine_json
@@ -159,9 +159,12 @@ def default_out(preset: str, variant: str, backend: str, precision: str) -> Path
 
 
 def check_out(out: Path) -> None:
-    """``out`` is replaced whole by the new engine: refuse anything there but an engine."""
-    if out.is_file():
-        raise EngineError(f"--out {out} is a file; an engine is a directory")
+    """``out`` is replaced whole by the new engine: refuse anything there but an engine (or a path
+    that cannot be a folder)."""
+    try:
+        check_output(out, "--out", folder=True)
+    except OutputPathError as e:
+        raise EngineError(str(e)) from None
     if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).is_file():
         raise EngineError(f"--out {out} is a directory holding other things than an engine (no {META_FILE}); "
                           "the build replaces its directory whole, so give a new or an engine directory")
@@ -328,8 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
     with exit_on(EngineError, WeightsError, BuildError):
-        if args.out is not None:
-            check_output(args.out, "--out", folder=True)
         model, weights = load_build_model(args.variant, args.preset, args.weights)
         return build_engine(model, backend=args.backend, precision=args.precision, batch=args.batch,
                             max_batch=args.max_batch, out=args.out, device=args.device, weights=weights,

@@ -126,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     with exit_on(WeightsError, ValueError, FileNotFoundError, RuntimeError):
-        for flag in ("--json", "--chart"):
-            if getattr(args, flag[2:]):
-                check_output(getattr(args, flag[2:]), flag, folder=False)
+        for flag, path in (("--json", args.json), ("--chart", args.chart)):
+            if path:
+                check_output(path, flag, folder=False)
         device = pick_device(args.device)
         use_interpreter_on_cpu(args.kernels, device)
         model = load_weights(args.weights, kernels=args.kernels).to(device)

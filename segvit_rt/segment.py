@@ -60,8 +60,7 @@ def check_inputs(paths: list[Path], out: Path | None = None, pending: list[Path]
         seen[key] = p
     if out is None:
         return
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
+    check_output(out, "--out", folder=True)
     inputs = {str(p.resolve()).lower() for p in paths}
     for p in paths if pending is None else pending:
         for o in output_paths(p, out):
@@ -138,7 +137,6 @@ def main(argv=None) -> list[Path]:
     with exit_on(EngineError, ValueError, TypeError, FileNotFoundError):
         if not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
-        check_output(args.out, "--out", folder=True)
         if args.device is not None:
             import torch
 

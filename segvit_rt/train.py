@@ -381,8 +381,8 @@ class Trainer:
     def checkpoint(self, elapsed: float, metrics: dict | None) -> None:
         """Save the training state, with what a resumed run needs to log as this one would have:
         each replica's losses since the last logged step, and the final evaluation once done."""
-        rng = gather_objects(rng_state())
-        windows = gather_objects([row.tolist() for row in self.window])
+        gathered = gather_objects((rng_state(), [row.tolist() for row in self.window]))  # one exchange, by rank
+        rng, windows = [g[0] for g in gathered], [g[1] for g in gathered]
         if self.info.is_main:
             final = metrics if self.step == self.args.iters else None
             save_checkpoint(self.out / CHECKPOINT, model=self.model, optimizer=self.optimizer,
