@@ -6,8 +6,8 @@ parsed into a ``STRONGLY_TYPED`` network, so every tensor keeps the exported
 type. No precision flag is set: TensorRT 10 rejects precision flags on
 strongly-typed networks and TensorRT 11 has none (every network is strongly
 typed; the creation flag is accepted and ignored there, and only passed where
-it exists). Inference binds torch CUDA tensors by address and enqueues on
-torch's current stream (``execute_async_v3``): no pycuda.
+it exists). Inference binds torch CUDA tensors by address and enqueues on a
+torch stream ordered with the caller's (``execute_async_v3``): no pycuda.
 
 A plan runs only under the TensorRT version that built it, on a GPU of the
 same compute capability; both are recorded and checked before loading.
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from . import onnx_backend, tensorrt_plugin
+from .cuda_driver import driver_cuda_version
 from .format import INPUT_NAME, OUTPUT_NAMES, EngineError, check_compute_capability, check_input_shape
 
 ARTIFACT = "model.plan"
@@ -69,8 +70,6 @@ def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic
         "compute_capability": list(torch.cuda.get_device_capability()),
     }
     if getattr(graph.model, "kernels", None) == "tensorrt_plugin":
-        from segvit_rt.kernels.atm_attention_aot import driver_cuda_version
-
         check_plugin_available()
         tensorrt_plugin.register()
         translations = tensorrt_plugin.onnx_translations()
@@ -123,9 +122,7 @@ def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
             "the TensorRT version that built them; rebuild the engine with python -m segvit_rt.build"
         )
     check_compute_capability(meta, path, device)
-    if "plugin_driver_cuda" in meta:
-        from segvit_rt.kernels.atm_attention_aot import driver_cuda_version
-
+    if "plugin_driver_cuda" in meta:  # Triton is needed to build the plugin, not to load its plan
         check_plugin_driver(meta, path, driver_cuda_version())
 
 
@@ -159,9 +156,14 @@ def load(path: Path, meta: dict, device: torch.device):
 
 
 class _PlanRunner:
+    """Runs the plan on a stream of its own, ordered after the caller's current stream and before
+    the caller's later work: TensorRT synchronises extra when enqueued on the legacy default
+    stream, where torch runs unless told otherwise."""
+
     def __init__(self, runtime, engine, context, device: torch.device):
         self.runtime, self.engine, self.context = runtime, engine, context  # keep the owners alive
         self.device = device
+        self.stream = torch.cuda.Stream(device)
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.cuda.device(self.device):  # the context belongs to the device it was made on
@@ -171,6 +173,7 @@ class _PlanRunner:
         ctx = self.context
         if not ctx.set_input_shape(INPUT_NAME, tuple(image.shape)):
             raise EngineError(f"the TensorRT engine does not accept an input of shape {tuple(image.shape)}")
+        caller = torch.cuda.current_stream(self.device)
         outs = {
             name: torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=torch.float32, device=self.device)
             for name in OUTPUT_NAMES
@@ -178,6 +181,8 @@ class _PlanRunner:
         ctx.set_tensor_address(INPUT_NAME, image.data_ptr())
         for name, t in outs.items():
             ctx.set_tensor_address(name, t.data_ptr())
-        if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+        self.stream.wait_stream(caller)  # the input is written and the outputs allocated on the caller's stream
+        if not ctx.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed (see its log above)")
+        caller.wait_stream(self.stream)  # so the input's memory, too, is reused only after the plan read it
         return outs["class_logits"], outs["mask_logits"]

@@ -20,10 +20,18 @@ Three pieces, only the last of which needs TensorRT:
 
 Not written as ``from __future__ import annotations``: ``tensorrt.plugin``
 reads the decorated functions' annotations as types.
+
+The attributes are declared as one-element NumPy arrays, not ``int``/``float``:
+``tensorrt.plugin`` rebuilds a builtin-typed attribute with ``int(field.data)``
+on the parser's 1-D field array, which NumPy >= 2.4 refuses ("only 0-dimensional
+arrays can be converted to Python scalars"), while an array attribute is
+rebuilt with ``field.data.astype(dtype)``. :func:`plugin_attrs` unpacks them.
 """
 import functools
 from typing import List, Optional, Tuple, Union
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from segvit_rt.ops import reference
@@ -101,6 +109,21 @@ def onnx_translations() -> dict:
 
 # ---------------------------------------------------------------------------- TensorRT
 
+Int32Attr = npt.NDArray[np.int32]  # how the attributes reach the plugin (see the module doc)
+Float32Attr = npt.NDArray[np.float32]
+
+
+def plugin_attrs(num_heads, head_dim, scale) -> Tuple[int, int, float]:
+    """The node's attributes as Python scalars, from the one-element arrays TensorRT hands over."""
+    values = []
+    for name, value, kind in (("num_heads", num_heads, int), ("head_dim", head_dim, int), ("scale", scale, float)):
+        array = np.asarray(value)
+        if array.size != 1:
+            raise ValueError(f"the {PLUGIN_ID} plugin's attribute {name} must be one value, got {array.tolist()}")
+        values.append(kind(array.reshape(())))
+    return tuple(values)
+
+
 
 def check_available() -> None:
     """Raise ``ImportError`` naming what is missing unless TensorRT's plugin API is importable."""
@@ -118,38 +141,41 @@ def register() -> None:
 
     from segvit_rt.kernels import atm_attention_aot as aot
 
+    from .cuda_driver import driver_cuda_version
+
     if hasattr(getattr(trtp.op, NAMESPACE, None), NAME):
         return
 
     def kernel_target():
         target = triton.runtime.driver.active.get_current_target()
-        return target, aot.ptx_version_for(aot.driver_cuda_version(), target.arch)
+        return target, aot.ptx_version_for(driver_cuda_version(), target.arch)
 
     @trtp.register(PLUGIN_ID)
     def atm_desc(
-        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, num_heads: int, head_dim: int, scale: float
+        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc,
+        num_heads: Int32Attr, head_dim: Int32Attr, scale: Float32Attr,
     ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
         mask = trtp.from_shape_expr((q.shape_expr[0], q.shape_expr[1], k.shape_expr[1]), dtype=q.dtype)
         return q.like(), mask
 
     @trtp.autotune(PLUGIN_ID)
     def atm_autotune(
-        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, num_heads: int, head_dim: int, scale: float,
-        outputs: Tuple[trtp.TensorDesc],
+        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc,
+        num_heads: Int32Attr, head_dim: Int32Attr, scale: Float32Attr, outputs: Tuple[trtp.TensorDesc],
     ) -> List[trtp.AutoTuneCombination]:
-        tactics = aot.fitting_tactics(num_heads, head_dim, scale, "fp16", *kernel_target())
+        tactics = aot.fitting_tactics(*plugin_attrs(num_heads, head_dim, scale), "fp16", *kernel_target())
         return [trtp.AutoTuneCombination("FP16, FP16, FP16, FP16, FP16", "LINEAR", tactics)]
 
     # tensorrt.plugin hands autotune and aot_impl the attributes by position, in the order register
     # declares them: both take all three, in that order.
     @trtp.aot_impl(PLUGIN_ID)
     def atm_aot(
-        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, num_heads: int, head_dim: int, scale: float,
-        outputs: Tuple[trtp.TensorDesc], tactic: int,
+        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc,
+        num_heads: Int32Attr, head_dim: Int32Attr, scale: Float32Attr, outputs: Tuple[trtp.TensorDesc], tactic: int,
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
         if q.dtype != trt.float16:
             raise ValueError(f"the {PLUGIN_ID} plugin runs fp16 only, got {q.dtype}")
-        kernel = aot.compile_ptx(num_heads, head_dim, scale, "fp16", tactic, *kernel_target())
+        kernel = aot.compile_ptx(*plugin_attrs(num_heads, head_dim, scale), "fp16", tactic, *kernel_target())
         batch, n, length = q.shape_expr[0], q.shape_expr[1], k.shape_expr[1]
         grid_x, grid_y = aot.launch_grid(batch, n, tactic, cdiv=trtp.cdiv)
         params = trtp.KernelLaunchParams(

@@ -193,16 +193,6 @@ def ptx_version_for(driver_cuda: str, arch: int) -> int:
     return min(nvidia.ptx_get_version(driver_cuda), nvidia.ptx_get_version(nvidia.get_ptxas(arch).version))
 
 
-def driver_cuda_version() -> str:
-    """The CUDA version of the installed driver ("13.0"), from ``cuDriverGetVersion``."""
-    import ctypes
-
-    version = ctypes.c_int()
-    if ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version)) != 0:
-        raise RuntimeError("cuDriverGetVersion failed")
-    return f"{version.value // 1000}.{version.value % 1000 // 10}"
-
-
 def strip_hidden_params(ptx: str, name: str, visible: int) -> str:
     """Drop the entry parameters of ``name`` after the first ``visible`` ones, which must be unused."""
     entry = _entry(ptx, name)

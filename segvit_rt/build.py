@@ -14,6 +14,7 @@ lie within the precision's tolerance. Only then does the directory move to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -218,7 +219,9 @@ def build_engine(
     log(f"building {backend} {precision} engine of {cfg.name} {variant} "
         f"(batch {batch or f'1..{max_batch}'}, input {cfg.crop_size}x{cfg.crop_size}, kernels {kernels}, device {device})")
 
-    with atomic_dir(out) as tmp:
+    # Backends that compile for a GPU (aoti, tensorrt, the plugin's PTX) target the current one.
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with atomic_dir(out) as tmp, on_device:
         artifact = tmp / module.ARTIFACT
         extra = module.export(graph, example, artifact, dynamic_batch=batch is None, max_batch=max_batch)
         del graph, exported

@@ -145,11 +145,16 @@ def main(argv=None) -> list[Path]:
             except RuntimeError:
                 raise ValueError(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N") from None
         paths, out = expand_inputs(args.images), Path(args.out)
-        check_inputs(paths, out, pending_inputs(paths, out, args.skip_existing))
+        pending = pending_inputs(paths, out, args.skip_existing)
+        check_inputs(paths, out, pending)
         runtime = Runtime(args.engine, device=args.device, mode=args.mode)
         written, unreadable = segment_files(runtime, paths, out, args.alpha, progress=not args.quiet,
                                             skip_existing=args.skip_existing, batch=args.batch)
-    print(f"wrote {len(written)} label maps and overlays to {args.out}")
+    done_before = len(paths) - len(pending)
+    plural = "s" * (len(written) != 1)
+    print(f"wrote {len(written)} label map{plural} and overlay{plural} to {args.out}"
+          + (f" ({done_before} image{'s' * (done_before != 1)} already done there, left as they were)"
+             if done_before else ""))
     if unreadable:
         print(f"error: {len(unreadable)} of {len(paths)} images could not be read:", file=sys.stderr)
         for reason in unreadable.values():

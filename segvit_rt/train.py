@@ -409,7 +409,7 @@ class Trainer:
                                      "lr": lr, "time": round(self.elapsed + time.perf_counter() - start, 3)})
             if args.eval_every and self.step % args.eval_every == 0 or self.step == args.iters:
                 metrics = self.evaluate()
-                bar.set_postfix(loss=f"{loss:.3f}", mIoU=f"{metrics['mIoU']:.3f}")
+                bar.set_postfix(loss=f"{loss:.3f}", mIoU=f"{100 * metrics['mIoU']:.1f}")
             if args.ckpt_every and self.step % args.ckpt_every == 0 or self.step == args.iters:
                 self.checkpoint(self.elapsed + time.perf_counter() - start, metrics)
         bar.close()
@@ -434,9 +434,9 @@ class Trainer:
             plot_curves(self.log.records(), self.out / "curves.png")
             write_json(self.out / "summary.json", summary)
             chance = metrics["chance"]
-            against = (f"chance: constant mIoU {chance['constant_mIoU']:.4f}, random {chance['random_mIoU']:.4f}"
+            against = (f"chance: constant mIoU {100 * chance['constant_mIoU']:.2f}, random {100 * chance['random_mIoU']:.2f}"
                        if chance else "the validation split has no labelled pixel")
-            print(f"step {self.step}: mIoU {metrics['mIoU']:.4f} aAcc {metrics['aAcc']:.4f} ({against}) "
+            print(f"step {self.step}: mIoU {100 * metrics['mIoU']:.2f} aAcc {100 * metrics['aAcc']:.2f} ({against}) "
                   f"after {seconds:.0f} s; weights: {self.out / WEIGHTS}", file=sys.stderr)
         return summary
 

@@ -148,7 +148,7 @@ def test_segment_cli_writes_labels_and_overlays(runtime, onnx_engine, tmp_path, 
         Image.fromarray(image(*hw, seed=10 + i)).save(paths[-1])
     out = tmp_path / "out"
     segment.main([*map(str, paths), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
-    assert "wrote 2 label maps" in capsys.readouterr().out
+    assert capsys.readouterr().out == f"wrote 2 label maps and overlays to {out}\n"
     for p in paths:
         labels = np.asarray(Image.open(out / f"{p.stem}_labels.png"))
         np.testing.assert_array_equal(labels, runtime.segment(p))
@@ -191,7 +191,7 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
     d_written = (out / "d_labels.png").stat().st_mtime_ns
     segment.main([str(photos / "a.png"), str(single), "--engine", str(onnx_engine), "--out", str(out), "--quiet",
                   "--skip-existing"])
-    assert "wrote 1 label maps" in capsys.readouterr().out
+    assert f"wrote 1 label map and overlay to {out} (1 image already done there" in capsys.readouterr().out
     assert (out / "a_overlay.png").is_file() and (out / "d_labels.png").stat().st_mtime_ns == d_written
 
 
@@ -243,7 +243,7 @@ def test_segment_cli_never_writes_over_an_input(onnx_engine, tmp_path, capsys):
     Image.fromarray(image(40, 40, seed=2)).save(folder / "img_overlay.png")
     segment.main([str(folder), "--engine", str(onnx_engine), "--out", str(folder), "--quiet", "--skip-existing"])
     np.testing.assert_array_equal(np.asarray(Image.open(folder / "img_labels.png")), mask)
-    assert "wrote 2 label maps" in capsys.readouterr().out
+    assert f"wrote 2 label maps and overlays to {folder} (1 image already done there" in capsys.readouterr().out
 
 
 def test_segment_cli_skips_an_image_whose_header_claims_a_huge_size(onnx_engine, tmp_path, capsys):

@@ -1,6 +1,10 @@
 """The ATM TensorRT plugin's graph side, without TensorRT: the export marks every ATM layer whose
 mask is used with one plugin node, and that graph, its nodes run by the plugin's kernel in
 TensorRT's calling convention, computes the PyTorch model."""
+import re
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -16,6 +20,13 @@ from segvit_rt.engines.graph import DTYPES, LogitsGraph, example_input
 from segvit_rt.kernels import atm_attention_aot as plugin_kernel
 
 
+def as_tensorrt_fields(num_heads, head_dim, scale):
+    """The attributes as ``tensorrt.plugin`` hands them to the plugin's functions: the parser's 1-D
+    field arrays, ``astype`` the declared array dtype."""
+    return np.array([num_heads]).astype(np.int32), np.array([head_dim]).astype(np.int32), \
+        np.array([scale], np.float32).astype(np.float32)
+
+
 class atm_attention(OpRun):  # noqa: N801  (the evaluator finds a custom op by its class name)
     """The plugin node run as TensorRT would: attributes -> kernel constants, our AOT kernel."""
 
@@ -24,6 +35,7 @@ class atm_attention(OpRun):  # noqa: N801  (the evaluator finds a custom op by i
 
     def _run(self, q, k, v, num_heads=None, head_dim=None, scale=None, plugin_namespace=None, aot=None):
         atm_attention.calls.append((num_heads, head_dim, scale, plugin_namespace, aot))
+        num_heads, head_dim, scale = tensorrt_plugin.plugin_attrs(*as_tensorrt_fields(num_heads, head_dim, scale))
         assert q.shape[-1] == num_heads * head_dim
         out, mask = plugin_kernel.launch(*(torch.from_numpy(t) for t in (q, k, v)), num_heads, scale=scale, tactic=2)
         return out.numpy(), mask.numpy()
@@ -104,3 +116,24 @@ def test_a_plugin_plan_refuses_an_older_driver(tmp_path):
         check_plugin_driver(meta, tmp_path, newer_or_same)
     with pytest.raises(EngineError, match=r"PTX for a CUDA 12\.8 driver.*driver is CUDA 12\.4"):
         check_plugin_driver(meta, tmp_path, "12.4")
+
+
+def test_plugin_attributes_unpack_to_scalars_and_refuse_arrays():
+    heads, head_dim, scale = tensorrt_plugin.plugin_attrs(*as_tensorrt_fields(8, 64, 0.125))
+    assert (heads, head_dim, scale) == (8, 64, 0.125)
+    assert type(heads) is int and type(head_dim) is int and type(scale) is float
+    with pytest.raises(ValueError, match="attribute num_heads must be one value"):
+        tensorrt_plugin.plugin_attrs(np.array([8, 8], np.int32), *as_tensorrt_fields(8, 64, 0.125)[1:])
+
+
+def test_a_plugin_plan_loads_without_triton():
+    """Triton builds the plugin's PTX; the driver check that loading a plan runs must not need it."""
+    script = (
+        "import sys; sys.modules['triton'] = None\n"
+        "from segvit_rt.engines.tensorrt_backend import driver_cuda_version\n"
+        "try:\n    print(driver_cuda_version())\n"
+        "except OSError:\n    print('no CUDA driver')\n"  # no libcuda on a CPU machine
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "no CUDA driver" or re.fullmatch(r"\d+\.\d+", done.stdout.strip())

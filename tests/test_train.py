@@ -143,7 +143,7 @@ def test_sampler_global_batches_do_not_depend_on_world_size():
 # ---------------------------------------------------------------- the CLI
 
 
-def test_training_run_writes_everything_and_learns(synth, tmp_path):
+def test_training_run_writes_everything_and_learns(synth, tmp_path, capsys):
     out = tmp_path / "run"
     summary = train_cli.main(["--data", str(synth), "--out", str(out), "--variant", "shrunk", "--iters", "24",
                               "--lr", "5e-4", "--eval-every", "12", "--ckpt-every", "8", *FAST])
@@ -161,6 +161,8 @@ def test_training_run_writes_everything_and_learns(synth, tmp_path):
                              "seed": 0}
     assert meta["class_names"] == (synth / "ADEChallengeData2016" / "classes.txt").read_text().split()
     assert meta["miou"] == pytest.approx(summary["metrics"]["mIoU"]) == pytest.approx(evals[-1]["mIoU"])
+    metrics = summary["metrics"]  # fractions in files, percentages on screen as in evaluate's table
+    assert f"step 24: mIoU {100 * metrics['mIoU']:.2f} aAcc {100 * metrics['aAcc']:.2f}" in capsys.readouterr().err
     model = load_weights(out / "weights.safetensors")
     assert model.cfg.num_classes == 3 and model.cfg.crop_size == 64
     with Image.open(out / "curves.png") as png:
