@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,14 +47,20 @@ def default_device() -> torch.device:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporter logs a warning per torchvision op it cannot register; those are not ours."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Silence what the exporter says about itself, none of it actionable here: a warning per
+    torchvision op it cannot register, onnxscript's optimizer on every multi-output ``Split`` it
+    leaves unfolded, and a deprecation inside torch's own pytree copying (torch 2.13)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+            yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def export(

@@ -484,3 +484,14 @@ def test_aoti_cuda_dynamic_batch_engine_in_a_subprocess(tmp_path, kernels):
     assert run.returncode == 0 and "dynamic aoti ok" in run.stdout, (
         f"exit status {run.returncode}\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"
     )
+
+
+def test_onnx_export_says_nothing_about_itself(shrunk, tmp_path, recwarn, capfd):
+    """The exporter's own chatter (onnxscript's unfolded ``Split`` notes, torch's pytree deprecation)
+    is kept out of the build's output."""
+    graph = LogitsGraph(shrunk, "fp32").eval()
+    onnx_backend.export(graph, example_input(shrunk.cfg, 2, "cpu"), tmp_path / "g.onnx", dynamic_batch=True,
+                        max_batch=4)
+    printed = capfd.readouterr()
+    assert "Skipping constant folding" not in printed.err + printed.out
+    assert [str(w.message) for w in recwarn if issubclass(w.category, FutureWarning)] == []
