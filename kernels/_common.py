@@ -19,12 +19,15 @@ Where the Triton path runs:
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterable
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -89,6 +92,31 @@ def launcher(kernel):
     if wrap is None or interpreter_active():
         return kernel
     return wrap(kernel)
+
+
+def launches_on_input_device(op: str):
+    """Decorate a ``launch_*`` function whose first argument is a tensor of the launch.
+
+    Triton launches on the *current* CUDA device, whatever the tensors' device: a launch for
+    tensors on ``cuda:1`` is made with that device current. A shape no config of the kernel fits
+    in this GPU's shared memory (only far outside the models' shapes: fp32 with a model dim of
+    2048, say) becomes a ``ValueError`` naming ``op`` instead of Triton's launch error."""
+
+    def decorate(launch: Callable) -> Callable:
+        @functools.wraps(launch)
+        def run(first: torch.Tensor, *args, **kwargs):
+            on_device = (torch.cuda.device(first.device)
+                         if first.device.type == "cuda" and torch.cuda.is_available() else contextlib.nullcontext())
+            try:
+                with on_device:
+                    return launch(first, *args, **kwargs)
+            except OutOfResources as e:
+                raise ValueError(f"{op}: no kernel config fits this GPU for inputs of shape {tuple(first.shape)} "
+                                 f"and dtype {first.dtype} ({e}); use fp16/bf16 or the reference ops") from e
+
+        return run
+
+    return decorate
 
 
 def autotune_configs(blocks: Iterable[str], settings: Iterable[tuple], interpreter: tuple) -> list:

@@ -49,6 +49,7 @@ from ._common import (
     dot,
     dot_options,
     launcher,
+    launches_on_input_device,
     runs_triton,
 )
 
@@ -283,6 +284,7 @@ def _atm_bwd_dq_kernel(
     )
 
 
+@launches_on_input_device(OP)
 def launch_forward(q, k, v, num_heads, scale, prev_mask, sigmoid_mask, out, mask, lse):
     """Run the forward kernel into preallocated ``out`` [B, N, D], ``mask`` [B, N, L] or ``None``
     (skip the mask), ``lse`` [B, H, N] fp32. Exposed so tests can hand in poisoned buffers."""
@@ -307,6 +309,7 @@ def launch_forward(q, k, v, num_heads, scale, prev_mask, sigmoid_mask, out, mask
     )
 
 
+@launches_on_input_device(OP)
 def launch_backward(dout, dmask, q, k, v, out, lse, num_heads, scale, dq, dk, dv):
     """Run the backward kernels into preallocated ``dq``/``dk``/``dv`` (contiguous, like ``q``/``k``/``v``).
 

@@ -41,6 +41,7 @@ from ._common import (
     dot,
     dot_options,
     launcher,
+    launches_on_input_device,
     runs_triton,
 )
 
@@ -261,6 +262,7 @@ def _sizes(grid_hw):
     return (h // 2) * (w // 2), h * w, w // 2, w
 
 
+@launches_on_input_device(OP)
 def launch_forward(x_q, k, v, grid_hw, num_heads, scale, out, lse):
     """Run the forward kernel into preallocated ``out`` [B, L/4, D] and ``lse`` [B, H, L/4] fp32
     (contiguous). Exposed so tests can hand in poisoned buffers."""
@@ -278,6 +280,7 @@ def launch_forward(x_q, k, v, grid_hw, num_heads, scale, out, lse):
     )
 
 
+@launches_on_input_device(OP)
 def launch_backward(dout, x_q, k, v, out, lse, grid_hw, num_heads, scale, dxq, dk, dv):
     """Run the backward kernels into preallocated ``dxq``/``dk``/``dv`` [B, L, D] (one layout,
     unit last dim). Every element of the three is written."""

@@ -43,6 +43,7 @@ from ._common import (
     define_op,
     interpreter_active,
     launcher,
+    launches_on_input_device,
     runs_triton,
 )
 
@@ -172,6 +173,7 @@ def pack_inputs(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> tuple[
     return probs, masks
 
 
+@launches_on_input_device(OP)
 def launch(probs, masks, num_classes, out_hw, labels, scores=None):
     """Run the kernel on :func:`pack_inputs`' ``probs``/``masks`` into preallocated ``labels``
     [B, H, W] int64 and optionally ``scores`` [B, H, W] fp32 (both contiguous). Exposed so
