@@ -108,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segvit_rt.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", required=True, help="a segvit_rt .safetensors weights file")
     p.add_argument("--data", required=True,
-                   help="dataset root (ADE20K, COCO-Stuff 10k, PASCAL-Context or images/ + masks/ layout)")
-    p.add_argument("--split", default="validation")
+                   help="dataset root (ADE20K, COCO-Stuff 10k or 164k, PASCAL-Context or images/ + masks/ layout)")
+    p.add_argument("--split", default="validation",
+                   help="validation (default), training, or none: a generic images/ + masks/ folder without "
+                        "split folders")
     p.add_argument("--mode", choices=MODES, default="slide")
     p.add_argument("--crop", type=int, help="window size (default: the model's crop size)")
     p.add_argument("--stride", type=int, help="window stride (default: the preset's slide stride)")
@@ -133,7 +135,8 @@ def main(argv=None) -> dict:
         use_interpreter_on_cpu(args.kernels, device)
         model = load_weights(args.weights, kernels=args.kernels).to(device)
         cfg = model.cfg
-        dataset = open_dataset(args.data, args.split, transform=EvalTransform(cfg.mean, cfg.std))
+        split = None if args.split == "none" else args.split
+        dataset = open_dataset(args.data, split, transform=EvalTransform(cfg.mean, cfg.std))
         metrics = evaluate_model(model, dataset, args.mode, args.crop, args.stride, progress=not args.quiet,
                                  tta=args.tta)
     if tuple(dataset.classes) != tuple(cfg.names()):

@@ -104,7 +104,8 @@ class UsageError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segvit_rt.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True,
-                   help="dataset root: ADE20K, COCO-Stuff 10k, PASCAL-Context or images/ + masks/ + classes.txt")
+                   help="dataset root: ADE20K, COCO-Stuff 10k or 164k, PASCAL-Context, or images/ + masks/ + classes.txt "
+                        "with training/ and validation/ split folders in both")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--variant", default="full", choices=VARIANTS)

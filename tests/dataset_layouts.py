@@ -39,9 +39,10 @@ def make_generic(root, masks, classes, split=None, image_ext=".png"):
     return images
 
 
-def make_coco_stuff(root, masks_by_split):
-    """coco_stuff10k as mmseg's converter writes it; split: train2014 / test2014."""
-    base = root / "coco_stuff10k"
+def make_coco_stuff(root, masks_by_split, folder="coco_stuff10k"):
+    """coco_stuff10k (splits train2014 / test2014) or coco_stuff164k (train2017 / val2017) as mmseg's
+    converters write them."""
+    base = root / folder
     rng = np.random.default_rng(2)
     for split, masks in masks_by_split.items():
         (base / "images" / split).mkdir(parents=True)

@@ -14,6 +14,7 @@ from segvit_rt.data import (
     IGNORE_INDEX,
     ADE20KDataset,
     COCOStuff10kDataset,
+    COCOStuff164kDataset,
     DatasetError,
     EvalTransform,
     GenericSegDataset,
@@ -79,6 +80,30 @@ def test_coco_stuff_10k_layout(tmp_path):
     bad.unlink()
     with pytest.raises(DatasetError, match="1 images without a mask.*COCO_train2014_000000000001"):
         open_dataset(tmp_path, "train")
+
+
+def test_coco_stuff_10k_evaluation_copy_without_train2014(tmp_path):
+    make_coco_stuff(tmp_path, {"test2014": [np.array([[1, 2]])]})
+    val = open_dataset(tmp_path, "validation")
+    assert isinstance(val, COCOStuff10kDataset) and len(val) == 1
+
+
+def test_coco_stuff_164k_layout(tmp_path):
+    """Labels 0..170 as stored, 255 ignored: no shift (the 10k converter's 0 = unlabelled is not here)."""
+    ann = np.array([[0, 1, 170, 255]] * 5, dtype=np.uint8)
+    base = make_coco_stuff(tmp_path, {"train2017": [ann, ann], "val2017": [ann[:, ::-1]]}, folder="coco_stuff164k")
+    for root in (tmp_path, base):
+        ds = open_dataset(root, "training")
+        assert isinstance(ds, COCOStuff164kDataset) and ds.split == "train2017" and len(ds) == 2
+        assert ds.classes == COCO_STUFF_CLASSES
+        np.testing.assert_array_equal(ds[0][1][0], [0, 1, 170, IGNORE_INDEX])
+    val = open_dataset(tmp_path, "val")
+    assert val.split == "val2017" and len(val) == 1
+    np.testing.assert_array_equal(val[0][1][0], [IGNORE_INDEX, 170, 1, 0])
+    Image.fromarray(np.full((5, 4), 171, np.uint8)).save(
+        base / "annotations" / "train2017" / "COCO_train2017_000000000001_labelTrainIds.png")
+    with pytest.raises(DatasetError, match=r"000000000001_labelTrainIds\.png.*171.*0\.\.170 or 255"):
+        open_dataset(tmp_path, "train")[1]
 
 
 def test_pascal_context_layout(tmp_path):

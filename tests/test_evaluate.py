@@ -65,6 +65,24 @@ def test_cli_metrics_match_a_hand_computation(setup, mode, capsys):
         assert png.format == "PNG" and png.width >= 500 and png.height >= 100
 
 
+def test_split_none_evaluates_a_generic_folder_without_split_folders(setup, tmp_path, capsys):
+    """The same validation images as a flat images/ + masks/ folder (0..K-1, 255 ignore)."""
+    root, ade, model, weights = setup
+    flat = tmp_path / "flat"
+    (flat / "images").mkdir(parents=True)
+    (flat / "masks").mkdir()
+    (flat / "classes.txt").write_text((ade / "classes.txt").read_text())
+    for img_path in sorted((ade / "images" / "validation").glob("*.jpg")):
+        (flat / "images" / img_path.name).write_bytes(img_path.read_bytes())
+        ann = np.asarray(Image.open(ade / "annotations" / "validation" / f"{img_path.stem}.png")).astype(int)
+        Image.fromarray(np.where(ann == 0, 255, ann - 1).astype(np.uint8)).save(flat / "masks" / f"{img_path.stem}.png")
+    with pytest.raises(SystemExit):
+        evaluate.main(["--weights", str(weights), "--data", str(flat), "--quiet"])
+    assert "split 'validation' not found" in capsys.readouterr().err
+    metrics = evaluate.main(["--weights", str(weights), "--data", str(flat), "--split", "none", "--quiet"])
+    assert metrics["images"] == 3 and metrics["mIoU"] == pytest.approx(expected_miou(model, ade), abs=1e-9)
+
+
 def test_predictions_come_back_at_the_original_size():
     torch.manual_seed(0)
     model = segvit_rt.create_model("tiny", variant="shrunk", num_classes=K, crop_size=64, slide_stride=48).eval()

@@ -9,8 +9,9 @@ Datasets (``torch.utils.data.Dataset``; each sample is ``(image, label)``)
         ``annotations/{training,validation}/*.png``; annotation 0 is ignore and
         ``1..K`` become ``0..K-1``. ``root`` is the ``ADEChallengeData2016``
         folder or its parent. Class names are the 150 ADE20K ones unless a
-        ``classes.txt`` (one name a line) sits in that folder or its parent,
-        as the synthetic generator writes; then K is its line count.
+        ``classes.txt`` (one name a line) sits in that folder, as the synthetic
+        generator writes; then K is its line count (one in the parent folder
+        is not read: it may belong to another data set).
     ``COCOStuff10kDataset(root, split="training", transform=None, seed=0)``
         ``coco_stuff10k`` as mmseg's converter writes it:
         ``images/{train2014,test2014}/*.jpg`` with
@@ -18,6 +19,11 @@ Datasets (``torch.utils.data.Dataset``; each sample is ``(image, label)``)
         ``1..171`` become ``0..170`` (the official config's
         ``reduce_zero_label``). ``"training"`` is train2014, ``"validation"``
         test2014 (the paper's evaluation split).
+    ``COCOStuff164kDataset(root, split="training", transform=None, seed=0)``
+        ``coco_stuff164k`` as mmseg's converter writes it:
+        ``images/{train2017,val2017}/*.jpg`` with
+        ``annotations/<split>/<stem>_labelTrainIds.png`` holding ``0..170``
+        and 255 = ignore (already shifted by the converter).
     ``PascalContextDataset(root, split="training", transform=None, seed=0)``
         ``VOCdevkit/VOC2010`` after mmseg's PASCAL-Context conversion:
         ``JPEGImages/*.jpg``, ``SegmentationClassContext/*.png`` holding the 60
@@ -32,7 +38,8 @@ Datasets (``torch.utils.data.Dataset``; each sample is ``(image, label)``)
     ``open_dataset(root, split, transform=None, **kwargs)``
         Picks the layout from what is on disk. ``"train"``/``"val"`` and
         ``"training"``/``"validation"`` stand for each other in every layout;
-        ``split=None`` means no split folders (generic layout only).
+        ``split=None`` means no split folders (generic layout only; the CLIs'
+        ``--split none``).
 
     Attributes: ``classes`` (names), ``num_classes``, ``samples`` (list of
     ``(image_path, mask_path)``), ``seed``, ``epoch``; ``set_epoch(epoch)``;
@@ -82,6 +89,7 @@ from .datasets import (
     IGNORE_INDEX,
     ADE20KDataset,
     COCOStuff10kDataset,
+    COCOStuff164kDataset,
     DatasetError,
     GenericSegDataset,
     PascalContextDataset,
@@ -96,6 +104,7 @@ __all__ = [
     "IGNORE_INDEX",
     "ADE20KDataset",
     "COCOStuff10kDataset",
+    "COCOStuff164kDataset",
     "DatasetError",
     "EvalTransform",
     "GenericSegDataset",

@@ -1,5 +1,5 @@
 """Segmentation datasets on disk: the layouts of the paper's three data sets as mmseg
-prepares them (ADE20K, COCO-Stuff 10k, PASCAL-Context) and a generic images/masks layout.
+prepares them (ADE20K, COCO-Stuff 10k and 164k, PASCAL-Context) and a generic images/masks layout.
 
 Pairing (which image goes with which mask) is checked when a dataset is built;
 file contents are checked when a sample is read, so opening a large dataset
@@ -23,6 +23,7 @@ IGNORE_INDEX = 255
 
 ADE_FOLDER = "ADEChallengeData2016"
 COCO_STUFF_FOLDER = "coco_stuff10k"
+COCO_STUFF164K_FOLDER = "coco_stuff164k"
 CONTEXT_FOLDER = Path("VOCdevkit", "VOC2010")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
@@ -270,6 +271,23 @@ class IgnoreIndexDataset(SegDataset):
         return np.where(ignored, IGNORE_INDEX, mask)
 
 
+class COCOStuff164kDataset(IgnoreIndexDataset):
+    """``coco_stuff164k`` as mmseg's converter writes it: ``images/{train2017,val2017}/*.jpg`` and
+    ``annotations/<split>/<stem>_labelTrainIds.png`` holding the 171 classes 0..170 and 255 = ignore
+    (the converter has already shifted them: no ``reduce_zero_label``, unlike the 10k set)."""
+
+    SPLITS = {"training": "train2017", "validation": "val2017"}
+
+    def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0):
+        base = find_coco_stuff164k_folder(Path(root))
+        split = split_folder(split, self.SPLITS, "COCO-Stuff 164k")
+        samples = pair_files(base / "images" / split, base / "annotations" / split,
+                             (".jpg", ".jpeg"), (".png",), mask_name_end="_labelTrainIds")
+        super().__init__(samples, COCO_STUFF_CLASSES, transform, seed)
+        self.root = base
+        self.split = split
+
+
 class PascalContextDataset(IgnoreIndexDataset):
     """``VOCdevkit/VOC2010`` with mmseg's PASCAL-Context conversion: ``JPEGImages/*.jpg``,
     ``SegmentationClassContext/*.png`` holding the 60 classes 0..59 (0 = background, a class, as the
@@ -333,31 +351,35 @@ def _split_dirs(image_dir: Path, mask_dir: Path, split: str) -> tuple[Path, Path
     for name in (split, aliases.get(split)):
         if name is not None and (image_dir / name).is_dir():
             return image_dir / name, mask_dir / name
-    raise FileNotFoundError(f"split {split!r} not found: no folder {image_dir / split}")
+    raise FileNotFoundError(f"split {split!r} not found: no folder {image_dir / split} (evaluating a folder "
+                            "without split folders: --split none)")
+
+
+def _find_split_folder(root: Path, folder: str, splits: tuple[str, str], name: str) -> Path:
+    """``root`` or ``root/folder`` holding ``images/<split>`` and ``annotations/<split>`` for one of
+    ``splits`` at least."""
+    for base in (root, root / folder):
+        if any((base / "images" / s).is_dir() and (base / "annotations" / s).is_dir() for s in splits):
+            return base
+    raise FileNotFoundError(
+        f"no {name} layout at {root}: expected {folder}/images/<split> and {folder}/annotations/<split> "
+        f"for split {splits[0]} or {splits[1]} (root may be that folder or its parent)"
+    )
 
 
 def find_ade_folder(root: Path) -> Path:
-    """``root`` itself when it is the ADE20K folder, else ``root/ADEChallengeData2016`` (a folder with
-    ``images/`` and ``annotations/`` and a ``training`` or ``validation`` split in them)."""
-    for base in (root, root / ADE_FOLDER):
-        if any((base / "images" / s).is_dir() and (base / "annotations" / s).is_dir()
-               for s in ("training", "validation")):
-            return base
-    raise FileNotFoundError(
-        f"no ADE20K layout at {root}: expected {ADE_FOLDER}/images/<split> and {ADE_FOLDER}/annotations/<split> "
-        "for split training or validation (root may be that folder or its parent)"
-    )
+    """``root`` itself when it is the ADE20K folder, else ``root/ADEChallengeData2016``."""
+    return _find_split_folder(root, ADE_FOLDER, ("training", "validation"), "ADE20K")
 
 
 def find_coco_stuff_folder(root: Path) -> Path:
     """``root`` itself when it is the COCO-Stuff 10k folder, else ``root/coco_stuff10k``."""
-    for base in (root, root / COCO_STUFF_FOLDER):
-        if (base / "images" / "train2014").is_dir() and (base / "annotations" / "train2014").is_dir():
-            return base
-    raise FileNotFoundError(
-        f"no COCO-Stuff 10k layout at {root}: expected {COCO_STUFF_FOLDER}/images/train2014 and "
-        f"{COCO_STUFF_FOLDER}/annotations/train2014 (root may be that folder or its parent)"
-    )
+    return _find_split_folder(root, COCO_STUFF_FOLDER, ("train2014", "test2014"), "COCO-Stuff 10k")
+
+
+def find_coco_stuff164k_folder(root: Path) -> Path:
+    """``root`` itself when it is the COCO-Stuff 164k folder, else ``root/coco_stuff164k``."""
+    return _find_split_folder(root, COCO_STUFF164K_FOLDER, ("train2017", "val2017"), "COCO-Stuff 164k")
 
 
 def find_context_folder(root: Path) -> Path:
@@ -372,13 +394,14 @@ def find_context_folder(root: Path) -> Path:
 
 LAYOUTS = (
     ("COCO-Stuff 10k", find_coco_stuff_folder, COCOStuff10kDataset),
+    ("COCO-Stuff 164k", find_coco_stuff164k_folder, COCOStuff164kDataset),
     ("PASCAL-Context", find_context_folder, PascalContextDataset),
     ("ADE20K", find_ade_folder, ADE20KDataset),
 )
 
 
 def open_dataset(root, split: str | None, transform: Callable | None = None, **kwargs) -> SegDataset:
-    """The dataset at ``root`` in whichever layout is on disk: ADE20K, COCO-Stuff 10k,
+    """The dataset at ``root`` in whichever layout is on disk: ADE20K, COCO-Stuff 10k or 164k,
     PASCAL-Context (mmseg's prepared forms) or the generic one. A folder holding several of them
     is refused (which one was meant is not for us to guess)."""
     root = Path(root)
@@ -404,6 +427,7 @@ def open_dataset(root, split: str | None, transform: Callable | None = None, **k
     raise FileNotFoundError(
         f"no dataset at {root}: expected the ADE20K layout ({ADE_FOLDER}/images/<split>, "
         f"{ADE_FOLDER}/annotations/<split>), COCO-Stuff 10k ({COCO_STUFF_FOLDER}/images/train2014, "
-        f"{COCO_STUFF_FOLDER}/annotations/train2014), PASCAL-Context ({CONTEXT_FOLDER}/JPEGImages, "
+        f"{COCO_STUFF_FOLDER}/annotations/train2014), COCO-Stuff 164k ({COCO_STUFF164K_FOLDER}/images/train2017, "
+        f"{COCO_STUFF164K_FOLDER}/annotations/train2017), PASCAL-Context ({CONTEXT_FOLDER}/JPEGImages, "
         f"{CONTEXT_FOLDER}/SegmentationClassContext) or the generic one (images/, masks/, classes.txt)"
     )
