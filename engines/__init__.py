@@ -98,6 +98,8 @@ def load_engine(directory, device=None, verify: bool = True) -> Engine:
     if device is None:
         device = torch.device(meta["device"]) if meta["backend"] == "aoti" else backend.default_device()
     device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise EngineError(f"engines run on cpu or cuda, not {device.type}")
     if device.type == "cuda" and device.index is None and torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
     path = artifact_path(directory, meta)

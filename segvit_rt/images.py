@@ -5,7 +5,8 @@ Accepted inputs (:func:`load_image`):
 * a path (``str`` or ``os.PathLike``) to any image file PIL reads;
 * a ``PIL.Image.Image`` in any mode (grayscale, palette, RGBA, 16-bit...);
 * a numpy array in the numpy/PIL layout, channels last: ``HxW`` (grayscale),
-  ``HxWx1``, ``HxWx3`` (RGB) or ``HxWx4`` (RGBA), dtype uint8;
+  ``HxWx1``, ``HxWx3`` (RGB) or ``HxWx4`` (RGBA), uint8 (0–255), uint16 (0–65535,
+  as 16-bit files) or floating point in [0, 1];
 * a torch tensor in the torchvision layout, channels first: ``HxW``, ``1xHxW``,
   ``3xHxW`` or ``4xHxW``, either uint8 (0–255) or floating point in [0, 1].
 
@@ -50,6 +51,8 @@ def load_image(src, exif_turn: bool = True) -> np.ndarray:
 
 
 def _from_path(path: Path, exif_turn: bool) -> np.ndarray:
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
@@ -67,6 +70,9 @@ _NO_RGB_MEANING = {"F": "floats of no fixed range", "LAB": "Pillow copies L*a*b*
 
 
 def _from_pil(im: Image.Image, exif_turn: bool = True) -> np.ndarray:
+    if getattr(im, "_im", True) is None and getattr(im, "fp", True) is None:  # Pillow asserts, silently
+        raise ValueError("the PIL image is closed and was never loaded: call .load() (or .copy()) inside its "
+                         "'with Image.open(...)' block, or pass the file's path")
     if im.width == 0 or im.height == 0:
         raise ValueError(f"empty image ({im.width}x{im.height})")
     fmt = im.format  # the turned copy below has none
@@ -93,11 +99,16 @@ def _from_wide_gray(values: np.ndarray, mode: str, fmt: str | None = None) -> np
 
 
 def _from_array(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype != np.uint8:
-        raise TypeError(
-            f"image arrays must be uint8 (0-255), got {arr.dtype}; "
-            "convert float images in [0, 1] with (a * 255).round().astype(np.uint8)"
-        )
+    if arr.dtype == np.uint16:
+        arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)  # as 16-bit files are read
+    elif np.issubdtype(arr.dtype, np.floating):
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if not (0.0 <= lo and hi <= 1.0):  # also NaN
+            raise ValueError(f"float image arrays must hold values in [0, 1], got [{lo:.3g}, {hi:.3g}]; "
+                             "pass uint8 arrays for 0-255 values")
+        arr = np.round(arr * 255.0).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise TypeError(f"image arrays must be uint8 (0-255), uint16 (0-65535) or float in [0, 1], got {arr.dtype}")
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):

@@ -22,6 +22,8 @@ original size: uint8 for up to 256 classes, else int32.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -79,7 +81,12 @@ class Runtime:
 
     @torch.no_grad()
     def segment_batch(self, imgs) -> list[np.ndarray]:
-        """Labels for several images; images of the same size share engine calls."""
+        """Labels for several images (a list, or a 4-D ``NxHxWxC`` array / ``NxCxHxW`` tensor); images
+        of the same size share engine calls."""
+        single = (str, os.PathLike, Image.Image)
+        if isinstance(imgs, single) or (isinstance(imgs, (np.ndarray, torch.Tensor)) and imgs.ndim != 4):
+            raise TypeError(f"segment_batch takes a list of images (or a 4-D batch), got one "
+                            f"{type(imgs).__name__}: for one image use segment(img)")
         rgbs = [images.load_image(img) for img in imgs]
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, rgb in enumerate(rgbs):

@@ -141,9 +141,11 @@ def main(argv=None) -> list[Path]:
             import torch
 
             try:
-                torch.device(args.device)
+                kind = torch.device(args.device).type
             except RuntimeError:
-                raise ValueError(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N") from None
+                kind = None
+            if kind not in ("cpu", "cuda"):
+                raise ValueError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
         paths, out = expand_inputs(args.images), Path(args.out)
         pending = pending_inputs(paths, out, args.skip_existing)
         check_inputs(paths, out, pending)

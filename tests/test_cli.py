@@ -76,9 +76,10 @@ def test_train_without_cuda_says_so_in_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_segment_names_a_device_that_is_not_one(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        segment.main([str(tmp_path), "--engine", "missing", "--out", str(tmp_path / "out"), "--device", "gpu"])
-    assert exit_.value.code == 2 and "--device 'gpu' is not a device" in capsys.readouterr().err
+    for device in ("gpu", "meta"):
+        with pytest.raises(SystemExit) as exit_:
+            segment.main([str(tmp_path), "--engine", "missing", "--out", str(tmp_path / "out"), "--device", device])
+        assert exit_.value.code == 2 and f"--device {device!r}: use cpu, cuda or cuda:N" in capsys.readouterr().err
 
 
 def test_a_weights_folder_points_to_its_weights_file(tmp_path):

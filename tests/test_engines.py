@@ -495,3 +495,10 @@ def test_onnx_export_says_nothing_about_itself(shrunk, tmp_path, recwarn, capfd)
     printed = capfd.readouterr()
     assert "Skipping constant folding" not in printed.err + printed.out
     assert [str(w.message) for w in recwarn if issubclass(w.category, FutureWarning)] == []
+
+
+def test_an_engine_runs_on_cpu_or_cuda_only(onnx_engine):
+    with pytest.raises(EngineError, match="engines run on cpu or cuda, not meta"):
+        load_engine(onnx_engine, device="meta")
+    with pytest.raises(EngineError, match="not meta"):
+        segvit_rt.Runtime(onnx_engine, device="meta")

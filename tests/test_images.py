@@ -103,9 +103,32 @@ def test_tensors_are_channels_first(rgb):
         load_image(chw.long())
 
 
+def test_float_and_16_bit_arrays_as_tensors_and_files_are(rgb, tmp_path):
+    np.testing.assert_array_equal(load_image(rgb.astype(np.float64) / 255), rgb)
+    np.testing.assert_array_equal(load_image(rgb.astype(np.float32) / 255), rgb)
+    with pytest.raises(ValueError, match=r"float image arrays must hold values in \[0, 1\], got \[0, 2"):
+        load_image(rgb.astype(np.float32))
+    wide = (np.arange(12 * 17, dtype=np.uint16).reshape(12, 17) * 300)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    np.testing.assert_array_equal(load_image(wide), load_image(tmp_path / "wide.png"))
+    with pytest.raises(TypeError, match="uint8 .*, uint16 .* or float in \\[0, 1\\], got bool"):
+        load_image(rgb > 100)
+
+
+def test_a_closed_pil_image_and_a_folder_are_named(rgb, tmp_path):
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as im:
+        pass
+    with pytest.raises(ValueError, match="the PIL image is closed"):
+        load_image(im)
+    with Image.open(tmp_path / "a.png") as loaded:
+        loaded.load()
+    np.testing.assert_array_equal(load_image(loaded), rgb)  # closed after loading: its pixels are there
+    with pytest.raises(ValueError, match="is a folder, not an image file"):
+        load_image(tmp_path)
+
+
 def test_bad_arrays_and_types(rgb):
-    with pytest.raises(TypeError, match="uint8"):
-        load_image(rgb.astype(np.float32) / 255)
     with pytest.raises(ValueError, match="HxWx3"):
         load_image(rgb[..., :2])
     with pytest.raises(ValueError, match="empty"):

@@ -110,6 +110,20 @@ def test_segment_batch_equals_one_by_one(runtime):
     assert [b.shape for b in batch] == [(130, 130), (64, 200), (130, 130)]
     for got, img in zip(batch, imgs):
         np.testing.assert_array_equal(got, runtime.segment(img))
+    stacked = np.stack([imgs[0], imgs[2]])  # a 4-D NxHxWx3 batch, and its NxCxHxW tensor
+    for batch4d in (stacked, torch.from_numpy(stacked).permute(0, 3, 1, 2)):
+        for got, img in zip(runtime.segment_batch(batch4d), (imgs[0], imgs[2]), strict=True):
+            np.testing.assert_array_equal(got, runtime.segment(img))
+
+
+def test_segment_batch_refuses_a_single_image(runtime, tmp_path):
+    img = image(40, 50)
+    Image.fromarray(img).save(tmp_path / "one.png")
+    singles = [img, torch.from_numpy(img).permute(2, 0, 1), str(tmp_path / "one.png"), tmp_path / "one.png",
+               Image.fromarray(img)]
+    for single in singles:
+        with pytest.raises(TypeError, match="segment_batch takes a list of images .*for one image use segment"):
+            runtime.segment_batch(single)
 
 
 def test_overlay_and_metadata(runtime, shrunk):
