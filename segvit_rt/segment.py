@@ -5,9 +5,10 @@
 For each image ``<stem>.<ext>`` writes ``DIR/<stem>_labels.png`` (pixel value =
 class index; 16-bit past 256 classes) and ``DIR/<stem>_overlay.png`` (the image
 blended with the class colours), each atomically. A folder stands for the image
-files directly inside it. An image that cannot be read is reported and skipped:
+files directly inside it (when it is ``--out`` too, without the files named as its images'
+outputs, an earlier run's). An image that cannot be read is reported and skipped:
 the others are still segmented, and the exit status is 1. ``--skip-existing``
-leaves images whose two outputs are already there (to continue a stopped run).
+writes only the outputs not there yet (to continue a stopped run).
 """
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ def output_paths(image: Path, out: Path) -> tuple[Path, Path]:
     return out / f"{image.stem}_labels.png", out / f"{image.stem}_overlay.png"
 
 
-def expand_inputs(args: list[str]) -> list[Path]:
+def expand_inputs(args: list[str], out: Path | None = None) -> tuple[list[Path], list[Path]]:
     """Command-line inputs as image paths: a folder becomes the image files directly inside it, sorted
-    (hidden files left out)."""
-    paths = []
+    (hidden files left out). When the folder is ``out`` itself, its files named as the outputs of its
+    other images (``<stem>_labels.png``, ``<stem>_overlay.png``) are an earlier run's, not inputs:
+    returned second, to be protected from overwriting but not segmented."""
+    paths, earlier = [], []
     for arg in map(Path, args):
         if not arg.is_dir():
             paths.append(arg)
@@ -40,15 +43,21 @@ def expand_inputs(args: list[str]) -> list[Path]:
                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
         if not found:
             raise FileNotFoundError(f"no image files ({'/'.join(IMAGE_SUFFIXES)}) in folder {arg}")
+        if out is not None and out.is_dir() and arg.resolve() == out.resolve():
+            names = {o.name.lower() for p in found for o in output_paths(p, arg)}
+            earlier.extend(p for p in found if p.name.lower() in names)
+            found = [p for p in found if p.name.lower() not in names]
         paths.extend(found)
-    return paths
+    return paths, earlier
 
 
-def check_inputs(paths: list[Path], out: Path | None = None, pending: list[Path] | None = None) -> None:
+def check_inputs(paths: list[Path], out: Path | None = None, writes: dict[Path, list[Path]] | None = None,
+                 protected: list[Path] = ()) -> None:
     """Fail before any work on missing files, on two inputs that would write the same outputs, or on
-    an output of the ``pending`` inputs (default: all) that would overwrite an input. Names are
-    compared without case, as macOS and Windows file systems do (on Linux that refuses ``Cat.png``
-    beside ``cat.png``: rather a clear error than a lost file)."""
+    a file in ``writes`` (input -> the outputs it will write; default: all of every input's) that
+    would overwrite an input or a ``protected`` file. Names are compared without case, as macOS and
+    Windows file systems do (on Linux that refuses ``Cat.png`` beside ``cat.png``: rather a clear
+    error than a lost file)."""
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"image(s) not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
@@ -62,18 +71,26 @@ def check_inputs(paths: list[Path], out: Path | None = None, pending: list[Path]
         return
     check_output(out, "--out", folder=True)
     inputs = {str(p.resolve()).lower() for p in paths}
-    for p in paths if pending is None else pending:
-        for o in output_paths(p, out):
+    kept = {str(p.resolve()).lower() for p in protected}
+    for p, outputs in (writes if writes is not None else {p: output_paths(p, out) for p in paths}).items():
+        for o in outputs:
             if str(o.resolve()).lower() in inputs:
                 raise ValueError(f"the output {o} of {p} is one of the input images: it would be overwritten "
                                  "(choose another --out, or leave earlier outputs out of the inputs)")
+            if str(o.resolve()).lower() in kept:
+                raise ValueError(f"the output {o} of {p} is already in the input folder: it would be overwritten "
+                                 "(choose another --out, or pass --skip-existing to continue an earlier run)")
 
 
-def pending_inputs(paths: list[Path], out: Path, skip_existing: bool) -> list[Path]:
-    """The inputs still to segment: with ``skip_existing``, those whose two outputs are not both in ``out``."""
-    if not skip_existing:
-        return list(paths)
-    return [p for p in paths if not all(o.is_file() for o in output_paths(p, out))]
+def planned_writes(paths: list[Path], out: Path, skip_existing: bool) -> dict[Path, list[Path]]:
+    """The outputs each input is to write: both, or with ``skip_existing`` only those not in ``out``
+    yet (existing ones are left as they are; an input with none left is not segmented again)."""
+    plan = {}
+    for p in paths:
+        todo = [o for o in output_paths(p, out) if not (skip_existing and o.is_file())]
+        if todo:
+            plan[p] = todo
+    return plan
 
 
 def segment_files(
@@ -84,20 +101,22 @@ def segment_files(
     progress: bool = True,
     skip_existing: bool = False,
     batch: int = 1,
+    protected: list[Path] = (),
 ) -> tuple[list[Path], dict[Path, str]]:
     """Segment ``paths`` into ``out``, ``batch`` images per ``Runtime.segment_batch`` call (images of
-    one size share engine calls). Returns the label PNGs written, and the images that could not be
-    read with the reason (skipped, so one bad file in a folder does not stop the rest)."""
+    one size share engine calls); ``protected`` files are never overwritten. Returns the images
+    segmented, and those that could not be read with the reason (skipped, so one bad file in a
+    folder does not stop the rest)."""
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
-    pending = pending_inputs(paths, out, skip_existing)
-    check_inputs(paths, out, pending)
+    plan = planned_writes(paths, out, skip_existing)
+    check_inputs(paths, out, plan, protected)
     out.mkdir(parents=True, exist_ok=True)
-    paths = pending
-    written, unreadable = [], {}
-    bar = tqdm(total=len(paths), desc="segment", unit="img", disable=not progress)
-    for start in range(0, len(paths), batch):
-        chunk, readable = paths[start : start + batch], {}
+    pending = list(plan)
+    segmented, unreadable = [], {}
+    bar = tqdm(total=len(pending), desc="segment", unit="img", disable=not progress)
+    for start in range(0, len(pending), batch):
+        chunk, readable = pending[start : start + batch], {}
         for path in chunk:
             try:
                 readable[path] = load_image(path)  # decoded once for the labels and the overlay
@@ -106,12 +125,14 @@ def segment_files(
                 bar.write(f"skipped: {e}")
         for (path, rgb), labels in zip(readable.items(), runtime.segment_batch(list(readable.values()))):
             label_png, overlay_png = output_paths(path, out)
-            save_labels(labels, label_png, runtime.num_classes)
-            save_png(runtime.overlay(rgb, labels, alpha), overlay_png)
-            written.append(label_png)
+            if label_png in plan[path]:
+                save_labels(labels, label_png, runtime.num_classes)
+            if overlay_png in plan[path]:
+                save_png(runtime.overlay(rgb, labels, alpha), overlay_png)
+            segmented.append(path)
         bar.update(len(chunk))
     bar.close()
-    return written, unreadable
+    return segmented, unreadable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1,
                    help="images per engine call group (same-size images share calls; use the engine's batch)")
     p.add_argument("--skip-existing", action="store_true",
-                   help="leave images whose label map and overlay are already in --out (continue a stopped run)")
+                   help="write only the label maps and overlays not in --out yet (continue a stopped run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -146,15 +167,15 @@ def main(argv=None) -> list[Path]:
                 kind = None
             if kind not in ("cpu", "cuda"):
                 raise ValueError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
-        paths, out = expand_inputs(args.images), Path(args.out)
-        pending = pending_inputs(paths, out, args.skip_existing)
-        check_inputs(paths, out, pending)
+        out = Path(args.out)
+        paths, earlier = expand_inputs(args.images, out)
+        plan = planned_writes(paths, out, args.skip_existing)
+        check_inputs(paths, out, plan, earlier)
         runtime = Runtime(args.engine, device=args.device, mode=args.mode)
-        written, unreadable = segment_files(runtime, paths, out, args.alpha, progress=not args.quiet,
-                                            skip_existing=args.skip_existing, batch=args.batch)
-    done_before = len(paths) - len(pending)
-    plural = "s" * (len(written) != 1)
-    print(f"wrote {len(written)} label map{plural} and overlay{plural} to {args.out}"
+        segmented, unreadable = segment_files(runtime, paths, out, args.alpha, progress=not args.quiet,
+                                              skip_existing=args.skip_existing, batch=args.batch, protected=earlier)
+    done_before = len(paths) - len(plan)
+    print(f"segmented {len(segmented)} image{'s' * (len(segmented) != 1)} into {args.out}"
           + (f" ({done_before} image{'s' * (done_before != 1)} already done there, left as they were)"
              if done_before else ""))
     if unreadable:
@@ -162,7 +183,7 @@ def main(argv=None) -> list[Path]:
         for reason in unreadable.values():
             print(f"  {reason}", file=sys.stderr)
         raise SystemExit(1)
-    return written
+    return [output_paths(p, out)[0] for p in segmented]
 
 
 if __name__ == "__main__":

@@ -143,7 +143,9 @@ def test_bad_inputs_are_clear_errors(runtime, onnx_engine, tmp_path):
     with pytest.raises(ValueError, match="HxWx3"):
         runtime.segment(np.zeros((10, 10, 2), np.uint8))
     with pytest.raises(TypeError, match="uint8"):
-        runtime.segment(np.zeros((10, 10, 3), np.float32))
+        runtime.segment(np.zeros((10, 10, 3), np.int32))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        runtime.segment(np.full((10, 10, 3), 3.0, np.float32))
     with pytest.raises(ValueError, match="mode"):
         segvit_rt.Runtime(onnx_engine, mode="tiles")
     broken = shutil.copytree(onnx_engine, tmp_path / "broken")
@@ -162,7 +164,7 @@ def test_segment_cli_writes_labels_and_overlays(runtime, onnx_engine, tmp_path, 
         Image.fromarray(image(*hw, seed=10 + i)).save(paths[-1])
     out = tmp_path / "out"
     segment.main([*map(str, paths), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
-    assert capsys.readouterr().out == f"wrote 2 label maps and overlays to {out}\n"
+    assert capsys.readouterr().out == f"segmented 2 images into {out}\n"
     for p in paths:
         labels = np.asarray(Image.open(out / f"{p.stem}_labels.png"))
         np.testing.assert_array_equal(labels, runtime.segment(p))
@@ -195,18 +197,19 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
         segment.main([str(photos), str(single), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
     captured = capsys.readouterr()
     assert exc.value.code == 1
-    assert "wrote 3 label maps" in captured.out
+    assert f"segmented 3 images into {out}" in captured.out
     assert "1 of 4 images could not be read" in captured.err and "b.jpg" in captured.err
     assert sorted(p.name for p in out.iterdir()) == [
         f"{stem}_{kind}.png" for stem in "acd" for kind in ("labels", "overlay")
     ]
     np.testing.assert_array_equal(np.asarray(Image.open(out / "c_labels.png")), runtime.segment(photos / "c.jpg"))
     (out / "a_overlay.png").unlink()  # as if stopped between a's two outputs
-    d_written = (out / "d_labels.png").stat().st_mtime_ns
+    written = {name: (out / name).stat().st_mtime_ns for name in ("d_labels.png", "a_labels.png")}
     segment.main([str(photos / "a.png"), str(single), "--engine", str(onnx_engine), "--out", str(out), "--quiet",
                   "--skip-existing"])
-    assert f"wrote 1 label map and overlay to {out} (1 image already done there" in capsys.readouterr().out
-    assert (out / "a_overlay.png").is_file() and (out / "d_labels.png").stat().st_mtime_ns == d_written
+    assert f"segmented 1 image into {out} (1 image already done there" in capsys.readouterr().out
+    assert (out / "a_overlay.png").is_file()  # only what was missing is written
+    assert {name: (out / name).stat().st_mtime_ns for name in written} == written
 
 
 def test_segment_cli_errors(onnx_engine, tmp_path, capsys):
@@ -249,15 +252,36 @@ def test_segment_cli_never_writes_over_an_input(onnx_engine, tmp_path, capsys):
     Image.fromarray(mask).save(folder / "img_labels.png")
     with pytest.raises(SystemExit) as exc:
         segment.main([str(folder), "--engine", str(onnx_engine), "--out", str(folder), "--quiet"])
-    assert exc.value.code == 2 and "is one of the input images" in capsys.readouterr().err
+    assert exc.value.code == 2 and "is already in the input folder" in capsys.readouterr().err
     np.testing.assert_array_equal(np.asarray(Image.open(folder / "img_labels.png")), mask)
     assert sorted(p.name for p in folder.iterdir()) == ["img.png", "img_labels.png"]
     # Continuing a run into the input folder: img.png's outputs are there, so it is skipped and
-    # nothing is overwritten (the earlier outputs, being images, are segmented in their turn).
+    # nothing is overwritten; the earlier outputs are not inputs.
     Image.fromarray(image(40, 40, seed=2)).save(folder / "img_overlay.png")
     segment.main([str(folder), "--engine", str(onnx_engine), "--out", str(folder), "--quiet", "--skip-existing"])
     np.testing.assert_array_equal(np.asarray(Image.open(folder / "img_labels.png")), mask)
-    assert f"wrote 2 label maps and overlays to {folder} (1 image already done there" in capsys.readouterr().out
+    assert f"segmented 0 images into {folder} (1 image already done there" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == ["img.png", "img_labels.png", "img_overlay.png"]
+
+
+def test_segment_cli_into_its_input_folder_resumes_without_segmenting_its_outputs(onnx_engine, tmp_path, capsys):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(image(40, 48, seed=i)).save(folder / f"m{i}.png")
+    segment.main([str(folder), "--engine", str(onnx_engine), "--out", str(folder), "--quiet"])
+    done = sorted(p.name for p in folder.iterdir())
+    assert len(done) == 9 and f"segmented 3 images into {folder}\n" == capsys.readouterr().out
+    (folder / "m1_overlay.png").unlink()  # as if stopped before m1's overlay
+    for _ in range(2):
+        segment.main([str(folder), "--engine", str(onnx_engine), "--out", str(folder), "--quiet", "--skip-existing"])
+    assert sorted(p.name for p in folder.iterdir()) == done
+    printed = capsys.readouterr().out
+    assert f"segmented 1 image into {folder} (2 images already done there" in printed
+    assert f"segmented 0 images into {folder} (3 images already done there" in printed
+    with pytest.raises(SystemExit) as exc:  # without --skip-existing the earlier outputs stay protected
+        segment.main([str(folder), "--engine", str(onnx_engine), "--out", str(folder), "--quiet"])
+    assert exc.value.code == 2 and "already in the input folder" in capsys.readouterr().err
 
 
 def test_segment_cli_skips_an_image_whose_header_claims_a_huge_size(onnx_engine, tmp_path, capsys):
