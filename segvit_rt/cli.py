@@ -1,6 +1,7 @@
 """What the command-line entry points share."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 from contextlib import contextmanager
@@ -13,16 +14,20 @@ class OutputPathError(ValueError):
 
 def check_output(path: str | Path, flag: str, folder: bool) -> None:
     """Refuse, before any work is done, an output ``path`` that cannot be written: a folder where a
-    file is wanted (``folder=False``), a file where a folder is wanted, or a path below a file."""
+    file is wanted (``folder=False``), a file where a folder is wanted, a path below a file, or one
+    in a folder this process may not write (permissions, a read-only file system)."""
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
         raise OutputPathError(f"{flag} {path} is a file, not a folder")
     if not folder and path.is_dir():
         raise OutputPathError(f"{flag} {path} is a folder; a file path is needed")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputPathError(f"{flag} {path}: {parent} is a file, not a folder")
+    for place in ([path] if folder else []) + list(path.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise OutputPathError(f"{flag} {path}: {place} is a file, not a folder")
+            if not os.access(place, os.W_OK | os.X_OK):
+                raise OutputPathError(f"{flag} {path}: cannot write in {place} (permission denied, or a read-only "
+                                      "file system)")
             break
 
 

@@ -1,11 +1,12 @@
 """What the command-line tools share: bad output paths and wrapped worker errors reported as
 one line, exit status 2, before any work."""
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from segvit_rt import build, convert, create_model, demo, evaluate, segment
+from segvit_rt import build, cli, convert, create_model, demo, evaluate, segment
 from segvit_rt import train as train_cli
 from segvit_rt.cli import OutputPathError, check_output, exit_on
 from segvit_rt.data import DatasetError
@@ -32,6 +33,24 @@ def test_output_paths_are_checked_for_what_they_must_be(tmp_path, a_file):
     for folder in (True, False):
         with pytest.raises(OutputPathError, match="notes.txt is a file, not a folder"):
             check_output(a_file / "sub" / "x", "--out", folder=folder)
+
+
+def test_an_output_in_a_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatch, capsys):
+    """A read-only folder (here as the kernel's access(2) would answer for a read-only mount: the
+    tests may run as root, whom permission bits do not stop)."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = cli.os.access
+    monkeypatch.setattr(cli.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    for path, folder in ((locked, True), (locked / "new" / "deeper", True), (locked / "m.json", False)):
+        with pytest.raises(OutputPathError, match=f"cannot write in {locked} .*read-only"):
+            check_output(path, "--out", folder=folder)
+    check_output(tmp_path / "elsewhere", "--out", folder=True)
+    image = tmp_path / "a.png"
+    image.write_bytes(b"checked before it is read")
+    with pytest.raises(SystemExit) as exit_:
+        segment.main([str(image), "--engine", "missing", "--out", str(locked)])
+    assert exit_.value.code == 2 and "cannot write in" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command, args", [
