@@ -71,6 +71,14 @@ class Engine:
         if image.dtype != torch.float32:
             raise TypeError(f"{self.path}: the engine takes float32 images, got {image.dtype}")
 
+    def _check_outputs(self, cls: torch.Tensor, mask: torch.Tensor) -> None:
+        """The artifact's outputs must be what the record says (its class count names the labels)."""
+        for name, got in zip(("class_logits", "mask_logits"), (cls, mask)):
+            if list(got.shape[1:]) != self.meta["outputs"][name][1:]:
+                raise EngineError(f"{self.path}: the artifact's {name} are {list(got.shape[1:])} per image, its "
+                                  f"record says {self.meta['outputs'][name][1:]}: the record does not belong to "
+                                  "this artifact; rebuild the engine")
+
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.check_input(image)
@@ -84,6 +92,7 @@ class Engine:
             if size < run:
                 chunk = torch.cat([chunk, chunk.new_zeros(run - size, *chunk.shape[1:])])
             cls, mask = self._runner(chunk)
+            self._check_outputs(cls, mask)
             classes.append(cls[:size])
             masks.append(mask[:size])
         return torch.cat(classes), torch.cat(masks)

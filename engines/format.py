@@ -164,9 +164,17 @@ def check_record(meta: dict, meta_path) -> None:
         bad("palette", f"{classes} RGB colours of 0-255")
     if not (_positive_int(meta["slide_stride"]) and meta["slide_stride"] <= crop):
         bad("slide_stride", f"a stride of 1-{crop} pixels")
+    scale, min_size = config.get("image_scale"), config.get("test_min_size")
+    if not (scale is None or (isinstance(scale, list) and len(scale) == 2 and all(map(_positive_int, scale)))):
+        raise EngineError(f"{meta_path}: config.image_scale must be null or 2 positive pixel sizes, got {scale!r}")
+    if not (min_size is None or _positive_int(min_size)):
+        raise EngineError(f"{meta_path}: config.test_min_size must be null or a positive pixel size, got {min_size!r}")
     outputs = meta["outputs"]
-    if not (isinstance(outputs, dict) and all(isinstance(outputs.get(n), list) for n in OUTPUT_NAMES)):
-        bad("outputs", f"the shapes of {', '.join(OUTPUT_NAMES)}")
+    grid = crop // config.get("patch_size", 16) if _positive_int(config.get("patch_size", 16)) else None
+    want = {"class_logits": [classes, classes + 1], "mask_logits": [classes, grid, grid]}  # per image
+    if not (isinstance(outputs, dict) and all(isinstance(outputs.get(n), list) and outputs[n][1:] == want[n]
+                                              for n in OUTPUT_NAMES)):
+        bad("outputs", f"per image {want} (from the config's num_classes, crop_size and patch_size)")
 
 
 def check_input_shape(meta: dict, path, shape) -> None:

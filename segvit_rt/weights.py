@@ -143,7 +143,10 @@ def load_weights(path, model=None, kernels: str = "reference"):
     path = Path(path)
     meta = read_metadata(path)
     if model is None:
-        model = SegViT(config_from_metadata(meta), variant=meta["variant"], kernels=kernels)
+        try:
+            model = SegViT(config_from_metadata(meta), variant=meta["variant"], kernels=kernels)
+        except (TypeError, ValueError) as e:
+            raise WeightsError(f"{path}: its metadata does not describe a model this version builds: {e}") from e
     else:
         _check_fits(path, meta, model)
     try:
@@ -163,6 +166,8 @@ def _load_exact(model, state: dict, source) -> None:
     for k, v in state.items():
         if v.shape != own[k].shape:
             raise WeightsError(f"{source}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise WeightsError(f"{source}: {k} holds NaN or infinite values (saved from a diverged run?)")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 

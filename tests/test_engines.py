@@ -104,7 +104,8 @@ def test_engine_runs_every_chunk_within_its_batch_range(tmp_path):
         seen.append(image.shape[0])
         return image.mean(dim=(1, 2, 3))[:, None, None].expand(-1, 5, 6), image[:, :1, ::16, ::16]
 
-    meta = {"batch": None, "max_batch": 4, "min_batch": 2, "input_size": [CROP, CROP]}
+    meta = {"batch": None, "max_batch": 4, "min_batch": 2, "input_size": [CROP, CROP],
+            "outputs": {"class_logits": [None, 5, 6], "mask_logits": [None, 1, 8, 8]}}
     engine = Engine(tmp_path, meta, runner, torch.device("cpu"))
     x = randn(5, seed=3)  # chunks of 4 and 1: the 1 runs as 2
     cls, masks = engine(x)
@@ -502,3 +503,23 @@ def test_an_engine_runs_on_cpu_or_cuda_only(onnx_engine):
         load_engine(onnx_engine, device="meta")
     with pytest.raises(EngineError, match="not meta"):
         segvit_rt.Runtime(onnx_engine, device="meta")
+
+
+def test_a_record_edited_to_other_classes_or_scales_is_refused(engine_copy):
+    """Hand edits the loader would otherwise take: a class count the artifact does not output, a
+    test scale that would resize every image to nothing."""
+    meta = json.loads((engine_copy / "engine.json").read_text())
+    for scale in ([2048, 0], "big", [-2048, -512]):
+        edit_meta(engine_copy, config={**meta["config"], "image_scale": scale})
+        with pytest.raises(EngineError, match="config.image_scale must be null or 2 positive pixel sizes"):
+            load_engine(engine_copy)
+    four = {"class_names": meta["class_names"][:4], "palette": meta["palette"][:4],
+            "config": {**meta["config"], "num_classes": 4}}
+    edit_meta(engine_copy, **four)
+    with pytest.raises(EngineError, match=r"outputs must be per image .*'class_logits': \[4, 5\]"):
+        load_engine(engine_copy)
+    outputs = {"class_logits": [None, 4, 5], "mask_logits": [None, 4, 8, 8]}
+    edit_meta(engine_copy, outputs=outputs)  # the record agrees with itself now; the artifact does not
+    engine = load_engine(engine_copy)
+    with pytest.raises(EngineError, match=r"artifact's class_logits are \[5, 6\] per image, its record says \[4, 5\]"):
+        engine(randn(1))

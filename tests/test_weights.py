@@ -94,6 +94,19 @@ def test_tampered_tensor_shape_is_named(tmp_path, tiny_shrunk):
         weights.load_weights(path)
 
 
+def test_weights_of_a_diverged_run_or_an_unknown_model_are_named(tmp_path, tiny_shrunk):
+    state = {k: v.contiguous() for k, v in tiny_shrunk.state_dict().items()}
+    meta = weights.model_metadata(tiny_shrunk)
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path), metadata={"segvit_rt": json.dumps({**meta, "variant": "medium"})})
+    with pytest.raises(WeightsError, match="its metadata does not describe a model this version builds: .*variant"):
+        weights.load_weights(path)
+    state["decode_head.q.weight"][0, 0] = float("nan")
+    save_file(state, str(path), metadata={"segvit_rt": json.dumps(meta)})
+    with pytest.raises(WeightsError, match="decode_head.q.weight holds NaN or infinite values"):
+        weights.load_weights(path)
+
+
 def _timm_state(model, grid):
     """A synthetic checkpoint with timm's real key names for the model's backbone width/depth."""
     c = model.cfg.embed_dim
