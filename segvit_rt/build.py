@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, help="default: fp16 on a GPU, fp32 on the CPU")
     p.add_argument("--batch", type=_batch_arg, default=None, metavar="N|dynamic",
                    help="static batch size, or 'dynamic' (default) for 1..--max-batch")
-    p.add_argument("--max-batch", type=int, default=32, help="largest batch of a dynamic engine (default 32)")
+    p.add_argument("--max-batch", type=int, help="largest batch of a dynamic engine (default 32)")
     p.add_argument("--kernels", choices=("triton", "reference"),
                    help="triton: our kernels in an aoti engine on CUDA (its default), or the ATM attention as "
                         "a plugin in an fp16 tensorrt engine; reference: plain ops (every other default)")
@@ -334,9 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
     with exit_on(EngineError, WeightsError, BuildError):
+        if args.batch is not None and args.max_batch is not None:
+            raise EngineError(f"--max-batch is for dynamic engines; --batch {args.batch} builds a static one")
         model, weights = load_build_model(args.variant, args.preset, args.weights)
         return build_engine(model, backend=args.backend, precision=args.precision, batch=args.batch,
-                            max_batch=args.max_batch, out=args.out, device=args.device, weights=weights,
+                            max_batch=32 if args.max_batch is None else args.max_batch, out=args.out, device=args.device, weights=weights,
                             kernels=args.kernels)
 
 

@@ -31,6 +31,8 @@ def test_cli_builds_a_checked_engine(weights, tmp_path, capsys):
         (["--variant", "shrunk", "--preset", "vit_b16_ade20k_512"], "holds preset 'tiny'"),
         (["--variant", "shrunk", "--backend", "aoti", "--precision", "fp16", "--device", "cpu"],
          "fp16 aoti engines need CUDA"),
+        (["--variant", "shrunk", "--batch", "4", "--max-batch", "8"],
+         "--max-batch is for dynamic engines; --batch 4 builds a static one"),
     ],
 )
 def test_cli_refuses_mismatches_before_building(weights, tmp_path, capsys, args, message):
