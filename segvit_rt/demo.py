@@ -1,10 +1,10 @@
 """The main job, end to end on a fresh machine: demo weights -> engine -> segmented held-out images.
 
-``python -m segvit_rt.demo [--out demo_out] [--variant shrunk] [--images N]``
+``python -m segvit_rt.demo [--out demo_out] [--variant shrunk] [--images N] [--device auto|cpu|cuda]``
 
 1. Takes the bundled tiny demo weights (``segvit_rt/assets/tiny_<variant>.safetensors``,
    trained by ``segvit_rt.train`` on synthetic data); if they are missing,
-   trains them here first (tens of minutes on 2 CPU cores: say so up front).
+   trains them here first (around 10 minutes on 2 CPU cores: say so up front).
 2. Regenerates the held-out synthetic split those weights were evaluated on
    (the generator's arguments travel in the weights' metadata, ``synth``).
 3. Builds the engine with the builder's defaults (``--backend auto``: ONNX
@@ -59,7 +59,7 @@ def train_demo_weights(variant: str, work: Path) -> Path:
     the full model from scratch, the Shrunk one warm-started from it (QU learns its spatial
     alignment far faster on a trained backbone). Returns the weights file."""
     print(f"the bundled demo weights are missing: training tiny {variant} on synthetic data now "
-          "(several minutes on 2 CPU cores; bundled weights skip this step)", flush=True)
+          "(around 10 minutes on 2 CPU cores; bundled weights skip this step)", flush=True)
     data = work / "data" / "ADEChallengeData2016"
     if not data.is_dir():
         data = generate(work / "data", **DEMO_DATA)
@@ -81,8 +81,9 @@ def held_out_split(weights: Path, out: Path) -> Path:
 
 
 def run_demo(out: Path, variant: str | None = "shrunk", weights=None, max_images: int | None = None,
-             progress: bool = True) -> dict:
-    """``variant`` None: the ``weights`` file's (shrunk for the bundled ones)."""
+             progress: bool = True, device: str = "auto") -> dict:
+    """``variant`` None: the ``weights`` file's (shrunk for the bundled ones). ``device``: where the
+    engine runs, as ``build --device`` (auto: the GPU's backend where there is one)."""
     out = Path(out)
     if variant is None:
         variant = read_metadata(weights)["variant"] if weights is not None else "shrunk"
@@ -95,7 +96,7 @@ def run_demo(out: Path, variant: str | None = "shrunk", weights=None, max_images
     print(f"weights: {weights} ({model.cfg.name} {variant}, {model.cfg.num_classes} classes)")
 
     data_root = held_out_split(weights, out / "data")
-    engine_dir = build_engine(model, out=out / "engine", weights=weights)
+    engine_dir = build_engine(model, out=out / "engine", weights=weights, device=device)
     runtime = Runtime(engine_dir)
     dataset = open_dataset(data_root, "validation")
     if tuple(dataset.classes) != tuple(runtime.class_names):
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=("full", "shrunk"), help="default: the --weights file's, else shrunk")
     p.add_argument("--weights", help="weights to use instead of the bundled ones (must record their synthetic data)")
     p.add_argument("--images", type=int, help="segment only the first N held-out images")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where the engine runs (default auto: a GPU engine where there is a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -161,7 +164,8 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     with exit_on(EngineError, WeightsError, BuildError, FileNotFoundError):
         check_output(args.out, "--out", folder=True)
-        results = run_demo(Path(args.out), args.variant, args.weights, args.images, progress=not args.quiet)
+        results = run_demo(Path(args.out), args.variant, args.weights, args.images, progress=not args.quiet,
+                           device=args.device)
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return results
 

@@ -18,7 +18,7 @@ def test_demo_reports_the_same_miou_as_the_pytorch_evaluation(tmp_path, capsys):
     model = sharp_model("shrunk")
     weights = save_test_weights(tmp_path / "w.safetensors", model, synth=SYNTH)
     out = tmp_path / "demo"
-    results = demo.run_demo(out, "shrunk", weights=weights, progress=False)
+    results = demo.run_demo(out, "shrunk", weights=weights, progress=False, device="cpu")
     printed = capsys.readouterr().out
     assert "images/s through the onnx fp32 engine on cpu" in printed and "mIoU" in printed
     assert "undefined" not in printed and "chance: constant mIoU" in printed
@@ -38,7 +38,8 @@ def test_demo_reports_the_same_miou_as_the_pytorch_evaluation(tmp_path, capsys):
     grid = np.asarray(Image.open(out / "grid.png"))
     assert grid.shape[0] > 2 * SYNTH["size"] and grid.shape[1] > 3 * SYNTH["size"]  # 3 rows x 3 panels
 
-    again = demo.run_demo(out, "shrunk", weights=weights, max_images=1, progress=False)  # into the same folder
+    # into the same folder
+    again = demo.run_demo(out, "shrunk", weights=weights, max_images=1, progress=False, device="cpu")
     assert again["images"] == 1
     assert [p.name for p in (out / "overlays").iterdir()] == ["synth_validation_000000_overlay.png"]
 
@@ -46,7 +47,7 @@ def test_demo_reports_the_same_miou_as_the_pytorch_evaluation(tmp_path, capsys):
 def test_weights_without_a_synthetic_record_are_refused(tmp_path):
     weights = save_test_weights(tmp_path / "w.safetensors", sharp_model("shrunk"))
     with pytest.raises(WeightsError, match="records no synthetic dataset"):
-        demo.run_demo(tmp_path / "demo", "shrunk", weights=weights, progress=False)
+        demo.run_demo(tmp_path / "demo", "shrunk", weights=weights, progress=False, device="cpu")
 
 
 def test_missing_bundled_weights_are_trained_first(tmp_path, monkeypatch):
@@ -62,7 +63,8 @@ def test_missing_bundled_weights_are_trained_first(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "default_weights", lambda variant: tmp_path / "absent.safetensors")
     monkeypatch.setattr(demo, "train_demo_weights", fake_train)
     with pytest.raises(Trained):
-        demo.run_demo(tmp_path / "demo", "shrunk", progress=False)
+        demo.run_demo(tmp_path / "demo", "shrunk", progress=False, device="cpu")
     assert calls == [("shrunk", tmp_path / "demo" / "train")]
     with pytest.raises(WeightsError, match="not found"):
-        demo.run_demo(tmp_path / "demo", "shrunk", weights=tmp_path / "typo.safetensors", progress=False)
+        demo.run_demo(tmp_path / "demo", "shrunk", weights=tmp_path / "typo.safetensors", progress=False,
+                      device="cpu")

@@ -37,8 +37,10 @@ class atm_attention(OpRun):  # noqa: N801  (the evaluator finds a custom op by i
         atm_attention.calls.append((num_heads, head_dim, scale, plugin_namespace, aot))
         num_heads, head_dim, scale = tensorrt_plugin.plugin_attrs(*as_tensorrt_fields(num_heads, head_dim, scale))
         assert q.shape[-1] == num_heads * head_dim
-        out, mask = plugin_kernel.launch(*(torch.from_numpy(t) for t in (q, k, v)), num_heads, scale=scale, tactic=2)
-        return out.numpy(), mask.numpy()
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter runs it on the CPU
+        out, mask = plugin_kernel.launch(*(torch.from_numpy(t).to(device) for t in (q, k, v)), num_heads,
+                                         scale=scale, tactic=2)
+        return out.cpu().numpy(), mask.cpu().numpy()
 
 
 @pytest.fixture(scope="module", params=[("full", "fp32"), ("shrunk", "fp32"), ("shrunk", "fp16")], ids="-".join)

@@ -7,7 +7,7 @@ from segvit_rt.kernels import atm_attention_aot as aot
 from segvit_rt.ops import reference
 
 
-def _inputs(b, n, length, d, dtype, device="cpu", seed=0):
+def _inputs(b, n, length, d, dtype, device, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(b, m, d, generator=gen).to(device, dtype) for m in (n, length, length))
 
@@ -17,9 +17,9 @@ def _inputs(b, n, length, d, dtype, device="cpu", seed=0):
     (torch.float32, 2, 16, 1e-5),
     (torch.float16, 3, 16, 2e-3),  # 3 heads: padded to 4 inside the tile
 ])
-def test_plugin_kernel_matches_reference(dtype, heads, head_dim, tol, tactic):
+def test_plugin_kernel_matches_reference(dtype, heads, head_dim, tol, tactic, device):
     # N=5 and L=37 are not multiples of any block: masked tails in both directions.
-    q, k, v = _inputs(2, 5, 37, heads * head_dim, dtype)
+    q, k, v = _inputs(2, 5, 37, heads * head_dim, dtype, device)
     out, mask = aot.launch(q, k, v, heads, tactic=tactic)
     ref_out, ref_mask = reference.atm_attention(q.double(), k.double(), v.double(), heads)
     assert out.dtype == dtype and mask.shape == (2, 5, 37)
@@ -27,14 +27,14 @@ def test_plugin_kernel_matches_reference(dtype, heads, head_dim, tol, tactic):
     torch.testing.assert_close(mask.double(), ref_mask, atol=tol, rtol=tol)
 
 
-def test_plugin_kernel_uses_the_given_scale():
-    q, k, v = _inputs(1, 3, 20, 32, torch.float32, seed=1)
+def test_plugin_kernel_uses_the_given_scale(device):
+    q, k, v = _inputs(1, 3, 20, 32, torch.float32, device, seed=1)
     _, mask = aot.launch(q, k, v, 2, scale=0.3)
     _, ref = reference.atm_attention(q, k, v, 2, scale=0.3)
     torch.testing.assert_close(mask, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_plugin_arguments_are_checked():
+def test_plugin_arguments_are_checked(device):
     with pytest.raises(ValueError, match="head_dim must be a power of two"):
         aot.plugin_constexprs(2, 24, 0.2, "fp16", 1)
     with pytest.raises(ValueError, match=f"tactic must be in 1..{len(aot.PLUGIN_CONFIGS)}"):
@@ -42,7 +42,7 @@ def test_plugin_arguments_are_checked():
     with pytest.raises(ValueError, match="dtype"):
         aot.plugin_constexprs(2, 32, 0.2, "bf16", 1)
     with pytest.raises(TypeError, match="fp16 or fp32"):
-        aot.launch(*_inputs(1, 2, 3, 32, torch.bfloat16), 2)
+        aot.launch(*_inputs(1, 2, 3, 32, torch.bfloat16, device), 2)
 
 
 PTX = """.version 8.4
