@@ -36,10 +36,6 @@ def _compiler() -> str | None:
 
 
 def check_available(device: torch.device) -> None:
-    import torch._inductor
-
-    if not hasattr(torch._inductor, "aoti_compile_and_package"):
-        raise EngineError(f"torch {torch.__version__} has no torch._inductor.aoti_compile_and_package (need >= 2.6)")
     if _compiler() is None:  # the package's wrapper is C++ on either device
         raise EngineError("the aoti backend compiles C++: install g++ (or set CXX)")
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -13,8 +13,10 @@ or backend, a field the loader or the runtime uses that is missing or does not
 fit the rest (:func:`check_record`), a missing artifact, and an artifact whose
 size or sha256 differs from the record (truncated or corrupt). Whether the
 installed libraries can load the artifact is the backend's check
-(``check_compatible``); each backend's loader also compares the artifact's own
-input shape with the record (:func:`check_input_shape`).
+(``check_compatible``); the onnx and tensorrt loaders also compare the artifact's
+own input shape with the record (:func:`check_input_shape`; an aoti package states
+none outside its compiled code), and every engine's outputs are compared with the
+record at each call (``Engine``).
 """
 from __future__ import annotations
 
@@ -164,6 +166,9 @@ def check_record(meta: dict, meta_path) -> None:
         bad("palette", f"{classes} RGB colours of 0-255")
     if not (_positive_int(meta["slide_stride"]) and meta["slide_stride"] <= crop):
         bad("slide_stride", f"a stride of 1-{crop} pixels")
+    for field in ("mean", "std", "slide_stride", "crop_size"):  # the runtime reads them here, the model there
+        if field in config and meta.get(field) != config[field]:
+            raise EngineError(f"{meta_path}: {field} {meta.get(field)!r} differs from the config's {config[field]!r}")
     scale, min_size = config.get("image_scale"), config.get("test_min_size")
     if not (scale is None or (isinstance(scale, list) and len(scale) == 2 and all(map(_positive_int, scale)))):
         raise EngineError(f"{meta_path}: config.image_scale must be null or 2 positive pixel sizes, got {scale!r}")

@@ -35,7 +35,7 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Triton makes each @triton.jit kernel interpreted or compiled when it is defined, so the kernel
 # modules (imported with this one) follow the environment as it was then; a later change of
 # TRITON_INTERPRET must not make the launch code disagree with the kernels.
-_INTERPRETER = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+_INTERPRETER = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on", "y")  # as Triton reads it
 
 
 def interpreter_active() -> bool:
@@ -88,10 +88,7 @@ def launcher(kernel):
     ``triton_kernel_wrapper`` node); interpreted kernels are launched directly, as
     they only ever run on real CPU tensors.
     """
-    wrap = getattr(torch.library, "wrap_triton", None)
-    if wrap is None or interpreter_active():
-        return kernel
-    return wrap(kernel)
+    return kernel if interpreter_active() else torch.library.wrap_triton(kernel)
 
 
 def launches_on_input_device(op: str):
@@ -153,9 +150,8 @@ def dot(a, b, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
 def define_op(name: str, impl: Callable, *, fake: Callable, mutates_args: Iterable[str] = ()):
     """Register ``impl`` as the PyTorch custom op ``name`` ("segvit_rt::op_name").
 
-    ``torch.library.triton_op`` where available (Inductor can then see and fuse
-    the kernel; ``torch.export`` keeps the op as one node), else
-    ``torch.library.custom_op`` (opaque). The schema is inferred from ``impl``'s
+    ``torch.library.triton_op``: Inductor sees and can fuse the kernel;
+    ``torch.export`` keeps the op as one node. The schema is inferred from ``impl``'s
     type annotations, so they must be real types (no string annotations).
     ``fake`` computes output metadata only (``torch.export``, meta tensors,
     shape propagation). With ``triton_op``, ``torch.compile`` also traces
@@ -163,8 +159,7 @@ def define_op(name: str, impl: Callable, *, fake: Callable, mutates_args: Iterab
     kernels launched through :func:`launcher`. Returns the op object: call it,
     and attach autograd with ``op.register_autograd(backward, setup_context=...)``.
     """
-    register = getattr(torch.library, "triton_op", None) or torch.library.custom_op
-    op = register(name, impl, mutates_args=tuple(mutates_args))
+    op = torch.library.triton_op(name, impl, mutates_args=tuple(mutates_args))
     op.register_fake(fake)
     return op
 

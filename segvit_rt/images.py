@@ -124,7 +124,7 @@ def _from_tensor(t: torch.Tensor) -> np.ndarray:
     if t.dim() == 2:
         t = t[None]
     if t.dim() != 3 or t.shape[0] not in (1, 3, 4):
-        hint = "; for a batch, pass its images as a list (Runtime.segment_batch(list(batch)))" if t.dim() == 4 else ""
+        hint = "; for a batch, use Runtime.segment_batch" if t.dim() == 4 else ""
         raise ValueError(
             f"image tensors must be HxW, 1xHxW, 3xHxW or 4xHxW (channels first), got shape {tuple(t.shape)}{hint}"
         )

@@ -16,8 +16,8 @@ call, and the post-process. Two modes:
   elsewhere). Faster, less accurate on elongated images.
 
 Images are anything ``images.load_image`` reads: a path, a PIL image, an
-``HxWx3`` uint8 RGB array (grayscale and RGBA converted) or a ``3xHxW`` tensor
-(uint8, or float in [0, 1]). Labels come back as ``HxW`` numpy arrays at the
+``HxWx3`` RGB array (uint8, uint16 or float in [0, 1]; grayscale and RGBA
+converted) or a ``3xHxW`` tensor (uint8, or float in [0, 1]). Labels come back as ``HxW`` numpy arrays at the
 original size: uint8 for up to 256 classes, else int32.
 """
 from __future__ import annotations

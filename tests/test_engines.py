@@ -256,6 +256,8 @@ def test_refuses_unknown_format_backend_and_bad_json(engine_copy):
     ("slide_stride", 0, "slide_stride must be a stride of 1-128 pixels"),
     ("max_batch", 0, "max_batch must be a batch size"),
     ("device", "tpu", "device must be 'cpu' or 'cuda'"),
+    ("slide_stride", 64, "slide_stride 64 differs from the config's 96"),
+    ("mean", [0.0, 0.0, 0.0], r"mean \[0.0, 0.0, 0.0\] differs from the config's"),
 ])
 def test_refuses_a_record_with_a_field_that_does_not_fit(engine_copy, field, value, message):
     edit_meta(engine_copy, **{field: value})

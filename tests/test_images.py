@@ -95,7 +95,7 @@ def test_tensors_are_channels_first(rgb):
     np.testing.assert_array_equal(load_image(chw.float() / 255.0), rgb)
     with pytest.raises(ValueError, match="channels first"):
         load_image(torch.from_numpy(rgb))  # HxWx3 tensor: 12 rows is not a channel count
-    with pytest.raises(ValueError, match="for a batch, pass its images as a list"):
+    with pytest.raises(ValueError, match="for a batch, use Runtime.segment_batch"):
         load_image(chw[None])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         load_image(chw.float())

@@ -96,11 +96,6 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier(group=_collectives)
-
-
 def parameter_digest(model: torch.nn.Module) -> str:
     """SHA-256 of every parameter and buffer's bytes, in state-dict order."""
     h = hashlib.sha256()

@@ -148,12 +148,16 @@ def test_reference_fallback(monkeypatch):
     torch.testing.assert_close(max_score, scores.amax(dim=1))
 
 
-def test_dispatcher_routes_to_the_fused_op(device):
-    """``segvit_rt.ops.segment_postprocess(impl="triton")`` is what the model's inference calls."""
+def test_dispatcher_routes_to_the_fused_op(device, monkeypatch):
+    """``segvit_rt.ops.segment_postprocess(impl="triton")`` is what the model's inference calls: it
+    runs the kernel."""
     from segvit_rt import ops
 
+    launches = []
+    monkeypatch.setattr(pp_module, "launch", lambda *a, **kw: launches.append(1) or launch(*a, **kw))
     class_logits, mask_logits = _random_inputs(1, 6, 5, 4, 4, device, seed=9)
     labels = ops.segment_postprocess(class_logits, mask_logits, torch.Size([10, 9]), impl="triton")
+    assert launches == [1]
     assert_labels_match(labels, _reference64(class_logits, mask_logits, (10, 9)))
 
 

@@ -139,13 +139,18 @@ def test_reference_fallback_matches_autograd(monkeypatch):
     torch.testing.assert_close(qkv.grad.double(), ref_grad, atol=1e-4, rtol=1e-3)
 
 
-def test_dispatcher_routes_to_the_fused_op(device):
-    """``segvit_rt.ops.qd_attention(impl="triton")`` is what the Shrunk backbone calls."""
+def test_dispatcher_routes_to_the_fused_op(device, monkeypatch):
+    """``segvit_rt.ops.qd_attention(impl="triton")`` is what the Shrunk backbone calls: it runs the
+    kernel, whose output it returns."""
     from segvit_rt import ops
 
+    launches = []
+    real_launch = qd_module.launch_forward
+    monkeypatch.setattr(qd_module, "launch_forward", lambda *a, **kw: launches.append(1) or real_launch(*a, **kw))
     b, h, w, heads, d = 1, 4, 4, 2, 32
     x_q, k, v = _fused_qkv(b, h * w, d, torch.float32, device).split(d, -1)
     fused = ops.qd_attention(x_q, k, v, (h, w), heads, impl="triton")
+    assert launches == [1]
     torch.testing.assert_close(fused, ops.qd_attention(x_q, k, v, (h, w), heads), atol=2e-5, rtol=1e-4)
 
 
