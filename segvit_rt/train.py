@@ -54,7 +54,8 @@ WEIGHTS = "weights.safetensors"
 # 0.01, 1500 warm-up steps, poly decay of power 1, gradients clipped at norm 35), the changes of its
 # COCO-Stuff 10k and PASCAL-Context configs...
 DEFAULTS = dict(iters=160_000, batch=16, lr=2e-5, weight_decay=0.01, warmup=1500, poly_power=1.0, clip_grad=35.0,
-                eval_every=16_000, ckpt_every=4000, head_lr_mult=10.0, seed=0, amp="auto", init_format="timm")
+                eval_every=16_000, ckpt_every=4000, head_lr_mult=10.0, seed=0, amp="auto", init_format="timm",
+                log_every=10, mode="slide", weights_dtype="fp32")
 PRESET_DEFAULTS = {
     "vit_l16_cocostuff10k_512": dict(iters=80_000, weight_decay=0.02, poly_power=2.0, eval_every=8000),
     "vit_l16_pcontext_480": dict(iters=80_000, weight_decay=0.03, eval_every=8000),
@@ -95,6 +96,8 @@ def from_scratch_note(args: argparse.Namespace) -> str | None:
 RUN_DEFINING = ("preset", "variant", "iters", "batch", "lr", "weight_decay", "head_lr_mult", "warmup", "poly_power",
                 "clip_grad", "crop", "stride", "dropout", "drop_path", "seed", "amp", "init", "init_format")
 RUN_DEFINING_BEFORE = {"poly_power": 1.0, "drop_path": 0.0}
+# Arguments a resumed run takes from the checkpoint when its command line leaves them unset, but may change.
+RUN_SETTINGS = ("eval_every", "ckpt_every", "log_every", "mode", "weights_dtype")
 
 
 class UsageError(ValueError):
@@ -131,17 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int,
                    help="CPU compute threads per process (default: torch's); on a busy machine, keep threads + "
                         "workers within the free cores: oversubscribed OpenMP threads stall each other")
-    p.add_argument("--mode", choices=MODES, default="slide", help="evaluation inference mode")
+    p.add_argument("--mode", choices=MODES, help="evaluation inference mode (default slide)")
     p.add_argument("--eval-every", type=int, help="evaluate every K steps (0: only at the end)")
     p.add_argument("--ckpt-every", type=int, help="checkpoint every K steps (and at the end)")
-    p.add_argument("--log-every", type=int, default=10, help="log the mean loss every K steps")
+    p.add_argument("--log-every", type=int, help="log the mean loss every K steps (default 10)")
     p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
     p.add_argument("--init", help="initial weights: a timm ViT, an official SegViT checkpoint or our weights")
     p.add_argument("--init-format", choices=("timm", "official", "full"),
                    help="default timm; official: an official SegViT checkpoint, or our weights of the same "
                         "variant; full: our weights of a trained full model, to warm-start a Shrunk one")
-    p.add_argument("--weights-dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
-                   help="storage dtype of the final weights file")
+    p.add_argument("--weights-dtype", choices=("fp32", "fp16", "bf16"),
+                   help="storage dtype of the final weights file (default fp32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -250,13 +253,14 @@ def synth_metadata(dataset) -> dict | None:
 
 def previous_state(args) -> dict | None:
     """The checkpoint to continue from with ``--resume``, whose run's values fill the run-defining
-    arguments left unset (so a resume needs only ``--data``, ``--out``, ``--preset``, ``--variant``
-    and ``--resume``, whatever the defaults have become since); without it, refuse to overwrite a run."""
+    arguments and the run's settings left unset (so a resume needs only ``--data``, ``--out``,
+    ``--preset``, ``--variant`` and ``--resume``, whatever the defaults have become since); without
+    it, refuse to overwrite a run."""
     path = Path(args.out) / CHECKPOINT
     if args.resume:
         state = load_checkpoint(path)
         saved = {**RUN_DEFINING_BEFORE, **state["args"]}
-        for key in RUN_DEFINING:
+        for key in RUN_DEFINING + RUN_SETTINGS:
             if getattr(args, key) is None and saved.get(key) is not None:
                 setattr(args, key, saved[key])
         return state

@@ -284,6 +284,31 @@ def test_resume_mid_epoch_between_log_steps_logs_as_if_never_stopped(synth, tmp_
     assert summary["metrics"]["mIoU"] == records(tmp_path / "cut")[-1]["mIoU"]
 
 
+def test_a_bare_resume_keeps_the_runs_settings(synth, tmp_path, monkeypatch):
+    """``--resume`` with only --data and --out: the run's checkpoint/eval/log cadence, evaluation mode and
+    weights dtype come from its checkpoint, not from the defaults."""
+    out = tmp_path / "run"
+    real_step = train_cli.Trainer.train_step
+
+    def killed_after_step_4(self, *batch):
+        if self.step == 4:
+            raise RuntimeError("killed")
+        return real_step(self, *batch)
+
+    monkeypatch.setattr(train_cli.Trainer, "train_step", killed_after_step_4)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "8", "--ckpt-every", "2",
+                        "--eval-every", "6", "--log-every", "3", "--mode", "whole", "--weights-dtype", "fp16",
+                        "--crop", "64", "--batch", "4", "--workers", "0", "--quiet"])
+    monkeypatch.setattr(train_cli.Trainer, "train_step", real_step)
+    train_cli.main(["--data", str(synth), "--out", str(out), "--resume", "--workers", "0", "--quiet"])
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in records] == [("train", 3), ("train", 6), ("eval", 6), ("train", 8),
+                                                          ("eval", 8)]
+    assert read_metadata(out / "weights.safetensors")["eval_mode"] == "whole"
+    assert {t.dtype for t in load_file(str(out / "weights.safetensors")).values()} == {torch.float16}
+
+
 @pytest.mark.parametrize("layout", ["coco_stuff10k", "pascal_context"])
 def test_trains_on_the_other_papers_datasets_layouts(tmp_path, layout):
     """A short run on a COCO-Stuff 10k / PASCAL-Context tree: their class lists reach the weights."""
