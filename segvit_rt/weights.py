@@ -287,6 +287,10 @@ def import_timm_vit(model, checkpoint) -> ImportReport:
     reported as unexpected (the backbone has no use for them).
     """
     state = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    if any(k.startswith("decode_head.") for k in state):
+        source = "the checkpoint" if isinstance(checkpoint, dict) else checkpoint
+        raise WeightsError(f"{source} holds a whole SegViT model (decode_head.* weights), not a ViT backbone: "
+                           "import it with import_official_segvit (train --init-format official), which keeps its head")
     state = {_timm_name(k.removeprefix("backbone.")): v for k, v in state.items()}
     report = ImportReport()
     with torch.no_grad():

@@ -489,6 +489,17 @@ def test_init_loads_checkpoints_through_the_importers(synth, tmp_path, fmt, caps
     assert all(torch.allclose(trained[k], source.state_dict()[k], atol=1e-8) for k in loaded)
 
 
+def test_a_whole_segvit_checkpoint_under_the_timm_format_is_refused(synth, tmp_path, capsys):
+    """The default --init-format (timm) would keep the backbone and silently drop the trained head."""
+    torch.save({"state_dict": segvit_rt.create_model("tiny", num_classes=3, crop_size=64).state_dict()},
+               tmp_path / "segvit.pth")
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(["--data", str(synth), "--out", str(tmp_path / "run"), "--iters", "1",
+                        "--init", str(tmp_path / "segvit.pth"), *FAST])
+    assert exc.value.code == 2
+    assert "holds a whole SegViT model (decode_head.* weights)" in capsys.readouterr().err
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_training_on_cuda(synth, tmp_path, amp):
