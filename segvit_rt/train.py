@@ -290,6 +290,9 @@ class Trainer:
         self.amp_dtype = autocast_dtype(args.amp, self.device)
 
         self.train_set, self.val_set = open_datasets(args)
+        # Read the (small) validation split now: a bad file there would otherwise stop the run at its
+        # first evaluation, hours in.
+        self.val_set.verify(progress=info.is_main and not args.quiet, desc="checking the validation split")
         self.cfg = get_config(
             args.preset, num_classes=self.train_set.num_classes, class_names=tuple(self.train_set.classes),
             crop_size=args.crop, slide_stride=args.stride, decoder_dropout=args.dropout, drop_path_rate=args.drop_path,

@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -282,6 +283,19 @@ def test_resume_mid_epoch_between_log_steps_logs_as_if_never_stopped(synth, tmp_
     summary = run(tmp_path / "cut", "--resume")  # already finished: its final evaluation is kept, not redone
     assert comparable(tmp_path / "cut") == comparable(tmp_path / "ref")
     assert summary["metrics"]["mIoU"] == records(tmp_path / "cut")[-1]["mIoU"]
+
+
+def test_a_bad_validation_file_stops_the_run_before_it_trains(synth, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    masks = sorted((data / "ADEChallengeData2016" / "annotations" / "validation").glob("*.png"))
+    Image.fromarray(np.full((64, 64), 9, np.uint8)).save(masks[-1])  # 3 classes: 9 is out of range
+    steps = []
+    monkeypatch.setattr(train_cli.Trainer, "train_step", lambda self, *batch: steps.append(1))
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(["--data", str(data), "--out", str(tmp_path / "run"), "--iters", "20", *FAST])
+    assert exc.value.code == 2 and f"mask {masks[-1]} has labels out of range (9)" in capsys.readouterr().err
+    assert steps == []
 
 
 def test_a_bare_resume_keeps_the_runs_settings(synth, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from ..class_names import ADE20K_CLASSES, COCO_STUFF_CLASSES, PASCAL_CONTEXT_CLASSES
 from ..images import load_image
@@ -194,9 +195,9 @@ class SegDataset(Dataset):
             return image, label
         return self.transform(image, label, rng=sample_rng(self.seed, self.epoch, index))
 
-    def verify(self) -> None:
+    def verify(self, progress: bool = False, desc: str = "checking") -> None:
         """Read every sample, raising the first problem found."""
-        for index in range(len(self)):
+        for index in tqdm(range(len(self)), desc=desc, unit="img", disable=not progress, leave=False):
             self.load(index)
 
     def _out_of_range(self, values: np.ndarray, path: Path, allowed: str) -> DatasetError:
