@@ -324,6 +324,14 @@ class Trainer:
                 self.log.truncate(0)  # a run killed before its first checkpoint starts over
             torch.manual_seed(self.args.seed + self.info.rank)  # replicas draw different dropout masks
             return 0, 0.0
+        saved_names = state["extra"].get("class_names")  # checkpoints from before they were kept have none
+        if saved_names is not None and list(saved_names) != list(self.cfg.names()):
+            raise UsageError(f"the checkpoint's run trained on {len(saved_names)} classes ({', '.join(saved_names[:4])} "
+                             f"...) and {self.args.data} has {self.cfg.num_classes} ({', '.join(self.cfg.names()[:4])} "
+                             "...): resume on the run's data")
+        if self.info.is_main and state["args"].get("data") != self.args.data:
+            print(f"note: resuming on --data {self.args.data}; the run started on {state['args'].get('data')}",
+                  file=sys.stderr)
         step = restore(state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                        scaler=self.scaler, rank=self.info.rank, world_size=self.info.world_size)
         if self.info.is_main:
@@ -395,7 +403,8 @@ class Trainer:
             final = metrics if self.step == self.args.iters else None
             save_checkpoint(self.out / CHECKPOINT, model=self.model, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=self.scaler, step=self.step, args=vars(self.args),
-                            rng=rng, extra={"elapsed": elapsed, "loss_windows": windows, "final_metrics": final})
+                            rng=rng, extra={"elapsed": elapsed, "loss_windows": windows, "final_metrics": final,
+                                            "class_names": list(self.cfg.names())})
 
     def run(self) -> dict:
         args, main = self.args, self.info.is_main

@@ -22,7 +22,9 @@ from segvit_rt.class_names import COCO_STUFF_CLASSES, PASCAL_CONTEXT_CLASSES
 from segvit_rt.data.synth import generate
 from segvit_rt.io_utils import hold_lock
 from segvit_rt.training.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from segvit_rt.training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segvit_rt.training.checkpoint import (
+    CheckpointError, load_checkpoint, restore, rng_state, save_checkpoint, set_rng_state,
+)
 from segvit_rt.training.optim import WarmupPoly, make_optimizer, make_scheduler, param_groups
 from segvit_rt.training.sampler import ResumableSampler
 from segvit_rt.weights import load_weights, read_metadata, save_weights
@@ -124,6 +126,14 @@ def test_checkpoint_errors(tmp_path):
     torch.save({"some": torch.zeros(1)}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a segvit_rt training checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
+    three = segvit_rt.create_model("tiny", num_classes=3, crop_size=64)
+    opt = make_optimizer(three, lr=1e-3)
+    save_checkpoint(tmp_path / "c.pt", model=three, optimizer=opt, scheduler=make_scheduler(opt, 10, 2), step=1,
+                    args={}, rng=[rng_state()])
+    five = segvit_rt.create_model("tiny", num_classes=5, crop_size=64)
+    opt = make_optimizer(five, lr=1e-3)
+    with pytest.raises(CheckpointError, match="the checkpoint's model does not fit this run's .*size mismatch"):
+        restore(load_checkpoint(tmp_path / "c.pt"), model=five, optimizer=opt, scheduler=make_scheduler(opt, 10, 2))
 
 
 def test_sampler_global_batches_do_not_depend_on_world_size():
@@ -296,6 +306,19 @@ def test_a_bad_validation_file_stops_the_run_before_it_trains(synth, tmp_path, m
         train_cli.main(["--data", str(data), "--out", str(tmp_path / "run"), "--iters", "20", *FAST])
     assert exc.value.code == 2 and f"mask {masks[-1]} has labels out of range (9)" in capsys.readouterr().err
     assert steps == []
+
+
+def test_resume_on_other_data_is_refused_or_noted(synth, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", *FAST])
+    five = generate(tmp_path / "five", classes=5, train=8, val=2, size=64, seed=1, progress=False)
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(["--data", str(five), "--out", str(out), "--resume", *FAST])
+    assert exc.value.code == 2
+    assert "the checkpoint's run trained on 3 classes" in capsys.readouterr().err
+    moved = shutil.copytree(synth, tmp_path / "moved")
+    train_cli.main(["--data", str(moved), "--out", str(out), "--resume", *FAST])
+    assert f"note: resuming on --data {moved}; the run started on {synth}" in capsys.readouterr().err
 
 
 def test_a_bare_resume_keeps_the_runs_settings(synth, tmp_path, monkeypatch):

@@ -92,7 +92,12 @@ def restore(state: dict, *, model, optimizer, scheduler, rank: int = 0, world_si
             f"the checkpoint was written by {len(state['rng'])} process(es); resume it with as many "
             f"(got {world_size}) to continue exactly"
         )
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # another class count, crop or variant than the run it continues
+        first = str(e).strip().splitlines()
+        raise CheckpointError(f"the checkpoint's model does not fit this run's ({' '.join(first[:3])[:300]}): "
+                              "resume with the run's data and arguments") from e
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"] is not None:
