@@ -15,6 +15,7 @@ import math
 import os
 import sys
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -128,9 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     with exit_on(WeightsError, ValueError, FileNotFoundError, RuntimeError):
-        for flag, path in (("--json", args.json), ("--chart", args.chart)):
-            if path:
-                check_output(path, flag, folder=False)
+        outputs = [(flag, path) for flag, path in (("--json", args.json), ("--chart", args.chart)) if path]
+        for flag, path in outputs:
+            check_output(path, flag, folder=False)
+            if Path(path).resolve() == Path(args.weights).resolve():
+                raise ValueError(f"{flag} {path} is the --weights file: it would be overwritten")
+        if len(outputs) == 2 and Path(args.json).resolve() == Path(args.chart).resolve():
+            raise ValueError(f"--json and --chart name the same file {args.json}: one would overwrite the other")
+        for flag, value in (("--crop", args.crop), ("--stride", args.stride)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
         device = pick_device(args.device)
         use_interpreter_on_cpu(args.kernels, device)
         model = load_weights(args.weights, kernels=args.kernels).to(device)

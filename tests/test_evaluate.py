@@ -1,5 +1,6 @@
 """``python -m segvit_rt.evaluate`` against metrics computed here from the model's own forward pass."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -81,6 +82,22 @@ def test_split_none_evaluates_a_generic_folder_without_split_folders(setup, tmp_
     assert "split 'validation' not found" in capsys.readouterr().err
     metrics = evaluate.main(["--weights", str(weights), "--data", str(flat), "--split", "none", "--quiet"])
     assert metrics["images"] == 3 and metrics["mIoU"] == pytest.approx(expected_miou(model, ade), abs=1e-9)
+
+
+def test_outputs_that_would_overwrite_an_input_or_each_other_and_zero_windows_are_refused(setup, capsys):
+    root, ade, model, weights = setup
+    before = weights.read_bytes()
+    cases = [(["--json", str(weights)], "--json .* is the --weights file"),
+             (["--chart", str(weights)], "--chart .* is the --weights file"),
+             (["--json", str(root / "x.png"), "--chart", str(root / "x.png")], "name the same file"),
+             (["--stride", "0"], "--stride must be >= 1, got 0"),
+             (["--crop", "0"], "--crop must be >= 1, got 0")]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            evaluate.main(["--weights", str(weights), "--data", str(ade.parent), "--quiet", *extra])
+        assert exc.value.code == 2
+        assert re.search(message, capsys.readouterr().err)
+    assert weights.read_bytes() == before
 
 
 def test_predictions_come_back_at_the_original_size():
