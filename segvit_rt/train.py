@@ -520,8 +520,21 @@ def lock_run_folder(out: Path, stack: ExitStack) -> None:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    with exit_on(UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError):
-        return train(args)
+    try:
+        with exit_on(UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError):
+            return train(args)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {interrupted_at(Path(args.out))}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def interrupted_at(out: Path) -> str:
+    """What an interrupted run left: where ``--resume`` continues from."""
+    try:  # mapped, not read: a ViT-L checkpoint is GBs
+        step = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True, mmap=True)["step"]
+    except Exception:  # none yet, or one from a killed write: what a resume would refuse anyway
+        return f"no usable checkpoint in {out} yet; a new run starts over"
+    return f"the last checkpoint is at step {step}; continue with the same command and --resume"
 
 
 if __name__ == "__main__":

@@ -308,6 +308,25 @@ def test_a_bad_validation_file_stops_the_run_before_it_trains(synth, tmp_path, m
     assert steps == []
 
 
+def test_ctrl_c_says_where_a_resume_continues_without_a_traceback(synth, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "segvit_rt.train", "--data", str(synth), "--out", str(out),
+                             "--iters", "400", "--ckpt-every", "2", "--eval-every", "0", *FAST],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    step = load_checkpoint(out / "checkpoint.pt")["step"]
+    assert err.strip().splitlines()[-1] == (f"interrupted: the last checkpoint is at step {step}; continue with "
+                                            "the same command and --resume")
+
+
 def test_resume_on_other_data_is_refused_or_noted(synth, tmp_path, capsys):
     out = tmp_path / "run"
     train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", *FAST])
