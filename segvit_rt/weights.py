@@ -263,17 +263,19 @@ def _resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.cat([cls, resize_token_grid(rest.float(), g, (grid, grid)).to(pos.dtype)], dim=1)
 
 
-def _load_partial(module: torch.nn.Module, state: dict, prefix: str, report: ImportReport) -> None:
+def _load_partial(module: torch.nn.Module, state: dict, prefix: str, report: ImportReport, source) -> None:
     own = module.state_dict()
     for k, v in state.items():
         if k not in own:
             report.unexpected.append(prefix + k)
             continue
-        if k == "pos_embed" and v.shape != own[k].shape:
+        if k.rsplit(".", 1)[-1] == "pos_embed" and v.shape != own[k].shape:  # another crop or patch grid
             v = _resize_pos_embed(v, int(round((own[k].shape[1] - 1) ** 0.5)))
             report.resized.append(prefix + k)
         if v.shape != own[k].shape:
-            raise WeightsError(f"{prefix}{k}: checkpoint shape {tuple(v.shape)} != model shape {tuple(own[k].shape)}")
+            where = "" if isinstance(source, dict) else f"{source}: "
+            raise WeightsError(f"{where}{prefix}{k}: checkpoint shape {tuple(state[k].shape)} != model shape "
+                               f"{tuple(own[k].shape)}")
         own[k].copy_(v.to(own[k].dtype))
         report.loaded.append(prefix + k)
     report.missing.extend(prefix + k for k in own if k not in state)
@@ -294,7 +296,7 @@ def import_timm_vit(model, checkpoint) -> ImportReport:
     state = {_timm_name(k.removeprefix("backbone.")): v for k, v in state.items()}
     report = ImportReport()
     with torch.no_grad():
-        _load_partial(model.backbone, state, "backbone.", report)
+        _load_partial(model.backbone, state, "backbone.", report, checkpoint)
     return report
 
 
@@ -318,8 +320,8 @@ def import_official_segvit(model, checkpoint) -> ImportReport:
         raise WeightsError("checkpoint has no backbone.* or decode_head.* keys: not an mmseg SegViT checkpoint")
     report = ImportReport(unexpected=other)
     with torch.no_grad():
-        _load_partial(model.backbone, backbone, "backbone.", report)
-        _load_partial(model.decode_head, head, "decode_head.", report)
+        _load_partial(model.backbone, backbone, "backbone.", report, checkpoint)
+        _load_partial(model.decode_head, head, "decode_head.", report, checkpoint)
     return report
 
 
@@ -366,5 +368,5 @@ def import_full_into_shrunk(model, checkpoint) -> ImportReport:
             mapped[name] = v
     report = ImportReport(unexpected=unused)
     with torch.no_grad():
-        _load_partial(model, mapped, "", report)
+        _load_partial(model, mapped, "", report, checkpoint)
     return report

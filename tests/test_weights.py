@@ -242,6 +242,18 @@ def test_full_weights_warm_start_a_shrunk_model(tmp_path):
         weights.import_full_into_shrunk(full, path)
 
 
+def test_a_warm_start_at_another_crop_resizes_the_position_embedding_and_names_its_file(tmp_path):
+    full = segvit_rt.create_model("tiny", "full")  # crop 128: 8x8 tokens
+    path = weights.save_weights(tmp_path / "full.safetensors", full)
+    shrunk = segvit_rt.create_model("tiny", "shrunk", crop_size=64)
+    report = weights.import_full_into_shrunk(shrunk, path)
+    assert report.resized == ["backbone.pos_embed"] and "backbone.pos_embed" in report.loaded
+    assert shrunk.backbone.pos_embed.shape == (1, 17, 128)
+    other = segvit_rt.create_model("tiny", "shrunk", num_classes=7)
+    with pytest.raises(WeightsError, match=rf"{path}: decode_head.atm.class_embed.bias: checkpoint shape \(6,\)"):
+        weights.import_full_into_shrunk(other, path)
+
+
 def test_files_from_before_presets_carried_scales_get_the_presets():
     """Metadata written before ``image_scale``/``test_min_size`` existed: the preset's values (scaled
     to the file's crop), not the generic (4 crops, crop)."""
