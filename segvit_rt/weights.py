@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -218,13 +219,21 @@ def read_checkpoint(path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"{path} is not a readable safetensors file: {e}") from e
     try:
-        with torch.serialization.safe_globals(_numpy_scalar_types()):
+        with torch.serialization.safe_globals(_numpy_scalar_types()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's own notes on legacy or odd files; the error says it all
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe pickles
         # torch's message goes on to suggest weights_only=False, which runs whatever the file holds
-        reason = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line),
-                      str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise WeightsError(f"{path}: cannot load checkpoint safely (weights_only=True): {reason}") from e
+        # torch's message: its own advice (kept out, see above), then the reason
+        lines = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(e).splitlines()]
+        unsafe = next((line.split(" Please use")[0] for line in lines if line.startswith("Unsupported global")), None)
+        if unsafe is not None:
+            raise WeightsError(f"{path} holds Python objects besides tensors ({unsafe}); unpickling them would run "
+                               "code from the file, which is not done: save its state dict of tensors") from e
+        advice = ("Weights only load failed", "weights_only", "Check the documentation", "Please file an issue")
+        reason = next((line for line in lines if line and not any(a in line for a in advice)), type(e).__name__)
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another format): "
+                           f"{reason}") from e
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

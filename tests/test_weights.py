@@ -194,10 +194,22 @@ def test_pth_is_loaded_with_weights_only(tmp_path, tiny_shrunk, writer):
             pickle.dump(state, f)
     else:
         torch.save(state, path)
-    with pytest.raises(WeightsError, match="cannot load checkpoint safely") as err:
+    with pytest.raises(WeightsError, match="evil.pth (holds Python objects besides tensors .*which is not done|is not a readable PyTorch checkpoint)") as err:
         weights.import_timm_vit(tiny_shrunk, path)
     assert RAN == [], "the checkpoint's code ran"
     assert "weights_only=False" not in str(err.value)  # no advice to load it unsafely
+
+
+def test_files_that_are_not_checkpoints_are_named_so(tmp_path, recwarn):
+    good = tmp_path / "good.pth"
+    torch.save({"a": torch.zeros(1000)}, good)
+    cases = {"text.pth": b"hello world\n", "random.pth": bytes(range(256)) * 2,
+             "truncated.pth": good.read_bytes()[: good.stat().st_size // 2]}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(WeightsError, match=f"{name} is not a readable PyTorch checkpoint"):
+            weights.read_checkpoint(tmp_path / name)
+    assert not [w for w in recwarn if "torch" in str(w.filename)]
 
 
 @pytest.mark.parametrize("numpy_names", ["installed", "numpy 1"])
