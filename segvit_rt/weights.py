@@ -211,6 +211,9 @@ def read_checkpoint(path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` checkpoint (unpickled with
     ``weights_only=True``), unwrapped from a ``state_dict``/``model`` entry."""
     path = Path(path)
+    if path.is_dir():
+        inside = " (weights.safetensors there?)" if (path / "weights.safetensors").is_file() else ""
+        raise WeightsError(f"{path} is a folder: give the checkpoint file in it{inside}")
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":

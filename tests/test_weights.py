@@ -200,6 +200,12 @@ def test_pth_is_loaded_with_weights_only(tmp_path, tiny_shrunk, writer):
     assert "weights_only=False" not in str(err.value)  # no advice to load it unsafely
 
 
+def test_a_run_folder_given_as_a_checkpoint_points_to_its_weights(tmp_path, tiny_shrunk):
+    weights.save_weights(tmp_path / "weights.safetensors", tiny_shrunk)
+    with pytest.raises(WeightsError, match=r"is a folder: give the checkpoint file in it \(weights.safetensors there\?\)"):
+        weights.read_checkpoint(tmp_path)
+
+
 def test_files_that_are_not_checkpoints_are_named_so(tmp_path, recwarn):
     good = tmp_path / "good.pth"
     torch.save({"a": torch.zeros(1000)}, good)
