@@ -14,16 +14,15 @@ families with a different duty cycle (thin lines, small dots).
 
 Annotations store 0 for a one-pixel ignore band along region boundaries and
 ``c + 1`` for class ``c``. Output is deterministic for a seed, and written to a
-temporary folder renamed into place at the end, so an interrupted run leaves
-no partial dataset behind.
+temporary folder renamed into place at the end (``io_utils.atomic_dir``), so an
+interrupted run leaves no partial dataset behind, and a killed run's folder is
+cleared by the next.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..cli import check_output
+from ..io_utils import atomic_dir
 
 from .datasets import ADE_FOLDER
 
@@ -190,20 +190,8 @@ def generate(
     target = out / ADE_FOLDER
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (pass overwrite=True / --overwrite to replace it)")
-    out.mkdir(parents=True, exist_ok=True)
-    partial = out / f".{ADE_FOLDER}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with atomic_dir(target) as partial:  # also clears what a killed run left
         _write(partial, classes, train, val, size, seed, progress)
-        if target.exists():
-            stale = out / f".{ADE_FOLDER}.stale-{os.getpid()}"
-            os.replace(target, stale)
-            os.replace(partial, target)
-            shutil.rmtree(stale)
-        else:
-            os.replace(partial, target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
