@@ -56,6 +56,10 @@ def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
     with exit_on(WeightsError):
         check_output(args.out, "--out", folder=False)
+        if Path(args.out).suffix != ".safetensors":
+            raise WeightsError(f"--out {args.out}: the weights are written as safetensors; name the file *.safetensors")
+        if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+            raise WeightsError(f"--out {args.out} is the checkpoint being converted: it would be overwritten")
         path, report = convert(args.checkpoint, args.preset, args.variant, args.out)
     print(f"{args.checkpoint}: {report}")
     print(f"wrote {path}; build an engine with: python -m segvit_rt.build --variant {args.variant} --weights {path}")

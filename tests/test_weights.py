@@ -1,6 +1,7 @@
 """Weights I/O: our safetensors format, bad files, timm and official SegViT importers."""
 import json
 import pickle
+import re
 import zipfile
 
 import numpy as np
@@ -324,3 +325,13 @@ def test_convert_cli_writes_weights_the_builder_takes(tmp_path, capsys):
         convert.main([str(tmp_path / "official.pth"), "--preset", "tiny", "--variant", "full",
                       "--out", str(tmp_path / "full.safetensors")])
     assert "decode_head.q.weight" in (err := capsys.readouterr().err) and "a full SegViT checkpoint" in err
+    for out, message in ((tmp_path / "w.pth", "name the file \\*.safetensors"),
+                         (tmp_path / "official.pth", "name the file")):
+        with pytest.raises(SystemExit):
+            convert.main([str(tmp_path / "official.pth"), "--preset", "tiny", "--variant", "shrunk", "--out", str(out)])
+        assert re.search(message, capsys.readouterr().err)
+    same = tmp_path / "official.safetensors"
+    weights.save_weights(same, segvit_rt.create_model("tiny", "shrunk"))
+    with pytest.raises(SystemExit):
+        convert.main([str(same), "--preset", "tiny", "--variant", "shrunk", "--out", str(same)])
+    assert "is the checkpoint being converted" in capsys.readouterr().err
