@@ -62,4 +62,6 @@ def test_print_params_and_gflops_table(capsys):
                 f"{preset:26s} {variant:7s} {params:9.1f} {g:8.1f} {g / full[preset]:8.3f}"
                 f"  {'' if paper is None else f'{paper:.1f}'}"
             )
-    assert all(g > 0 for *_, g in rows)
+    # The paper's ~40 % saving holds at every ViT-L preset, not only the ADE20K one it reports.
+    vit_l = {p: g / full[p] for p, v, _, g in rows if v == "shrunk" and p.startswith("vit_l")}
+    assert len(vit_l) == 3 and all(0.55 < ratio < 0.62 for ratio in vit_l.values()), vit_l
