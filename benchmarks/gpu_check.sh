@@ -3,9 +3,9 @@
 #
 #   bash benchmarks/gpu_check.sh OUTDIR [STEP...]     (from anywhere; installs nothing)
 #
-# STEP: probe gpu-tests kernel-bench throughput-full throughput-shrunk kernel-tests (default: all, in
-# that order, most important first). Each step has its own time limit (30+130+75+120+120+75 s: under
-# 10 minutes together), so a rerun of one step fits in what is left of a 15-minute lease.
+# STEP: probe gpu-tests kernel-bench throughput-full throughput-shrunk config-sweep kernel-tests (default:
+# all, in that order, most important first). Each step has its own time limit (30+130+75+115+115+45+50 s:
+# under 10 minutes together), so a rerun of one step fits in what is left of a 15-minute lease.
 # Writes into OUTDIR, at most 8 files (all the device tool returns): log.txt (versions and every
 # step's output), device.json, bench_kernels.json, bench_throughput_full.json,
 # bench_throughput_shrunk.json, summary.txt, throughput.png.
@@ -20,7 +20,7 @@ if [ $# -lt 1 ]; then
 fi
 OUT=$(mkdir -p "$1" && cd "$1" && pwd) || { echo "gpu_check: cannot create $1" >&2; exit 2; }
 shift
-STEPS=${*:-probe gpu-tests kernel-bench throughput-full throughput-shrunk kernel-tests}
+STEPS=${*:-probe gpu-tests kernel-bench throughput-full throughput-shrunk config-sweep kernel-tests}
 cd "$(dirname "$0")/.." || exit 2
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null || PY=python
@@ -48,7 +48,7 @@ echo "== versions" | tee -a "$LOG"
     echo "steps: $STEPS"
 } 2>&1 | tee -a "$LOG"
 
-PARTIAL_STEPS="kernel-tests"  # run as far as their time allows: reaching the limit is not a failure
+PARTIAL_STEPS="config-sweep kernel-tests"  # run as far as their time allows: reaching the limit is not a failure
 
 step() {  # step NAME LIMIT_S COMMAND...: run one step, its output appended to the log
     local name=$1 limit=$2 rc out
@@ -106,30 +106,22 @@ bench() {  # bench NAME PER_TEST_LIMIT FILES/ARGS...
         --benchmark-columns=median,iqr,rounds "$@"
 }
 
-kernel_tests() {  # runs in the step's child bash, which the PARALLEL array does not reach
-    local parallel=() sweep rest
-    has xdist && parallel=(-n 4)
-    pytest_run "${parallel[@]}" $(per_test_limit 60) tests/kernels/test_every_config.py
-    sweep=$?
-    pytest_run "${parallel[@]}" $(per_test_limit 50) -m "not gpu" --ignore=tests/kernels/test_every_config.py tests/kernels
-    rest=$?
-    return $(( sweep || rest ))
-}
-
 export PY OUT
-export -f has per_test_limit probe pytest_run bench kernel_tests
+export -f has per_test_limit probe pytest_run bench
 
 for s in $STEPS; do
     case $s in
         probe) step probe 30 probe ;;
         gpu-tests) step gpu-tests 130 pytest_run "${PARALLEL[@]}" $(per_test_limit 120) -m gpu tests/ ;;
         kernel-bench) step kernel-bench 75 bench kernels 60 benchmarks/test_kernels.py benchmarks/test_kernels_qd.py benchmarks/test_kernels_postprocess.py benchmarks/test_labels_full_size.py ;;
-        throughput-full) step throughput-full 120 bench throughput_full 100 benchmarks/test_throughput.py -k full ;;
-        throughput-shrunk) step throughput-shrunk 120 bench throughput_shrunk 100 benchmarks/test_throughput.py -k shrunk ;;
-        # The kernel tests without the gpu mark on CUDA, as many as fit: first every autotune config
-        # of the attention kernels (the other tests see only the winners), then tails, padded heads,
-        # poisoned outputs, opcheck, export and torch.compile at small shapes.
-        kernel-tests) step kernel-tests 75 kernel_tests ;;
+        throughput-full) step throughput-full 115 bench throughput_full 100 benchmarks/test_throughput.py -k full ;;
+        throughput-shrunk) step throughput-shrunk 115 bench throughput_shrunk 100 benchmarks/test_throughput.py -k shrunk ;;
+        # Every autotune config of the attention kernels against the reference (the other tests see
+        # only the winners), as many as fit.
+        config-sweep) step config-sweep 45 pytest_run "${PARALLEL[@]}" $(per_test_limit 40) tests/kernels/test_every_config.py ;;
+        # The kernel tests without the gpu mark (tails, padded heads, poisoned outputs, opcheck, export,
+        # torch.compile) at small shapes, on CUDA: as many as fit.
+        kernel-tests) step kernel-tests 50 pytest_run "${PARALLEL[@]}" $(per_test_limit 45) -m "not gpu" --ignore=tests/kernels/test_every_config.py tests/kernels ;;
         *) echo "gpu_check: unknown step $s" | tee -a "$LOG"; status=1 ;;
     esac
 done

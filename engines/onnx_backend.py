@@ -109,6 +109,11 @@ def load(path: Path, meta: dict, device: torch.device):
             f"built next to onnxruntime {built}): {e}"
         ) from e
     check_input_shape(meta, path, session.get_inputs()[0].shape)
+    shapes = {o.name: list(o.shape[1:]) for o in session.get_outputs()}
+    for name in OUTPUT_NAMES:  # the CUDA runner allocates outputs from the record: it must be the artifact's
+        if shapes.get(name) != meta["outputs"][name][1:]:
+            raise EngineError(f"{path} outputs {name} of {shapes.get(name)} per image, its record says "
+                              f"{meta['outputs'][name][1:]}: the record does not belong to this artifact; rebuild")
     if device.type == "cuda":
         if session.get_providers()[0] != "CUDAExecutionProvider":  # ONNX Runtime falls back to the CPU silently
             raise EngineError(f"onnxruntime {ort.__version__} could not start its CUDA provider for {path} "

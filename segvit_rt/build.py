@@ -164,6 +164,7 @@ def check_out(out: Path) -> None:
     that cannot be a folder)."""
     try:
         check_output(out, "--out", folder=True)
+        check_output(out.resolve().parent, "--out's folder", folder=True)  # the new engine is swapped in there
     except OutputPathError as e:
         raise EngineError(str(e)) from None
     if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).is_file():

@@ -97,7 +97,7 @@ def run_demo(out: Path, variant: str | None = "shrunk", weights=None, max_images
 
     data_root = held_out_split(weights, out / "data")
     engine_dir = build_engine(model, out=out / "engine", weights=weights, device=device)
-    runtime = Runtime(engine_dir)
+    runtime = Runtime(engine_dir, device=None if device == "auto" else device)
     dataset = open_dataset(data_root, "validation")
     if tuple(dataset.classes) != tuple(runtime.class_names):
         raise WeightsError(f"the regenerated data's classes {dataset.classes} differ from the engine's "

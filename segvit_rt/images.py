@@ -99,7 +99,7 @@ def _from_wide_gray(values: np.ndarray, mode: str, fmt: str | None = None) -> np
 
 
 def _from_array(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype == np.uint16:
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # uint16 of either byte order
         arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)  # as 16-bit files are read
     elif np.issubdtype(arr.dtype, np.floating):
         lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)

@@ -43,7 +43,7 @@ def expand_inputs(args: list[str], out: Path | None = None) -> tuple[list[Path],
                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
         if not found:
             raise FileNotFoundError(f"no image files ({'/'.join(IMAGE_SUFFIXES)}) in folder {arg}")
-        if out is not None and out.is_dir() and arg.resolve() == out.resolve():
+        if out is not None and out.is_dir() and arg.samefile(out):
             names = {o.name.lower() for p in found for o in output_paths(p, arg)}
             earlier.extend(p for p in found if p.name.lower() in names)
             found = [p for p in found if p.name.lower() not in names]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -329,9 +330,9 @@ class Trainer:
             raise UsageError(f"the checkpoint's run trained on {len(saved_names)} classes ({', '.join(saved_names[:4])} "
                              f"...) and {self.args.data} has {self.cfg.num_classes} ({', '.join(self.cfg.names()[:4])} "
                              "...): resume on the run's data")
-        if self.info.is_main and state["args"].get("data") != self.args.data:
-            print(f"note: resuming on --data {self.args.data}; the run started on {state['args'].get('data')}",
-                  file=sys.stderr)
+        started_on = state["args"].get("data")
+        if self.info.is_main and (started_on is None or Path(started_on).resolve() != Path(self.args.data).resolve()):
+            print(f"note: resuming on --data {self.args.data}; the run started on {started_on}", file=sys.stderr)
         step = restore(state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                        scaler=self.scaler, rank=self.info.rank, world_size=self.info.world_size)
         if self.info.is_main:
@@ -523,17 +524,21 @@ def main(argv=None) -> dict:
     try:
         with exit_on(UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError):
             return train(args)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {interrupted_at(Path(args.out))}", file=sys.stderr)
+    except KeyboardInterrupt:  # under torchrun every replica gets it: one says where the run stands
+        if os.environ.get("RANK", "0") == "0":
+            print(f"\ninterrupted: {interrupted_at(Path(args.out))}", file=sys.stderr)
         raise SystemExit(130) from None
 
 
 def interrupted_at(out: Path) -> str:
     """What an interrupted run left: where ``--resume`` continues from."""
+    path = out / CHECKPOINT
+    if not path.is_file():
+        return f"no checkpoint in {out} yet; a new run starts over"
     try:  # mapped, not read: a ViT-L checkpoint is GBs
-        step = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True, mmap=True)["step"]
-    except Exception:  # none yet, or one from a killed write: what a resume would refuse anyway
-        return f"no usable checkpoint in {out} yet; a new run starts over"
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"]
+    except Exception as e:
+        return f"{path} cannot be read ({type(e).__name__}): move it aside to start over"
     return f"the last checkpoint is at step {step}; continue with the same command and --resume"
 
 

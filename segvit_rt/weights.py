@@ -234,7 +234,8 @@ def read_checkpoint(path) -> dict[str, torch.Tensor]:
             raise WeightsError(f"{path} holds Python objects besides tensors ({unsafe}); unpickling them would run "
                                "code from the file, which is not done: save its state dict of tensors") from e
         advice = ("Weights only load failed", "weights_only", "Check the documentation", "Please file an issue")
-        reason = next((line for line in lines if line and not any(a in line for a in advice)), type(e).__name__)
+        reason = next((line for line in lines if line and not any(a in line for a in advice)), "")
+        reason = f"{type(e).__name__}: {reason}" if reason else type(e).__name__
         raise WeightsError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another format): "
                            f"{reason}") from e
     for key in ("state_dict", "model", "module"):

@@ -51,6 +51,10 @@ def test_an_output_in_a_folder_that_cannot_be_written_is_refused(tmp_path, monke
     with pytest.raises(SystemExit) as exit_:
         segment.main([str(image), "--engine", "missing", "--out", str(locked)])
     assert exit_.value.code == 2 and "cannot write in" in capsys.readouterr().err
+    (locked / "engine").mkdir()  # writable itself, but a build swaps the new engine in from its parent
+    with pytest.raises(SystemExit) as exit_:
+        build.main(["--variant", "shrunk", "--out", str(locked / "engine")])
+    assert exit_.value.code == 2 and f"cannot write in {locked}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command, args", [

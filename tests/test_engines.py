@@ -522,6 +522,15 @@ def test_a_record_edited_to_other_classes_or_scales_is_refused(engine_copy):
         load_engine(engine_copy)
     outputs = {"class_logits": [None, 4, 5], "mask_logits": [None, 4, 8, 8]}
     edit_meta(engine_copy, outputs=outputs)  # the record agrees with itself now; the artifact does not
-    engine = load_engine(engine_copy)
+    with pytest.raises(EngineError, match=r"outputs class_logits of \[5, 6\] per image, its record says \[4, 5\]"):
+        load_engine(engine_copy)
+
+
+def test_outputs_that_differ_from_the_record_are_refused_at_the_call(tmp_path):
+    """Backends whose artifacts state no output shapes (aoti) are checked on their first call."""
+    meta = {"batch": None, "max_batch": 2, "input_size": [CROP, CROP],
+            "outputs": {"class_logits": [None, 4, 5], "mask_logits": [None, 4, 8, 8]}}
+    engine = Engine(tmp_path, meta, lambda x: (x.new_zeros(len(x), 5, 6), x.new_zeros(len(x), 5, 8, 8)),
+                    torch.device("cpu"))
     with pytest.raises(EngineError, match=r"artifact's class_logits are \[5, 6\] per image, its record says \[4, 5\]"):
         engine(randn(1))

@@ -111,6 +111,7 @@ def test_float_and_16_bit_arrays_as_tensors_and_files_are(rgb, tmp_path):
     wide = (np.arange(12 * 17, dtype=np.uint16).reshape(12, 17) * 300)
     Image.fromarray(wide).save(tmp_path / "wide.png")
     np.testing.assert_array_equal(load_image(wide), load_image(tmp_path / "wide.png"))
+    np.testing.assert_array_equal(load_image(wide.astype(">u2")), load_image(wide))  # big-endian too
     with pytest.raises(TypeError, match="uint8 .*, uint16 .* or float in \\[0, 1\\], got bool"):
         load_image(rgb > 100)
 

@@ -335,6 +335,8 @@ def test_resume_on_other_data_is_refused_or_noted(synth, tmp_path, capsys):
         train_cli.main(["--data", str(five), "--out", str(out), "--resume", *FAST])
     assert exc.value.code == 2
     assert "the checkpoint's run trained on 3 classes" in capsys.readouterr().err
+    train_cli.main(["--data", os.path.relpath(synth) + "/", "--out", str(out), "--resume", *FAST])
+    assert "note: resuming" not in capsys.readouterr().err  # the same folder, spelled otherwise
     moved = shutil.copytree(synth, tmp_path / "moved")
     train_cli.main(["--data", str(moved), "--out", str(out), "--resume", *FAST])
     assert f"note: resuming on --data {moved}; the run started on {synth}" in capsys.readouterr().err

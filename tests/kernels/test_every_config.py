@@ -2,7 +2,7 @@
 
 Autotuning runs one config per shape and GPU, so the other kernel tests check only the winners; a
 config that compiled into wrong code would give wrong answers wherever it wins. Under the
-interpreter each kernel has one config; on CUDA (``gpu_check.sh``'s kernel-tests step) every config
+interpreter each kernel has one config; on CUDA (``gpu_check.sh``'s config-sweep step) every config
 runs, each compiled on its own.
 """
 import importlib

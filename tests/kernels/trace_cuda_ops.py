@@ -2,7 +2,7 @@
 and print each traced launch: kernel, the outputs it writes, and the tensors it reads.
 
 Without CUDA, Triton is told the driver targets sm_90 (the tracing needs only a target, no device).
-Run as a script without ``TRITON_INTERPRET`` (``test_kernels_trace.py`` does).
+Run as a script without ``TRITON_INTERPRET`` (``test_kernels_compile.py`` does).
 """
 import json
 
