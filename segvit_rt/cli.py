@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,12 +43,21 @@ def _user_message(error: BaseException) -> str:
     return text
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 @contextmanager
 def exit_on(*errors: type[BaseException]):
     """Report ``errors`` (the problems a user can fix: bad input, bad files), and bad output
-    paths, as one ``error: ...`` line on stderr and exit with status 2, without a traceback."""
+    paths, as one ``error: ...`` line on stderr and exit with status 2, without a traceback;
+    warnings meanwhile print as one ``warning: ...`` line, without Python's source location."""
+    shown = warnings.formatwarning
+    warnings.formatwarning = _warning_line
     try:
         yield
     except (OutputPathError, *errors) as e:
         print(f"error: {_user_message(e)}", file=sys.stderr)
         raise SystemExit(2) from e
+    finally:
+        warnings.formatwarning = shown

@@ -1,5 +1,7 @@
 """What the command-line tools share: bad output paths and wrapped worker errors reported as
 one line, exit status 2, before any work."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,14 @@ def test_output_paths_are_checked_for_what_they_must_be(tmp_path, a_file):
     for folder in (True, False):
         with pytest.raises(OutputPathError, match="notes.txt is a file, not a folder"):
             check_output(a_file / "sub" / "x", "--out", folder=folder)
+
+
+def test_warnings_under_a_cli_print_as_one_line():
+    """(In a subprocess: pytest records warnings instead of printing them.)"""
+    script = ("import warnings\nfrom segvit_rt.cli import exit_on\nwith exit_on(ValueError):\n"
+              "    warnings.warn('a classes.txt beside the data set is not read')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "warning: a classes.txt beside the data set is not read\n"
 
 
 def test_an_output_in_a_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatch, capsys):
