@@ -41,6 +41,19 @@ def synth(tmp_path_factory):
     return out
 
 
+def kill_at_step(monkeypatch, step):
+    """Make training stop with an error instead of taking step ``step`` + 1; returns the real step."""
+    real_step = train_cli.Trainer.train_step
+
+    def killed(self, *batch):
+        if self.step == step:
+            raise RuntimeError("killed")
+        return real_step(self, *batch)
+
+    monkeypatch.setattr(train_cli.Trainer, "train_step", killed)
+    return real_step
+
+
 def run_cli(args, timeout=120):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "segvit_rt.train", *args], capture_output=True, text=True,
@@ -268,14 +281,7 @@ def test_resume_mid_epoch_between_log_steps_logs_as_if_never_stopped(synth, tmp_
         return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
     run(tmp_path / "ref")
-    real_step = train_cli.Trainer.train_step
-
-    def killed_after_step_4(self, *batch):
-        if self.step == 4:
-            raise RuntimeError("killed")
-        return real_step(self, *batch)
-
-    monkeypatch.setattr(train_cli.Trainer, "train_step", killed_after_step_4)
+    real_step = kill_at_step(monkeypatch, 4)
     with pytest.raises(RuntimeError, match="killed"):
         run(tmp_path / "cut")
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 3
@@ -346,14 +352,7 @@ def test_a_bare_resume_keeps_the_runs_settings(synth, tmp_path, monkeypatch):
     """``--resume`` with only --data and --out: the run's checkpoint/eval/log cadence, evaluation mode and
     weights dtype come from its checkpoint, not from the defaults."""
     out = tmp_path / "run"
-    real_step = train_cli.Trainer.train_step
-
-    def killed_after_step_4(self, *batch):
-        if self.step == 4:
-            raise RuntimeError("killed")
-        return real_step(self, *batch)
-
-    monkeypatch.setattr(train_cli.Trainer, "train_step", killed_after_step_4)
+    real_step = kill_at_step(monkeypatch, 4)
     with pytest.raises(RuntimeError, match="killed"):
         train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "8", "--ckpt-every", "2",
                         "--eval-every", "6", "--log-every", "3", "--mode", "whole", "--weights-dtype", "fp16",
