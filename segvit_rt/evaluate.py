@@ -144,7 +144,8 @@ def main(argv=None) -> dict:
         model = load_weights(args.weights, kernels=args.kernels).to(device)
         cfg = model.cfg
         split = None if args.split == "none" else args.split
-        dataset = open_dataset(args.data, split, transform=EvalTransform(cfg.mean, cfg.std))
+        dataset = open_dataset(args.data, split, transform=EvalTransform(cfg.mean, cfg.std),
+                               context_classes=59 if cfg.num_classes == 59 else 60)  # the model's protocol
         metrics = evaluate_model(model, dataset, args.mode, args.crop, args.stride, progress=not args.quiet,
                                  tta=args.tta)
     if tuple(dataset.classes) != tuple(cfg.names()):

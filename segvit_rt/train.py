@@ -56,7 +56,7 @@ WEIGHTS = "weights.safetensors"
 # COCO-Stuff 10k and PASCAL-Context configs...
 DEFAULTS = dict(iters=160_000, batch=16, lr=2e-5, weight_decay=0.01, warmup=1500, poly_power=1.0, clip_grad=35.0,
                 eval_every=16_000, ckpt_every=4000, head_lr_mult=10.0, seed=0, amp="auto", init_format="timm",
-                log_every=10, mode="slide", weights_dtype="fp32")
+                log_every=10, mode="slide", weights_dtype="fp32", context_classes=60)
 PRESET_DEFAULTS = {
     "vit_l16_cocostuff10k_512": dict(iters=80_000, weight_decay=0.02, poly_power=2.0, eval_every=8000),
     "vit_l16_pcontext_480": dict(iters=80_000, weight_decay=0.03, eval_every=8000),
@@ -95,8 +95,9 @@ def from_scratch_note(args: argparse.Namespace) -> str | None:
 # Arguments a resumed run must share with the run it continues; runs checkpointed before an argument
 # existed ran with the value in RUN_DEFINING_BEFORE.
 RUN_DEFINING = ("preset", "variant", "iters", "batch", "lr", "weight_decay", "head_lr_mult", "warmup", "poly_power",
-                "clip_grad", "crop", "stride", "dropout", "drop_path", "seed", "amp", "init", "init_format")
-RUN_DEFINING_BEFORE = {"poly_power": 1.0, "drop_path": 0.0}
+                "clip_grad", "crop", "stride", "dropout", "drop_path", "seed", "amp", "init", "init_format",
+                "context_classes")
+RUN_DEFINING_BEFORE = {"poly_power": 1.0, "drop_path": 0.0, "context_classes": 60}
 # Arguments a resumed run takes from the checkpoint when its command line leaves them unset, but may change.
 RUN_SETTINGS = ("eval_every", "ckpt_every", "log_every", "mode", "weights_dtype")
 
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, help="decoder dropout (default: the preset's)")
     p.add_argument("--drop-path", type=float,
                    help="backbone stochastic-depth rate (default: the preset's: ViT-L 0.3, ViT-B 0.1, tiny 0)")
+    p.add_argument("--context-classes", type=int, choices=(59, 60),
+                   help="PASCAL-Context only: 60 (background a class, as SegViT's released config; default) or 59 "
+                        "(background ignored, mmseg's PascalContextDataset59)")
     p.add_argument("--kernels", choices=("reference", "triton"), default="reference")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"),
                    help="mixed precision on CUDA (default auto: bf16 where supported, else fp16; none on CPU)")
@@ -237,8 +241,9 @@ def check_init_format(model: SegViT, path: str, fmt: str) -> None:
 def open_datasets(args):
     preset = PRESETS[args.preset]
     augment = TrainTransform(args.crop, preset.mean, preset.std, scale=preset.scales(args.crop)[0])
-    train = open_dataset(args.data, "training", seed=args.seed, transform=augment)
-    val = open_dataset(args.data, "validation", transform=EvalTransform(preset.mean, preset.std))
+    train = open_dataset(args.data, "training", seed=args.seed, transform=augment, context_classes=args.context_classes)
+    val = open_dataset(args.data, "validation", transform=EvalTransform(preset.mean, preset.std),
+                       context_classes=args.context_classes)
     if tuple(train.classes) != tuple(val.classes):
         raise DatasetError(f"{args.data}: the training and validation splits list different classes")
     if len(train) < args.batch:

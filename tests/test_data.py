@@ -128,6 +128,20 @@ def test_pascal_context_layout(tmp_path):
         open_dataset(tmp_path, "validation")
 
 
+def test_pascal_context_59_class_protocol_ignores_background(tmp_path):
+    ann = np.array([[0, 1, 59, 255]] * 3, dtype=np.uint8)
+    make_context(tmp_path, {"train": [ann], "val": [ann]})
+    ds = open_dataset(tmp_path, "training", context_classes=59)
+    assert isinstance(ds, PascalContextDataset) and ds.num_classes == 59 and ds.classes[0] == "aeroplane"
+    np.testing.assert_array_equal(ds[0][1][0], [IGNORE_INDEX, 0, 58, IGNORE_INDEX])
+    Image.fromarray(np.full((3, 4), 60, np.uint8)).save(
+        tmp_path / "VOCdevkit" / "VOC2010" / "SegmentationClassContext" / "2008_train0000.png")
+    with pytest.raises(DatasetError, match=r"60.*0 \(background, ignored\), 1\.\.59 or 255"):
+        ds[0]
+    with pytest.raises(ValueError, match="59- and 60-class protocols, not 21"):
+        PascalContextDataset(tmp_path, "training", classes=21)
+
+
 def test_a_folder_with_several_data_sets_is_refused(tmp_path):
     ann = np.ones((4, 4))
     make_coco_stuff(tmp_path, {"train2014": [ann], "test2014": [ann]})

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 import segvit_rt
 from dataset_layouts import make_coco_stuff, make_context
+from segvit_rt import evaluate as evaluate_cli
 from segvit_rt import train as train_cli
 from segvit_rt.class_names import COCO_STUFF_CLASSES, PASCAL_CONTEXT_CLASSES
 from segvit_rt.data.synth import generate
@@ -366,9 +367,11 @@ def test_a_bare_resume_keeps_the_runs_settings(synth, tmp_path, monkeypatch):
     assert {t.dtype for t in load_file(str(out / "weights.safetensors")).values()} == {torch.float16}
 
 
-@pytest.mark.parametrize("layout", ["coco_stuff10k", "pascal_context"])
+@pytest.mark.parametrize("layout", ["coco_stuff10k", "pascal_context", "pascal_context59"])
 def test_trains_on_the_other_papers_datasets_layouts(tmp_path, layout):
-    """A short run on a COCO-Stuff 10k / PASCAL-Context tree: their class lists reach the weights."""
+    """A short run on a COCO-Stuff 10k / PASCAL-Context tree (60 classes, or 59 without background):
+    their class lists reach the weights, and evaluate takes the weights' PASCAL-Context protocol."""
+    extra = []
     rng = np.random.default_rng(0)
     if layout == "coco_stuff10k":
         masks = {split: [rng.integers(0, 172, size=(64, 64)) for _ in range(n)]
@@ -379,11 +382,17 @@ def test_trains_on_the_other_papers_datasets_layouts(tmp_path, layout):
         masks = {split: [rng.integers(0, 60, size=(64, 64)) for _ in range(n)] for split, n in (("train", 4), ("val", 1))}
         make_context(tmp_path, masks)
         classes = PASCAL_CONTEXT_CLASSES
-    summary = train_cli.main(["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--iters", "2", *FAST])
+        if layout == "pascal_context59":
+            extra, classes = ["--context-classes", "59"], PASCAL_CONTEXT_CLASSES[1:]
+    summary = train_cli.main(["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--iters", "2", *FAST, *extra])
     meta = read_metadata(tmp_path / "run" / "weights.safetensors")
     assert meta["class_names"] == list(classes)
     assert load_weights(tmp_path / "run" / "weights.safetensors").cfg.num_classes == len(classes)
     assert 0.0 <= summary["metrics"]["mIoU"] <= 1.0
+    if layout.startswith("pascal_context"):
+        metrics = evaluate_cli.main(["--weights", str(tmp_path / "run" / "weights.safetensors"), "--data",
+                                     str(tmp_path), "--quiet"])
+        assert metrics["class_names"] == list(classes) and len(metrics["IoU"]) == len(classes)
 
 
 def test_training_resize_follows_the_presets_image_scale(tmp_path):

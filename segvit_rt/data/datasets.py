@@ -292,13 +292,19 @@ class COCOStuff164kDataset(IgnoreIndexDataset):
 
 class PascalContextDataset(IgnoreIndexDataset):
     """``VOCdevkit/VOC2010`` with mmseg's PASCAL-Context conversion: ``JPEGImages/*.jpg``,
-    ``SegmentationClassContext/*.png`` holding the 60 classes 0..59 (0 = background, a class, as the
-    official 60-class config) and 255 = ignore; ``ImageSets/SegmentationContext/{train,val}.txt``
-    list each split's stems (JPEGImages holds all of VOC2010)."""
+    ``SegmentationClassContext/*.png`` holding 0..59 (0 = background) and 255 = ignore;
+    ``ImageSets/SegmentationContext/{train,val}.txt`` list each split's stems (JPEGImages holds
+    all of VOC2010).
+
+    ``classes``: 60 (background a class, as SegViT's released config) or 59 (background ignored,
+    1..59 -> 0..58: mmseg's ``PascalContextDataset59``, the "59 classes" protocol of many papers)."""
 
     SPLITS = {"training": "train", "validation": "val"}
 
-    def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0):
+    def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0,
+                 classes: int = 60):
+        if classes not in (59, 60):
+            raise ValueError(f"PASCAL-Context has the 59- and 60-class protocols, not {classes}")
         base = find_context_folder(Path(root))
         split = split_folder(split, self.SPLITS, "PASCAL-Context")
         list_file = base / "ImageSets" / "SegmentationContext" / f"{split}.txt"
@@ -312,9 +318,18 @@ class PascalContextDataset(IgnoreIndexDataset):
         if missing:
             more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
             raise DatasetError(f"{list_file} lists files that are missing: {', '.join(missing[:_SHOWN])}{more}")
-        super().__init__(samples, PASCAL_CONTEXT_CLASSES, transform, seed)
+        super().__init__(samples, PASCAL_CONTEXT_CLASSES[60 - classes:], transform, seed)
         self.root = base
         self.split = split
+
+    def labels_from_mask(self, mask, path):
+        if self.num_classes == 60:
+            return super().labels_from_mask(mask, path)
+        ignored = (mask == 0) | (mask == IGNORE_INDEX)
+        bad = ~ignored & ((mask < 0) | (mask > 59))
+        if bad.any():
+            raise self._out_of_range(mask[bad], path, "0 (background, ignored), 1..59 or 255 (ignore)")
+        return np.where(ignored, IGNORE_INDEX, mask - 1)
 
 
 class GenericSegDataset(IgnoreIndexDataset):
@@ -402,10 +417,12 @@ LAYOUTS = (
 )
 
 
-def open_dataset(root, split: str | None, transform: Callable | None = None, **kwargs) -> SegDataset:
+def open_dataset(root, split: str | None, transform: Callable | None = None, context_classes: int = 60,
+                 **kwargs) -> SegDataset:
     """The dataset at ``root`` in whichever layout is on disk: ADE20K, COCO-Stuff 10k or 164k,
-    PASCAL-Context (mmseg's prepared forms) or the generic one. A folder holding several of them
-    is refused (which one was meant is not for us to guess)."""
+    PASCAL-Context (mmseg's prepared forms; ``context_classes`` picks its 59- or 60-class protocol)
+    or the generic one. A folder holding several of them is refused (which one was meant is not for
+    us to guess)."""
     root = Path(root)
     found = []
     for name, find, dataset in LAYOUTS:
@@ -423,6 +440,8 @@ def open_dataset(root, split: str | None, transform: Callable | None = None, **k
         name, _, dataset = found[0]
         if split is None:
             raise ValueError(f"{root} holds the {name} layout: choose split 'training' or 'validation'")
+        if dataset is PascalContextDataset:
+            kwargs["classes"] = context_classes
         return dataset(root, split, transform=transform, **kwargs)
     if generic:
         return GenericSegDataset(root, split, transform=transform, **kwargs)
