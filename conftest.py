@@ -5,6 +5,7 @@ tensors; ``TRITON_INTERPRET`` must be set before triton is first imported, so it
 is set here, at collection start.
 """
 import os
+import signal
 
 import pytest
 import torch
@@ -12,6 +13,15 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# A run stopped by SIGTERM (a step's time limit, a CI timeout) ends as an interrupted session: its
+# summary is printed and pytest-benchmark still writes the JSON of what was measured.
+signal.signal(signal.SIGTERM, _interrupted)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,8 +9,10 @@
 # Writes into OUTDIR, at most 8 files (all the device tool returns): log.txt (versions and every
 # step's output), device.json, bench_kernels.json, bench_throughput_full.json,
 # bench_throughput_shrunk.json, summary.txt, throughput.png.
-# pytest-benchmark writes its JSON only when pytest exits, so each test has its own time limit too
-# (pytest-timeout, where installed): a stuck build fails alone and the step still writes its figures.
+# pytest-benchmark writes its JSON only when pytest exits: a step's time limit interrupts pytest
+# (SIGINT) so that it still writes what was measured, each test has its own time limit too
+# (pytest-timeout, where installed) so a stuck build fails alone, and summary.txt/throughput.png are
+# rewritten after every bench step (from whatever JSON is readable).
 # Exit status: 0 when every step passed, 1 otherwise; 2 on bad usage or no CUDA GPU.
 set -uo pipefail
 
@@ -26,7 +28,6 @@ PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null || PY=python
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
-export TRITON_CACHE_AUTOTUNING=1  # later steps reuse the kernels' autotuning
 unset TRITON_INTERPRET            # the real compiler, not the CPU interpreter
 LOG="$OUT/log.txt"
 status=0
@@ -48,14 +49,16 @@ echo "== versions" | tee -a "$LOG"
     echo "steps: $STEPS"
 } 2>&1 | tee -a "$LOG"
 
-PARTIAL_STEPS="config-sweep kernel-tests"  # run as far as their time allows: reaching the limit is not a failure
+PARTIAL_STEPS="gpu-tests config-sweep kernel-tests"  # run as far as their time allows: reaching the limit is not a failure
 
 step() {  # step NAME LIMIT_S COMMAND...: run one step, its output appended to the log
     local name=$1 limit=$2 rc out
     shift 2
     out=$(mktemp)
     echo "== $name (limit ${limit}s)" | tee -a "$LOG"
-    timeout "$limit" bash -c '"$@"' step "$@" 2>&1 | tee "$out" | tee -a "$LOG"  # functions run in a child bash
+    # SIGINT, not SIGTERM: pytest then ends as an interrupted session and pytest-benchmark still
+    # writes the JSON of what it measured (a killed pytest leaves an empty file).
+    timeout -s INT -k 20 "$limit" bash -c '"$@"' step "$@" 2>&1 | tee "$out" | tee -a "$LOG"  # functions run in a child bash
     rc=${PIPESTATUS[0]}
     if [ "$rc" -eq 124 ] && [[ " $PARTIAL_STEPS " == *" $name "* ]]; then
         echo "gpu_check: step $name stopped at its time limit (a partial run; its failures, if any, count)" | tee -a "$LOG"
@@ -99,23 +102,34 @@ pytest_run() {  # pytest_run ARGS...: verbose, a summary of every outcome, the s
     "$PY" -m pytest -p no:cacheprovider -v -rA --durations=15 "$@"
 }
 
-bench() {  # bench NAME PER_TEST_LIMIT FILES/ARGS...
-    local name=$1 limit=$2
+summarize() {  # the table (summary.txt) and chart of every benchmark JSON so far
+    local jsons=("$OUT"/bench_*.json) device_arg=()
+    [ -e "${jsons[0]}" ] || { echo "gpu_check: no benchmark JSON to summarise" > "$OUT/summary.txt"; return 1; }
+    [ -f "$OUT/device.json" ] && device_arg=(--device "$OUT/device.json")
+    "$PY" benchmarks/summarize.py "${jsons[@]}" "${device_arg[@]}" --chart "$OUT/throughput.png" > "$OUT/summary.txt" 2>&1
+}
+
+bench() {  # bench NAME PER_TEST_LIMIT FILES/ARGS...: timed serially; autotuning shared by the bench steps only
+    local name=$1 limit=$2 rc
     shift 2
-    pytest_run $(per_test_limit "$limit") --benchmark-json="$OUT/bench_$name.json" \
+    TRITON_CACHE_AUTOTUNING=1 pytest_run $(per_test_limit "$limit") --benchmark-json="$OUT/bench_$name.json" \
         --benchmark-columns=median,iqr,rounds "$@"
+    rc=$?
+    summarize || true  # kept up to date in case the run's own time limit ends the script
+    return $rc
 }
 
 export PY OUT
-export -f has per_test_limit probe pytest_run bench
+export -f has per_test_limit probe pytest_run summarize bench
 
 for s in $STEPS; do
     case $s in
         probe) step probe 30 probe ;;
         gpu-tests) step gpu-tests 130 pytest_run "${PARALLEL[@]}" $(per_test_limit 120) -m gpu tests/ ;;
-        kernel-bench) step kernel-bench 75 bench kernels 60 benchmarks/test_kernels.py benchmarks/test_kernels_qd.py benchmarks/test_kernels_postprocess.py benchmarks/test_labels_full_size.py ;;
-        throughput-full) step throughput-full 115 bench throughput_full 100 benchmarks/test_throughput.py -k full ;;
-        throughput-shrunk) step throughput-shrunk 115 bench throughput_shrunk 100 benchmarks/test_throughput.py -k shrunk ;;
+        kernel-bench) step kernel-bench 75 bench kernels 45 benchmarks/test_kernels.py benchmarks/test_kernels_qd.py benchmarks/test_kernels_postprocess.py benchmarks/test_labels_full_size.py ;;
+        # A per-test limit that leaves the step's other tests their time: a slow aoti build fails alone.
+        throughput-full) step throughput-full 115 bench throughput_full 80 benchmarks/test_throughput.py -k full ;;
+        throughput-shrunk) step throughput-shrunk 115 bench throughput_shrunk 80 benchmarks/test_throughput.py -k shrunk ;;
         # Every autotune config of the attention kernels against the reference (the other tests see
         # only the winners), as many as fit.
         config-sweep) step config-sweep 45 pytest_run "${PARALLEL[@]}" $(per_test_limit 40) tests/kernels/test_every_config.py ;;
@@ -127,16 +141,9 @@ for s in $STEPS; do
 done
 
 echo "== summary" | tee -a "$LOG"
-jsons=("$OUT"/bench_*.json)
-if [ -e "${jsons[0]}" ]; then
-    device_arg=()
-    [ -f "$OUT/device.json" ] && device_arg=(--device "$OUT/device.json")
-    "$PY" benchmarks/summarize.py "${jsons[@]}" "${device_arg[@]}" --chart "$OUT/throughput.png" 2>&1 \
-        | tee "$OUT/summary.txt" | tee -a "$LOG"
-    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-else
-    echo "gpu_check: no benchmark JSON to summarise" | tee "$OUT/summary.txt" | tee -a "$LOG"
+if ! summarize; then
     [[ "$STEPS" == *bench* || "$STEPS" == *throughput* ]] && status=1
 fi
+tee -a "$LOG" < "$OUT/summary.txt"
 echo "gpu_check: $([ $status -eq 0 ] && echo all steps passed || echo some steps FAILED); outputs in $OUT" | tee -a "$LOG"
 exit $status

@@ -80,7 +80,11 @@ def measure(
     if baselines:
         info["baseline"] = baselines[0]
 
-    result = benchmark.pedantic(synchronized(fn, calls), rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    try:
+        result = benchmark.pedantic(synchronized(fn, calls), rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    except BaseException:  # a timeout or interrupt too: pytest-benchmark marks only Exceptions, and a
+        benchmark.has_error = True  # stats-less entry would stop it from writing any of the run's JSON
+        raise
 
     stats = getattr(benchmark, "stats", None)
     if stats is None:  # --benchmark-disable: the function ran once, nothing was timed
