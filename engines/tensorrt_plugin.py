@@ -124,7 +124,6 @@ def plugin_attrs(num_heads, head_dim, scale) -> Tuple[int, int, float]:
     return tuple(values)
 
 
-
 def check_available() -> None:
     """Raise ``ImportError`` naming what is missing unless TensorRT's plugin API is importable."""
     import tensorrt.plugin as trtp

@@ -54,6 +54,9 @@ class Tolerance:
 TOLERANCES = {"fp32": Tolerance(atol=1e-4, rtol=1e-3), "fp16": Tolerance(atol=2e-2, rtol=3e-2)}
 
 
+DEFAULT_MAX_BATCH = 32  # a dynamic engine's largest batch unless asked otherwise
+
+
 class BuildError(RuntimeError):
     """The build could not produce an engine that matches the PyTorch model."""
 
@@ -178,7 +181,7 @@ def build_engine(
     backend: str = "auto",
     precision: str | None = None,
     batch: int | None = None,
-    max_batch: int = 32,
+    max_batch: int = DEFAULT_MAX_BATCH,
     out=None,
     device=None,
     class_names=None,
@@ -322,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, help="default: fp16 on a GPU, fp32 on the CPU")
     p.add_argument("--batch", type=_batch_arg, default=None, metavar="N|dynamic",
                    help="static batch size, or 'dynamic' (default) for 1..--max-batch")
-    p.add_argument("--max-batch", type=int, help="largest batch of a dynamic engine (default 32)")
+    p.add_argument("--max-batch", type=int, help=f"largest batch of a dynamic engine (default {DEFAULT_MAX_BATCH})")
     p.add_argument("--kernels", choices=("triton", "reference"),
                    help="triton: our kernels in an aoti engine on CUDA (its default), or the ATM attention as "
                         "a plugin in an fp16 tensorrt engine; reference: plain ops (every other default)")
@@ -339,8 +342,8 @@ def main(argv=None) -> Path:
             raise EngineError(f"--max-batch is for dynamic engines; --batch {args.batch} builds a static one")
         model, weights = load_build_model(args.variant, args.preset, args.weights)
         return build_engine(model, backend=args.backend, precision=args.precision, batch=args.batch,
-                            max_batch=32 if args.max_batch is None else args.max_batch, out=args.out, device=args.device, weights=weights,
-                            kernels=args.kernels)
+                            max_batch=DEFAULT_MAX_BATCH if args.max_batch is None else args.max_batch,
+                            out=args.out, device=args.device, weights=weights, kernels=args.kernels)
 
 
 if __name__ == "__main__":

@@ -540,10 +540,10 @@ def interrupted_at(out: Path) -> str:
     path = out / CHECKPOINT
     if not path.is_file():
         return f"no checkpoint in {out} yet; a new run starts over"
-    try:  # mapped, not read: a ViT-L checkpoint is GBs
-        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"]
-    except Exception as e:
-        return f"{path} cannot be read ({type(e).__name__}): move it aside to start over"
+    try:
+        step = load_checkpoint(path, mmap=True)["step"]  # mapped, not read: a ViT-L checkpoint is GBs
+    except CheckpointError as e:
+        return f"{path} cannot be read ({type(e.__cause__ or e).__name__}): move it aside to start over"
     return f"the last checkpoint is at step {step}; continue with the same command and --resume"
 
 

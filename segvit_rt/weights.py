@@ -226,8 +226,8 @@ def read_checkpoint(path) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore")  # torch's own notes on legacy or odd files; the error says it all
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe pickles
-        # torch's message goes on to suggest weights_only=False, which runs whatever the file holds
-        # torch's message: its own advice (kept out, see above), then the reason
+        # torch's message: the reason, among advice to load with weights_only=False (which runs
+        # whatever the file holds), kept out
         lines = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(e).splitlines()]
         unsafe = next((line.split(" Please use")[0] for line in lines if line.startswith("Unsupported global")), None)
         if unsafe is not None:

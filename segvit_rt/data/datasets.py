@@ -241,12 +241,12 @@ class ADE20KDataset(ZeroIsIgnoreDataset):
         self.split = split
 
 
-def _coco_stuff_split(base: Path, split: str, splits: dict, size: str) -> tuple[Path, str, list]:
-    """(folder, split folder, image/mask pairs) of a COCO-Stuff tree as mmseg's converters write them."""
+def _coco_stuff_split(base: Path, split: str, splits: dict, size: str) -> tuple[str, list]:
+    """(split folder, image/mask pairs) of a COCO-Stuff tree as mmseg's converters write them."""
     split = split_folder(split, splits, f"COCO-Stuff {size}")
     samples = pair_files(base / "images" / split, base / "annotations" / split,
                          (".jpg", ".jpeg"), (".png",), mask_name_end="_labelTrainIds")
-    return base, split, samples
+    return split, samples
 
 
 class COCOStuff10kDataset(ZeroIsIgnoreDataset):
@@ -257,9 +257,9 @@ class COCOStuff10kDataset(ZeroIsIgnoreDataset):
     SPLITS = {"training": "train2014", "validation": "test2014", "test": "test2014"}
 
     def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0):
-        base, self.split, samples = _coco_stuff_split(find_coco_stuff_folder(Path(root)), split, self.SPLITS, "10k")
+        self.root = find_coco_stuff_folder(Path(root))
+        self.split, samples = _coco_stuff_split(self.root, split, self.SPLITS, "10k")
         super().__init__(samples, COCO_STUFF_CLASSES, transform, seed)
-        self.root = base
 
 
 class IgnoreIndexDataset(SegDataset):
@@ -284,10 +284,9 @@ class COCOStuff164kDataset(IgnoreIndexDataset):
     SPLITS = {"training": "train2017", "validation": "val2017"}
 
     def __init__(self, root, split: str = "training", transform: Callable | None = None, seed: int = 0):
-        base, self.split, samples = _coco_stuff_split(find_coco_stuff164k_folder(Path(root)), split, self.SPLITS,
-                                                      "164k")
+        self.root = find_coco_stuff164k_folder(Path(root))
+        self.split, samples = _coco_stuff_split(self.root, split, self.SPLITS, "164k")
         super().__init__(samples, COCO_STUFF_CLASSES, transform, seed)
-        self.root = base
 
 
 class PascalContextDataset(IgnoreIndexDataset):

@@ -68,13 +68,14 @@ def save_checkpoint(path, *, model, optimizer, scheduler, step: int, args: dict,
     return path
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """The state written by :func:`save_checkpoint` (tensors on ``map_location``)."""
+def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
+    """The state written by :func:`save_checkpoint` (tensors on ``map_location``; with ``mmap``,
+    mapped from the file rather than read, for a look at its plain values)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, truncated or unsafe): {e}") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
