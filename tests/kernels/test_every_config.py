@@ -1,4 +1,4 @@
-"""Every autotune config of the attention kernels against the float64 reference, on shapes with tails.
+"""Every autotune config of the kernels against the float64 reference, on shapes with tails.
 
 Autotuning runs one config per shape and GPU, so the other kernel tests check only the winners; a
 config that compiled into wrong code would give wrong answers wherever it wins. Under the
@@ -10,11 +10,13 @@ import importlib
 import pytest
 import torch
 from test_atm import assert_close64, make_inputs, reference64
+from test_postprocess import assert_labels_match
 
 from segvit_rt.ops import reference
 
 atm = importlib.import_module("segvit_rt.kernels.atm_attention")
 qd = importlib.import_module("segvit_rt.kernels.qd_attention")
+pp = importlib.import_module("segvit_rt.kernels.segment_postprocess")
 
 ATM_FWD_SHAPE = (2, 37, 203, 512, 16)  # (B, N, L, D, H): the ViT decoders' 16 heads x 32 dims
 ATM_BWD_SHAPE = (2, 37, 203, 128, 4)
@@ -96,3 +98,16 @@ def test_qd_config(monkeypatch, device, configs):
     ref.backward(dout.double())
     torch.testing.assert_close(out.double(), ref, atol=3e-3, rtol=3e-3)
     torch.testing.assert_close(qkv.grad.double(), qkv64.grad, atol=6e-3, rtol=1e-2)
+
+
+@pytest.mark.parametrize("config", pp._postprocess_kernel.configs, ids=config_id)
+def test_postprocess_config(monkeypatch, device, config):
+    """150 classes (ADE20K's; 1 to 5 class blocks), 37 queries (two 32-wide query blocks, the second
+    zero-padded), pixel counts with tails."""
+    only(monkeypatch, pp._postprocess_kernel, config)
+    g = torch.Generator().manual_seed(5)
+    class_logits = (2 * torch.randn(2, 37, 151, generator=g)).to(device)
+    mask_logits = (3 * torch.randn(2, 37, 9, 7, generator=g)).to(device)
+    labels, max_score = pp.segment_postprocess(class_logits, mask_logits, (29, 23), return_scores=True)
+    scores64 = reference.semantic_logits(class_logits.double(), mask_logits.double(), (29, 23))
+    assert_labels_match(labels, scores64, max_score)

@@ -11,6 +11,7 @@ import importlib
 
 import pytest
 import torch
+import triton
 
 from segvit_rt.kernels.segment_postprocess import launch, pack_inputs, segment_postprocess, segment_postprocess_op
 from segvit_rt.ops import reference
@@ -53,6 +54,7 @@ SHAPES = [
     (1, 20, 19, 8, 8, 8, 8),
     (2, 33, 17, 5, 4, 37, 31),
     (1, 12, 3, 9, 7, 5, 4),
+    (1, 9, 70, 4, 5, 11, 9),  # 70 classes: three 32-wide interpreter class blocks, the last one partial
 ]
 
 
@@ -112,20 +114,22 @@ def test_well_separated_blobs_match_exactly(device):
     assert_labels_match(labels, scores64)
 
 
-def test_exact_ties_pick_the_lowest_class(device):
-    """Exactly tied classes resolve to the lowest index like torch.argmax, within and across class blocks.
+@pytest.mark.parametrize("tied", [[37, 3, 20], [65, 50, 33]], ids=["lowest-in-block-0", "lowest-in-block-1"])
+def test_exact_ties_pick_the_lowest_class(device, tied):
+    """Exactly tied classes resolve to the lowest index like torch.argmax, within and across class blocks
+    (32 wide under the interpreter; the second case's winner is class 33, in the second block).
 
     Only query 0 votes for the tied classes (the others give them probability 0), so each tied
     score is the same single product: equal in any summation order."""
-    b, q, c, h, w = 1, 5, 40, 4, 4
+    b, q, c, h, w = 1, 5, 70, 4, 4
     class_logits, mask_logits = _random_inputs(b, q, c, h, w, device, seed=7)
     class_logits = class_logits * 0.25
-    tied = [37, 3, 20]
     class_logits[:, 1:, tied] = float("-inf")
     class_logits[:, 0, tied] = 8.0
     mask_logits[:, 0] = 10.0
-    assert bool((_reference64(class_logits, mask_logits, (9, 7)).argmax(dim=1) == 3).all())
-    assert bool((segment_postprocess(class_logits, mask_logits, (9, 7)) == 3).all())
+    lowest = min(tied)
+    assert bool((_reference64(class_logits, mask_logits, (9, 7)).argmax(dim=1) == lowest).all())
+    assert bool((segment_postprocess(class_logits, mask_logits, (9, 7)) == lowest).all())
 
 
 def test_poisoned_outputs_are_fully_written(device):
@@ -136,6 +140,21 @@ def test_poisoned_outputs_are_fully_written(device):
     launch(*pack_inputs(class_logits, mask_logits), c, out_hw, labels, scores)
     assert bool(((labels >= 0) & (labels < c)).all())
     assert_labels_match(labels, _reference64(class_logits, mask_logits, out_hw), scores)
+
+
+def test_config_pruning_keeps_class_blocks_the_class_count_needs():
+    """Configs wider than the padded class count are dropped (they would only compute zeros); when
+    none is narrow enough, the narrowest one runs."""
+    configs = [triton.Config({"BLOCK_P": 64, "BLOCK_Q": 16, "BLOCK_C": bc}) for bc in (32, 64, 128, 256)]
+
+    def kept(num_classes):
+        return [c.kwargs["BLOCK_C"] for c in pp_module._prune_configs(configs, {"num_classes": num_classes})]
+
+    assert kept(150) == [32, 64, 128, 256]
+    assert kept(60) == [32, 64]
+    assert kept(33) == [32, 64]
+    assert kept(32) == [32]
+    assert kept(5) == [32]  # 16 would do; none is that narrow
 
 
 def test_reference_fallback(monkeypatch):
