@@ -2,7 +2,7 @@
 
 A freshly initialised SegViT predicts one class over a whole image (its mask
 logits are tiny next to the class-probability differences), which would make
-label comparisons trivially true. ``sharp_model`` scales up the decoders'
+label comparisons trivially true. ``sharpen`` (and ``sharp_model``) scale up the decoders'
 cross-attention query/key projections so that the mask logits vary by several
 units over the image and the label maps have real boundaries.
 """
@@ -20,14 +20,18 @@ from segvit_rt.weights import save_weights
 SMALL = dict(depth=3, out_indices=(0, 1, 2), shrink_idx=1)
 
 
-def sharp_model(variant: str = "shrunk", seed: int = 0) -> segvit_rt.models.SegViT:
-    torch.manual_seed(seed)
-    model = segvit_rt.create_model("tiny", variant=variant, class_names=tuple(class_names(5)), **SMALL).eval()
+def sharpen(model: segvit_rt.models.SegViT) -> segvit_rt.models.SegViT:
+    """Scale the decoders' cross-attention query/key projections (in place) so labels vary over an image."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if re.search(r"multihead_attn\.(q|k)\.weight$", name):
                 param.mul_(12.0)
     return model
+
+
+def sharp_model(variant: str = "shrunk", seed: int = 0) -> segvit_rt.models.SegViT:
+    torch.manual_seed(seed)
+    return sharpen(segvit_rt.create_model("tiny", variant=variant, class_names=tuple(class_names(5)), **SMALL).eval())
 
 
 def save_test_weights(path, model, synth: dict | None = None):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import segvit_rt
-from engine_helpers import sharp_model
+from engine_helpers import sharp_model, sharpen
 from segvit_rt import evaluate
 from segvit_rt.data import normalize
 from segvit_rt.data.synth import generate
@@ -24,15 +24,17 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     ade = generate(root / "data", classes=K, train=1, val=3, size=64, seed=2, progress=False)
     torch.manual_seed(0)
-    model = segvit_rt.create_model("tiny", num_classes=K, crop_size=64, slide_stride=48)
+    model = sharpen(segvit_rt.create_model("tiny", num_classes=K, crop_size=64, slide_stride=48).eval())
     names = (ade / "classes.txt").read_text().split()
     weights = save_weights(root / "w.safetensors", model, class_names=names)
-    return root, ade, model.eval(), weights
+    return root, ade, model, weights
 
 
 def expected_miou(model, ade) -> float:
-    """mIoU by hand: the 64-pixel images equal the 64-pixel crop, so one forward pass each, no resizing."""
-    inter, union = np.zeros(K), np.zeros(K)
+    """mIoU by hand: the 64-pixel images equal the 64-pixel crop, so one forward pass each, no resizing.
+    (Resizing and windows are checked in test_inference.py.) The model must predict several classes,
+    or the mIoU would not depend on where it puts them."""
+    inter, union, predicted = np.zeros(K), np.zeros(K), set()
     for img_path in sorted((ade / "images" / "validation").glob("*.jpg")):
         image = np.asarray(Image.open(img_path).convert("RGB"))
         ann = np.asarray(Image.open(ade / "annotations" / "validation" / f"{img_path.stem}.png")).astype(int)
@@ -40,11 +42,13 @@ def expected_miou(model, ade) -> float:
         x = normalize(image, model.cfg.mean, model.cfg.std)[None]
         with torch.no_grad():
             pred = model.semantic_logits(x).argmax(1)[0].numpy()
+        predicted |= set(np.unique(pred).tolist())
         valid = label != 255
         for c in range(K):
             p, t = (pred == c) & valid, (label == c) & valid
             inter[c] += (p & t).sum()
             union[c] += (p | t).sum()
+    assert len(predicted) >= 2, f"the test model predicts only {predicted}"
     return float(np.mean(inter[union > 0] / union[union > 0]))
 
 

@@ -69,3 +69,40 @@ def test_predict_labels_resizes_to_the_original_and_checks_mode(model):
 def test_a_stride_past_the_crop_is_refused():
     with pytest.raises(ValueError, match="stride must be in 1..crop"):
         slide_scores(lambda x: None, torch.zeros(1, 3, 100, 100), crop=32, stride=40)
+
+
+def _pixelwise_logits_fn(num_classes=3, seed=0):
+    """A ``logits_fn`` whose scores at each pixel depend only on that pixel: query q's mask logit is a
+    linear function of the pixel's channels, at the input's own resolution, and query q votes for
+    class q. Sliding windows and the whole image must then give the same scores everywhere."""
+    g = torch.Generator().manual_seed(seed)
+    weight = 3 * torch.randn(num_classes, 3, generator=g)
+    votes = torch.full((num_classes, num_classes + 1), -4.0)
+    votes[torch.arange(num_classes), torch.arange(num_classes)] = 4.0
+
+    def run(x):
+        return votes.expand(x.shape[0], -1, -1), torch.einsum("qc,nchw->nqhw", weight, x)
+
+    return run
+
+
+@pytest.mark.parametrize("mode", ["slide", "whole"])
+@pytest.mark.parametrize("scale, test_hw", [(None, (64, 137)), ((100, 40), (40, 86))],
+                         ids=["three-windows", "windows-padded"])
+def test_predict_image_resizes_scores_back_and_windows_add_up(mode, scale, test_hw):
+    """With pixel-wise scores, ``predict_image`` must equal: resize the image to the test size
+    (bilinear), score it, resize the scores to the original size (bilinear), argmax. The 70x150
+    image (crop 64, stride 48) becomes 64x137, one row of three overlapping windows, or with a
+    test scale of (100, 40), 40x86: two windows zero-padded to the crop."""
+    from segvit_rt.inference import predict_image
+
+    fn = _pixelwise_logits_fn()
+    image = torch.nn.functional.interpolate(torch.randn(2, 3, 9, 19), size=(70, 150), mode="bilinear")
+    resized = torch.nn.functional.interpolate(image, size=test_hw, mode="bilinear", align_corners=False)
+    scores = semantic_logits(*fn(resized), test_hw)
+    expected = torch.nn.functional.interpolate(scores, size=(70, 150), mode="bilinear", align_corners=False)
+    expected = expected.argmax(1)
+    assert len(expected.unique()) == 3
+    labels = predict_image(fn, image, crop=64, stride=48, mode=mode, scale=scale)
+    assert labels.shape == (2, 70, 150)
+    assert torch.equal(labels, expected)

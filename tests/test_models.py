@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import segvit_rt
+from engine_helpers import sharpen
 from segvit_rt.flops import count_params
 from segvit_rt.models.vit import drop_path
 
@@ -110,23 +111,46 @@ def test_shrunk_backbone_outputs_1_16_before_qd_and_1_32_after():
 
 
 def test_predict_follows_the_segvit_inference_rule():
-    model = _tiny("full").eval()
+    model = sharpen(_tiny("full").eval())  # several classes per image: an all-one-class map proves nothing
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         out = model(x)
         labels = model.predict(x)
+    assert len(labels.unique()) >= 2
     probs = out["pred_logits"].softmax(-1)[..., :-1]
     masks = torch.nn.functional.interpolate(out["pred_masks"], size=(128, 128), mode="bilinear").sigmoid()
     scores = (probs[..., :, None, None] * masks[:, :, None]).sum(1)  # b q c h w -> b c h w
     assert torch.equal(labels, scores.argmax(1))
 
 
+def _position_ramps(size: int, dim: int) -> torch.Tensor:
+    """Tokens [1, size*size, dim] (row-major) whose channel 0 is the row and channel 1 the column."""
+    rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                                indexing="ij")
+    tokens = torch.zeros(1, size * size, dim)
+    tokens[0, :, 0], tokens[0, :, 1] = rows.flatten(), cols.flatten()
+    return tokens
+
+
+def _assert_rows_and_columns_kept(tokens: torch.Tensor, grid: tuple[int, int]):
+    """Channel 0 varies down the rows only and channel 1 along the columns only, both increasing."""
+    row_ramp, col_ramp = (tokens[0, :, i].reshape(grid) for i in (0, 1))
+    assert torch.allclose(row_ramp, row_ramp[:, :1].expand(grid), atol=1e-5)
+    assert torch.allclose(col_ramp, col_ramp[:1].expand(grid), atol=1e-5)
+    assert bool((row_ramp[1:, 0] > row_ramp[:-1, 0]).all()) and bool((col_ramp[0, 1:] > col_ramp[0, :-1]).all())
+
+
 def test_position_embedding_resized_for_other_input_sizes():
+    """A non-square grid keeps rows as rows and columns as columns (a transposed resize gives the same
+    token count, so shapes alone would not show it)."""
     model = _tiny("full").eval()
     vit = model.backbone
     assert torch.equal(vit.grid_pos_embed((8, 8)), vit.pos_embed[:, 1:])
-    resized = vit.grid_pos_embed((10, 6))
-    assert resized.shape == (1, 60, model.cfg.embed_dim)
+    assert vit.grid_pos_embed((10, 6)).shape == (1, 60, model.cfg.embed_dim)
+    with torch.no_grad():
+        vit.pos_embed[:, 1:] = _position_ramps(8, model.cfg.embed_dim)
+    _assert_rows_and_columns_kept(vit.grid_pos_embed((10, 6)), (10, 6))
+    _assert_rows_and_columns_kept(vit.grid_pos_embed((5, 12)), (5, 12))
 
 
 @pytest.mark.parametrize(

@@ -130,6 +130,25 @@ def test_mask_dtype_promotes_with_prev_mask(device):
     assert_close64(mask, reference64(q, k, v, 2, prev_mask=prev)[1], torch.float16, "mask")
 
 
+def test_mixed_dtype_backward_gives_each_input_its_own_dtype(device):
+    """AMP training with fused kernels: fp16 q/k/v and an fp32 running ``prev_mask``. The gradients
+    come back in each input's dtype and match the float64 reference."""
+    q, k, v, _ = make_inputs((2, 21, 37, 64, 2), torch.float16, device)
+    prev = torch.randn(2, 21, 37, generator=torch.Generator().manual_seed(4)).to(device)
+    inputs = [t.requires_grad_() for t in (q, k, v, prev)]
+    out, mask = atm_attention(*inputs[:3], 2, prev_mask=inputs[3])
+    g = torch.Generator().manual_seed(5)
+    dout = torch.randn(out.shape, generator=g).to(device=device, dtype=out.dtype)
+    dmask = torch.randn(mask.shape, generator=g).to(device=device, dtype=mask.dtype)
+    torch.autograd.backward((out, mask), (dout, dmask))
+    leaves = [t.detach().double().requires_grad_() for t in inputs]
+    ref_out, ref_mask = reference.atm_attention(*leaves[:3], 2, prev_mask=leaves[3])
+    torch.autograd.backward((ref_out, ref_mask), (dout.double(), dmask.double()))
+    assert [t.grad.dtype for t in inputs] == [torch.float16] * 3 + [torch.float32]
+    for name, got, want in zip(("dq", "dk", "dv", "dprev"), inputs, leaves):
+        assert_close64(got.grad, want.grad, torch.float16, name)
+
+
 def test_strided_views_give_identical_results(device):
     """q, k, v as views of fused projections, prev_mask transposed in memory: no copies, same numbers."""
     b, n, length, d, heads = 2, 60, 37, 64, 2

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 import segvit_rt
+from engine_helpers import sharpen
 
 
 def _pair(variant, device):
+    """The reference model (sharpened: its label maps hold several classes) and a fused copy."""
     torch.manual_seed(0)
-    ref = segvit_rt.create_model("tiny", variant, decoder_dropout=0.0).to(device)
+    ref = sharpen(segvit_rt.create_model("tiny", variant, decoder_dropout=0.0)).to(device)
     fused = segvit_rt.create_model("tiny", variant, decoder_dropout=0.0, kernels="triton").to(device)
     fused.load_state_dict(ref.state_dict())
     return ref, fused
@@ -27,7 +29,9 @@ def test_eval_outputs_and_labels_match_reference(variant, device):
         scores = segvit_rt.ops.reference.semantic_logits(a["pred_logits"], a["pred_masks"], (128, 128))
         top2 = scores.topk(2, dim=1).values
         near_tie = (top2[:, 0] - top2[:, 1]) <= 1e-4 * top2[:, 0].abs()
-        differ = fused.predict(x) != ref.predict(x)
+        labels = ref.predict(x)
+        differ = fused.predict(x) != labels
+    assert len(labels.unique()) >= 2
     assert not (differ & ~near_tie).any()
 
 
@@ -42,5 +46,8 @@ def test_training_gradients_match_reference(variant, device):
         loss = loss + sum(aux["pred_masks"].square().mean() for aux in out["aux_outputs"])
         loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
+    # Tolerance relative to each gradient's scale (many are ~1e-5); the key biases' (~1e-9, nearly
+    # cancelled by the softmax) are compared down to 1e-7.
     for name, g in grads[0].items():
-        torch.testing.assert_close(grads[1][name], g, rtol=1e-3, atol=1e-5, msg=name)
+        atol = max(1e-4 * g.abs().max().item(), 1e-7)
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-3, atol=atol, msg=name)

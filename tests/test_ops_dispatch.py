@@ -1,0 +1,68 @@
+"""``segvit_rt.ops``: which implementation each call reaches.
+
+The fused ATM kernel has no attention dropout and the TensorRT plugin produces only an unsquashed
+mask, so those calls must fall back to the reference; a wrong route would train without dropout
+or export a plugin that computes something else.
+"""
+import pytest
+import torch
+
+import segvit_rt.engines.tensorrt_plugin as plugin_module
+import segvit_rt.kernels
+from segvit_rt import ops
+from segvit_rt.ops import reference
+
+
+def _inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g) for shape in ((2, 5, 16), (2, 9, 16), (2, 9, 16))]
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Replace the fused kernel and the plugin op by recorders that compute the reference."""
+    seen = []
+
+    def recorder(name):
+        def run(q, k, v, num_heads, **kw):
+            seen.append(name)
+            return reference.atm_attention(q, k, v, num_heads, scale=kw.get("scale"), prev_mask=kw.get("prev_mask"),
+                                           need_mask=kw.get("need_mask", True),
+                                           sigmoid_mask=kw.get("sigmoid_mask", False))
+        return run
+
+    monkeypatch.setattr(segvit_rt.kernels, "atm_attention", recorder("triton"))
+    monkeypatch.setattr(plugin_module, "atm_attention_plugin", recorder("plugin"))
+    return seen
+
+
+@pytest.mark.parametrize("impl, kw, route", [
+    ("triton", {}, ["triton"]),
+    ("triton", {"sigmoid_mask": True, "need_mask": True}, ["triton"]),
+    ("triton", {"dropout_p": 0.1}, []),
+    ("tensorrt_plugin", {}, ["plugin"]),
+    ("tensorrt_plugin", {"need_mask": False}, []),
+    ("tensorrt_plugin", {"sigmoid_mask": True}, []),
+    ("tensorrt_plugin", {"dropout_p": 0.1}, []),
+    ("reference", {}, []),
+])
+def test_atm_attention_routes(calls, impl, kw, route):
+    q, k, v = _inputs()
+    ops.atm_attention(q, k, v, 2, impl=impl, **kw)
+    assert calls == route
+
+
+def test_dropout_drops_attention_but_never_touches_the_mask(calls):
+    q, k, v = _inputs(1)
+    torch.manual_seed(0)
+    out, mask = ops.atm_attention(q, k, v, 2, impl="triton", dropout_p=0.5)
+    plain_out, plain_mask = reference.atm_attention(q, k, v, 2)
+    assert calls == []
+    assert torch.equal(mask, plain_mask)
+    assert not torch.allclose(out, plain_out)
+
+
+def test_unknown_impl_is_refused():
+    q, k, v = _inputs()
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        ops.atm_attention(q, k, v, 2, impl="cuda")
