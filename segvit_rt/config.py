@@ -68,6 +68,12 @@ class SegViTConfig:
         min_size = None if self.test_min_size is None else at_crop(self.test_min_size)
         return (at_crop(long), at_crop(short)), min_size
 
+    def stride_at(self, crop: int | None = None) -> int:
+        """The sliding-window stride for windows of ``crop`` (default: the preset's crop size), the
+        slide stride scaled in proportion."""
+        crop = crop or self.crop_size
+        return self.slide_stride if crop == self.crop_size else max(1, round(self.slide_stride * crop / self.crop_size))
+
     def names(self) -> tuple[str, ...]:
         """Class names: the preset's, else the dataset's list, else ``class_i``."""
         if self.class_names is not None:
@@ -123,7 +129,7 @@ def get_config(preset: str | SegViTConfig, **overrides) -> SegViTConfig:
         cfg = PRESETS[preset]
     crop = overrides.get("crop_size")
     if crop is not None and crop != cfg.crop_size:  # the official stride and image scales follow the crop
-        overrides.setdefault("slide_stride", max(1, round(cfg.slide_stride * crop / cfg.crop_size)))
+        overrides.setdefault("slide_stride", cfg.stride_at(crop))
         scale, min_size = cfg.scales(crop)
         if cfg.image_scale is not None:
             overrides.setdefault("image_scale", scale)

@@ -63,7 +63,7 @@ def evaluate_model(
     if dataset.num_classes != cfg.num_classes:
         raise ValueError(f"the dataset has {dataset.num_classes} classes, the model {cfg.num_classes}")
     crop = crop or cfg.crop_size
-    stride = stride or cfg.slide_stride
+    stride = stride or cfg.stride_at(crop)
     scale, min_size = cfg.scales(crop)
     device = next(model.parameters()).device
     was_training = model.training
@@ -113,9 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="validation",
                    help="validation (default), training, or none: a generic images/ + masks/ folder without "
                         "split folders")
-    p.add_argument("--mode", choices=MODES, default="slide")
-    p.add_argument("--crop", type=int, help="window size (default: the model's crop size)")
-    p.add_argument("--stride", type=int, help="window stride (default: the preset's slide stride)")
+    p.add_argument("--mode", choices=MODES, default="slide",
+                   help="slide (default): crop-sized windows, as the official evaluation; whole: the whole image at once")
+    p.add_argument("--crop", type=int, help="window size (default: the crop size the weights were trained at)")
+    p.add_argument("--stride", type=int,
+                   help="window stride (default: the weights' slide stride, scaled with --crop when that is given)")
     p.add_argument("--kernels", choices=("reference", "triton"), default="reference")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--tta", action="store_true",

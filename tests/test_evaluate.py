@@ -131,6 +131,18 @@ def test_evaluation_resizes_to_the_presets_test_scale(setup):
     assert sum(windows) == 3 * 4
 
 
+def test_a_smaller_crop_scales_the_stride_with_it(setup):
+    """--crop 32 on weights trained at crop 64 / stride 48 slides every 24 pixels (a stride of 48 would
+    be larger than the window); an explicit --stride is kept."""
+    _, ade, _, weights = setup
+    metrics = evaluate.main(["--weights", str(weights), "--data", str(ade.parent), "--crop", "32", "--quiet"])
+    assert (metrics["crop"], metrics["stride"]) == (32, 24)
+    metrics = evaluate.main(["--weights", str(weights), "--data", str(ade.parent), "--crop", "32", "--stride", "30",
+                             "--quiet"])
+    assert (metrics["crop"], metrics["stride"]) == (32, 30)
+    assert segvit_rt.get_config("tiny").stride_at(128) == 96 and segvit_rt.get_config("tiny").stride_at(64) == 48
+
+
 def test_sharded_evaluation_sums_to_the_whole(setup):
     """Each replica evaluates every world_size-th image; without a process group the shards' confusion
     counts stay separate, so their pixel-weighted aAcc must recombine to the whole split's."""
