@@ -22,16 +22,25 @@ from .format import INPUT_NAME, OUTPUT_NAMES, EngineError, check_input_shape
 
 ARTIFACT = "model.onnx"
 OPSET = 18
-_INSTALL_HINT = 'install the ONNX extras: pip install -e ".[onnx]" (onnx, onnxscript, onnxruntime)'
+BUILD_NEEDS = ("onnx", "onnxscript", "onnxruntime")  # the exporter, its checker, the parity check
+RUN_NEEDS = ("onnxruntime",)
 
 
-def check_available(device: torch.device) -> None:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime as ort
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        raise EngineError(f"the onnx backend needs {e.name}: {_INSTALL_HINT}") from e
+def _import(modules) -> None:
+    for name in modules:
+        try:
+            __import__(name)
+        except ImportError as e:
+            raise EngineError(f"the onnx backend needs {name}: pip install {' '.join(modules)} (the ONNX extras, "
+                              f"segvit_rt[onnx])") from e
+
+
+def check_available(device: torch.device, modules=BUILD_NEEDS) -> None:
+    """Building needs onnx, onnxscript and onnxruntime; running a built engine (``modules=RUN_NEEDS``)
+    only onnxruntime, with its CUDA provider on a CUDA ``device``."""
+    _import(modules)
+    import onnxruntime as ort
+
     if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise EngineError(
             f"onnxruntime {ort.__version__} has no CUDAExecutionProvider: install onnxruntime-gpu, or use the CPU"
@@ -39,7 +48,12 @@ def check_available(device: torch.device) -> None:
 
 
 def default_device() -> torch.device:
-    import onnxruntime as ort
+    """CUDA where torch sees a GPU and onnxruntime has its CUDA provider, else the CPU (also without
+    onnxruntime: ``check_available`` then names what is missing)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return torch.device("cpu")
 
     cuda = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
     return torch.device("cuda" if cuda else "cpu")
@@ -86,7 +100,7 @@ def export(
 
 
 def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
-    check_available(device)
+    check_available(device, RUN_NEEDS)
 
 
 def load(path: Path, meta: dict, device: torch.device):

@@ -156,9 +156,11 @@ def export_impl(kernels: str, backend: str) -> str:
 
 def default_out(preset: str, variant: str, backend: str, precision: str) -> Path:
     """``engines/built/<preset>_<variant>_<backend>_<precision>`` in the repository when run from a
-    checkout, else under the current directory."""
+    checkout (where ``segvit_rt.engines`` is the checkout's ``engines/`` folder), else under the
+    current directory (an installed package: never inside site-packages)."""
+    engines_dir = Path(engines.__file__).resolve().parent
     repo = Path(__file__).resolve().parent.parent
-    base = repo if (repo / "engines" / "__init__.py").is_file() else Path.cwd()
+    base = repo if engines_dir == repo / "engines" else Path.cwd()
     return base / "engines" / "built" / f"{preset}_{variant}_{backend}_{precision}"
 
 
@@ -331,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a plugin in an fp16 tensorrt engine; reference: plain ops (every other default)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where the engine runs (default: the backend's choice)")
-    p.add_argument("--out", help="engine directory (default: engines/built/<preset>_<variant>_<backend>_<precision>)")
+    p.add_argument("--out", help="engine directory (default: engines/built/<preset>_<variant>_<backend>_<precision> "
+                                 "in the repository checkout, or in the current folder for an installed package)")
     return p
 
 

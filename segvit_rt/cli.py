@@ -13,6 +13,10 @@ class OutputPathError(ValueError):
     """An output path that cannot be written as asked."""
 
 
+class UsageError(ValueError):
+    """Command-line arguments that cannot work (together)."""
+
+
 def check_output(path: str | Path, flag: str, folder: bool) -> None:
     """Refuse, before any work is done, an output ``path`` that cannot be written: a folder where a
     file is wanted (``folder=False``), a file where a folder is wanted, a path below a file, or one

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .cli import check_output, exit_on
-from .data import EvalTransform, open_dataset
+from .cli import UsageError, check_output, exit_on
+from .data import DatasetError, EvalTransform, open_dataset
 from .inference import MODES, MS_RATIOS, model_logits_fn, predict_image
 from .metrics import ConfusionMatrix, chance_levels
 from .training.distributed import all_reduce_sum_, pick_device
@@ -61,7 +61,7 @@ def evaluate_model(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     cfg = model.cfg
     if dataset.num_classes != cfg.num_classes:
-        raise ValueError(f"the dataset has {dataset.num_classes} classes, the model {cfg.num_classes}")
+        raise DatasetError(f"the dataset has {dataset.num_classes} classes, the model {cfg.num_classes}")
     crop = crop or cfg.crop_size
     stride = stride or cfg.stride_at(crop)
     scale, min_size = cfg.scales(crop)
@@ -130,18 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    with exit_on(WeightsError, ValueError, FileNotFoundError, RuntimeError):
+    with exit_on(UsageError, WeightsError, DatasetError, FileNotFoundError):
         outputs = [(flag, path) for flag, path in (("--json", args.json), ("--chart", args.chart)) if path]
         for flag, path in outputs:
             check_output(path, flag, folder=False)
             if Path(path).resolve() == Path(args.weights).resolve():
-                raise ValueError(f"{flag} {path} is the --weights file: it would be overwritten")
+                raise UsageError(f"{flag} {path} is the --weights file: it would be overwritten")
         if len(outputs) == 2 and Path(args.json).resolve() == Path(args.chart).resolve():
-            raise ValueError(f"--json and --chart name the same file {args.json}: one would overwrite the other")
+            raise UsageError(f"--json and --chart name the same file {args.json}: one would overwrite the other")
         for flag, value in (("--crop", args.crop), ("--stride", args.stride)):
             if value is not None and value < 1:
-                raise ValueError(f"{flag} must be >= 1, got {value}")
-        device = pick_device(args.device)
+                raise UsageError(f"{flag} must be >= 1, got {value}")
+        try:
+            device = pick_device(args.device)
+        except ValueError as e:  # no CUDA device
+            raise UsageError(str(e)) from None
         use_interpreter_on_cpu(args.kernels, device)
         model = load_weights(args.weights, kernels=args.kernels).to(device)
         cfg = model.cfg

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cli import check_output, exit_on
+from .cli import UsageError, check_output, exit_on
 from .data.datasets import IMAGE_SUFFIXES
 from .engines import EngineError
 from .images import load_image, save_labels, save_png
@@ -65,7 +65,7 @@ def check_inputs(paths: list[Path], out: Path | None = None, writes: dict[Path, 
     for p in paths:
         key = p.stem.lower()
         if key in seen:
-            raise ValueError(f"{seen[key]} and {p} share the stem {p.stem!r}: their outputs would overwrite each other")
+            raise UsageError(f"{seen[key]} and {p} share the stem {p.stem!r}: their outputs would overwrite each other")
         seen[key] = p
     if out is None:
         return
@@ -75,10 +75,10 @@ def check_inputs(paths: list[Path], out: Path | None = None, writes: dict[Path, 
     for p, outputs in (writes if writes is not None else {p: output_paths(p, out) for p in paths}).items():
         for o in outputs:
             if str(o.resolve()).lower() in inputs:
-                raise ValueError(f"the output {o} of {p} is one of the input images: it would be overwritten "
+                raise UsageError(f"the output {o} of {p} is one of the input images: it would be overwritten "
                                  "(choose another --out, or leave earlier outputs out of the inputs)")
             if str(o.resolve()).lower() in kept:
-                raise ValueError(f"the output {o} of {p} is already in the input folder: it would be overwritten "
+                raise UsageError(f"the output {o} of {p} is already in the input folder: it would be overwritten "
                                  "(choose another --out, or pass --skip-existing to continue an earlier run)")
 
 
@@ -108,7 +108,7 @@ def segment_files(
     segmented, and those that could not be read with the reason (skipped, so one bad file in a
     folder does not stop the rest)."""
     if batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {batch}")
+        raise UsageError(f"--batch must be >= 1, got {batch}")
     plan = planned_writes(paths, out, skip_existing)
     check_inputs(paths, out, plan, protected)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,9 +155,9 @@ def main(argv=None) -> list[Path]:
     args = build_parser().parse_args(argv)
     from .runtime import Runtime
 
-    with exit_on(EngineError, ValueError, TypeError, FileNotFoundError):
+    with exit_on(UsageError, EngineError, FileNotFoundError):
         if not 0.0 <= args.alpha <= 1.0:
-            raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
+            raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
         if args.device is not None:
             import torch
 
@@ -166,7 +166,7 @@ def main(argv=None) -> list[Path]:
             except RuntimeError:
                 kind = None
             if kind not in ("cpu", "cuda"):
-                raise ValueError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
+                raise UsageError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
         out = Path(args.out)
         paths, earlier = expand_inputs(args.images, out)
         plan = planned_writes(paths, out, args.skip_existing)

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .cli import exit_on
+from .cli import UsageError, exit_on
 from .config import PRESETS, VARIANTS, get_config, input_multiple
 from .data import DatasetError, EvalTransform, TrainTransform, open_dataset
 from .evaluate import evaluate_model, use_interpreter_on_cpu
@@ -54,7 +54,8 @@ WEIGHTS = "weights.safetensors"
 # The official SegViT recipe (its ADE20K config: 160k iterations, batch 16, AdamW 2e-5 with weight decay
 # 0.01, 1500 warm-up steps, poly decay of power 1, gradients clipped at norm 35), the changes of its
 # COCO-Stuff 10k and PASCAL-Context configs...
-DEFAULTS = dict(iters=160_000, batch=16, lr=2e-5, weight_decay=0.01, warmup=1500, poly_power=1.0, clip_grad=35.0,
+DEFAULTS = dict(preset="tiny", variant="full", kernels="reference",
+                iters=160_000, batch=16, lr=2e-5, weight_decay=0.01, warmup=1500, poly_power=1.0, clip_grad=35.0,
                 eval_every=16_000, ckpt_every=4000, head_lr_mult=10.0, seed=0, amp="auto", init_format="timm",
                 log_every=10, mode="slide", weights_dtype="fp32", context_classes=60)
 PRESET_DEFAULTS = {
@@ -99,11 +100,7 @@ RUN_DEFINING = ("preset", "variant", "iters", "batch", "lr", "weight_decay", "he
                 "context_classes")
 RUN_DEFINING_BEFORE = {"poly_power": 1.0, "drop_path": 0.0, "context_classes": 60}
 # Arguments a resumed run takes from the checkpoint when its command line leaves them unset, but may change.
-RUN_SETTINGS = ("eval_every", "ckpt_every", "log_every", "mode", "weights_dtype")
-
-
-class UsageError(ValueError):
-    """Arguments that cannot work together."""
+RUN_SETTINGS = ("kernels", "eval_every", "ckpt_every", "log_every", "mode", "weights_dtype")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,11 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset root: ADE20K, COCO-Stuff 10k or 164k, PASCAL-Context, or images/ + masks/ + classes.txt "
                         "with training/ and validation/ split folders in both")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    p.add_argument("--variant", default="full", choices=VARIANTS)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="model preset (default tiny)")
+    p.add_argument("--variant", choices=VARIANTS, help="full (default) or shrunk")
     p.add_argument("--iters", type=int, help="optimizer steps (default: per preset and variant, 160000 for the paper's)")
-    p.add_argument("--batch", type=int, help="global batch size, split over the processes")
-    p.add_argument("--lr", type=float, help="backbone learning rate (the head's is --head-lr-mult times it)")
+    p.add_argument("--batch", type=int, help="global batch size, split over the processes (default 16, tiny 8)")
+    p.add_argument("--lr", type=float,
+                   help="backbone learning rate (default 2e-5, tiny 1e-4; the head's is --head-lr-mult times it)")
     p.add_argument("--head-lr-mult", type=float, help="decode-head learning-rate factor (default 10)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: per preset, as the official configs)")
     p.add_argument("--warmup", type=int, help="linear warm-up steps")
@@ -130,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-classes", type=int, choices=(59, 60),
                    help="PASCAL-Context only: 60 (background a class, as SegViT's released config; default) or 59 "
                         "(background ignored, mmseg's PascalContextDataset59)")
-    p.add_argument("--kernels", choices=("reference", "triton"), default="reference")
+    p.add_argument("--kernels", choices=("reference", "triton"),
+                   help="reference (default): PyTorch ops; triton: the fused Triton kernels (the interpreter on CPU)")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"),
                    help="mixed precision on CUDA (default auto: bf16 where supported, else fp16; none on CPU)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -156,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the arguments left unset from the preset's defaults (and check them)."""
+    args.preset = args.preset or DEFAULTS["preset"]
+    args.variant = args.variant or DEFAULTS["variant"]
     preset = PRESETS[args.preset]
     defaults = {**DEFAULTS, **PRESET_DEFAULTS.get(args.preset, {}),
                 **VARIANT_DEFAULTS.get((args.preset, args.variant), {})}
@@ -259,9 +260,8 @@ def synth_metadata(dataset) -> dict | None:
 
 def previous_state(args) -> dict | None:
     """The checkpoint to continue from with ``--resume``, whose run's values fill the run-defining
-    arguments and the run's settings left unset (so a resume needs only ``--data``, ``--out``,
-    ``--preset``, ``--variant`` and ``--resume``, whatever the defaults have become since); without
-    it, refuse to overwrite a run."""
+    arguments and the run's settings left unset (so a resume needs only ``--data``, ``--out`` and
+    ``--resume``, whatever the defaults have become since); without it, refuse to overwrite a run."""
     path = Path(args.out) / CHECKPOINT
     if args.resume:
         state = load_checkpoint(path)

@@ -1,4 +1,6 @@
 """``python -m segvit_rt.build``: weights in, a checked engine out, clear errors otherwise."""
+from pathlib import Path
+
 import pytest
 
 from engine_helpers import save_test_weights, sharp_model
@@ -73,6 +75,16 @@ def test_batch_argument(capsys):
     assert "number or 'dynamic'" in capsys.readouterr().err
 
 
-def test_default_out_is_under_engines_built():
-    out = build.default_out("tiny", "shrunk", "onnx", "fp32")
-    assert out.parts[-3:] == ("engines", "built", "tiny_shrunk_onnx_fp32")
+def test_default_out_is_the_checkouts_engines_folder_or_the_current_one(tmp_path, monkeypatch):
+    repo = Path(build.__file__).resolve().parent.parent
+    assert build.default_out("tiny", "shrunk", "onnx", "fp32") == repo / "engines" / "built" / "tiny_shrunk_onnx_fp32"
+    # Installed: segvit_rt/ and segvit_rt/engines/ in site-packages, beside an unrelated top-level
+    # "engines" package (there is one on PyPI). Engines go under the current folder, not in there.
+    site = tmp_path / "site-packages"
+    for folder in ("segvit_rt/engines", "engines"):
+        (site / folder).mkdir(parents=True)
+        (site / folder / "__init__.py").touch()
+    monkeypatch.setattr(build, "__file__", str(site / "segvit_rt" / "build.py"))
+    monkeypatch.setattr(build.engines, "__file__", str(site / "segvit_rt" / "engines" / "__init__.py"))
+    monkeypatch.chdir(tmp_path)
+    assert build.default_out("tiny", "full", "onnx", "fp32") == tmp_path / "engines" / "built" / "tiny_full_onnx_fp32"

@@ -386,6 +386,27 @@ def test_tensorrt_without_tensorrt_is_a_clear_error(monkeypatch, shrunk, tmp_pat
     assert not (tmp_path / "trt").exists()
 
 
+@pytest.mark.parametrize("missing", ["onnx", "onnxscript", "onnxruntime"])
+def test_building_an_onnx_engine_without_an_onnx_package_names_it(monkeypatch, shrunk, tmp_path, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # import raises ImportError
+    for device in (None, "cpu"):  # None: the backend's default device, which asks onnxruntime
+        with pytest.raises(EngineError, match=f"the onnx backend needs {missing}: pip install onnx onnxscript"):
+            build_engine(shrunk, backend="onnx", device=device, out=tmp_path / "e", log=quiet)
+    assert not (tmp_path / "e").exists()
+
+
+def test_running_an_onnx_engine_needs_only_onnxruntime(monkeypatch, onnx_engine, shrunk):
+    """onnx and onnxscript export and check the graph; a deployment that only runs engines has neither."""
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    cls, masks = load_engine(onnx_engine)(randn(1))
+    ref_cls, ref_masks = model_outputs(shrunk, randn(1))
+    torch.testing.assert_close(masks, ref_masks, atol=1e-4, rtol=1e-4)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(EngineError, match="the onnx backend needs onnxruntime: pip install onnxruntime "):
+        load_engine(onnx_engine)
+
+
 def test_bad_build_arguments(shrunk, tmp_path):
     with pytest.raises(EngineError, match="unknown backend"):
         build_engine(shrunk, backend="tvm", out=tmp_path / "x", log=quiet)

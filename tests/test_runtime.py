@@ -298,3 +298,24 @@ def test_segment_cli_skips_an_image_whose_header_claims_a_huge_size(onnx_engine,
     captured = capsys.readouterr()
     assert exc.value.code == 1 and "b.png" in captured.err and "MAX_IMAGE_PIXELS" in captured.err
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_labels.png", "a_overlay.png"]
+
+
+def test_more_than_256_classes_come_back_as_int32_labels(onnx_engine):
+    """Labels past 255 must not wrap: an engine of 300 classes (stood in for by a function whose three
+    queries vote for classes 7, 150 and 299) gives int32 label maps."""
+    runtime = segvit_rt.Runtime(onnx_engine)
+    runtime.class_names = [f"class_{i}" for i in range(300)]
+    votes = torch.full((3, 301), -6.0)
+    votes[0, 7] = votes[1, 150] = votes[2, 299] = 6.0
+    weight = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 4.0]])
+
+    def engine(x):
+        masks = torch.einsum("qc,nchw->nqhw", weight, F.avg_pool2d(x, 4))
+        return votes.expand(x.shape[0], -1, -1), masks
+
+    runtime.engine = engine
+    img = image(96, 140, seed=3)
+    for mode in ("slide", "whole"):
+        runtime.mode = mode
+        labels = runtime.segment(img)
+        assert labels.dtype == np.int32 and set(np.unique(labels)) == {7, 150, 299}

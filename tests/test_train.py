@@ -472,7 +472,8 @@ def test_resume_takes_unset_arguments_from_the_checkpoint(synth, tmp_path):
     out = tmp_path / "run"
     train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", *FAST])
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    state["args"].update(clip_grad=5.0, seed=3, head_lr_mult=4.0, amp="none", init_format="official")
+    state["args"].update(clip_grad=5.0, seed=3, head_lr_mult=4.0, amp="none", init_format="official", variant="shrunk",
+                         kernels="triton")
     del state["args"]["poly_power"], state["args"]["drop_path"]
     torch.save(state, out / "checkpoint.pt")
 
@@ -486,8 +487,12 @@ def test_resume_takes_unset_arguments_from_the_checkpoint(synth, tmp_path):
     args = resumed()
     assert (args.clip_grad, args.iters, args.crop, args.batch) == (5.0, 2, 64, 4)
     assert (args.seed, args.head_lr_mult, args.amp, args.init_format) == (3, 4.0, "none", "official")
+    assert (args.preset, args.variant, args.kernels) == ("tiny", "shrunk", "triton")
+    assert resumed("--kernels", "reference").kernels == "reference"  # a setting: may change on resume
     with pytest.raises(train_cli.UsageError, match="--clip-grad 5.0 -> 1.0"):
         resumed("--clip-grad", "1")
+    with pytest.raises(train_cli.UsageError, match="--variant 'shrunk' -> 'full'"):
+        resumed("--variant", "full")
 
 
 def test_resume_of_a_run_from_before_poly_power_and_drop_path(tmp_path):
@@ -593,3 +598,23 @@ def test_init_formats_that_would_load_a_file_only_in_part_are_refused(tmp_path):
     fresh = segvit_rt.create_model("tiny", "full")
     train_cli.load_init(fresh, str(full_w), "official", one)  # our full weights, as they are
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), full.state_dict().values()))
+
+
+def test_clip_grad_bounds_the_gradient_norm_and_zero_turns_it_off(synth, tmp_path, monkeypatch):
+    """The step reports the norm before clipping; the optimizer sees gradients of norm --clip-grad at most."""
+    seen = []
+    real_step = train_cli.Trainer.train_step
+
+    def step(self, *batch):
+        stats = real_step(self, *batch)
+        grads = [p.grad.norm() for p in self.model.parameters() if p.grad is not None]
+        seen.append((stats[-1].item(), torch.stack(grads).norm().item()))
+        return stats
+
+    monkeypatch.setattr(train_cli.Trainer, "train_step", step)
+    for clip in ("0.001", "0"):
+        train_cli.main(["--data", str(synth), "--out", str(tmp_path / clip), "--iters", "1", "--eval-every", "0",
+                        "--clip-grad", clip, *FAST])
+    (clipped_before, clipped_after), (free_before, free_after) = seen
+    assert clipped_before > 0.01 and clipped_after == pytest.approx(0.001, rel=1e-4)
+    assert free_after == pytest.approx(free_before, rel=1e-5) and free_after > 0.01
