@@ -19,8 +19,9 @@ def _interrupted(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-# A run stopped by SIGTERM (a step's time limit, a CI timeout) ends as an interrupted session: its
-# summary is printed and pytest-benchmark still writes the JSON of what was measured.
+# A run stopped by SIGTERM (a CI timeout, a plain `timeout`) ends as an interrupted session, as one
+# stopped by SIGINT (gpu_check.sh's step limits) does: its summary is printed and pytest-benchmark
+# still writes the JSON of what was measured.
 signal.signal(signal.SIGTERM, _interrupted)
 
 

@@ -15,7 +15,6 @@ PAPER_GFLOPS = {
     ("vit_l16_ade20k_640", "shrunk"): 373.5,
     ("vit_b16_ade20k_512", "full"): 120.9,
 }
-_TABLE: dict[tuple[str, str], tuple[float, float]] = {}
 
 
 def _meta_model(preset, variant):

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .format import EngineError, check_compute_capability, major_minor
+from .graph import quiet_export
 
 ARTIFACT = "model.pt2"
 MIN_BATCH = 2  # smallest batch of a dynamic-batch package
@@ -57,7 +58,7 @@ def batch_dims(dynamic_batch: bool, max_batch: int):
 def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, max_batch: int) -> dict:
     import torch._inductor
 
-    with torch.no_grad():
+    with torch.no_grad(), quiet_export():
         program = torch.export.export(graph, (example,), dynamic_shapes=batch_dims(dynamic_batch, max_batch))
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     meta = {"device": example.device.type, "min_batch": MIN_BATCH if dynamic_batch else None}

@@ -7,8 +7,20 @@ engine casts at its edges, so callers never handle half tensors.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 import torch.nn as nn
+
+
+@contextlib.contextmanager
+def quiet_export():
+    """Silence torch.export's deprecation inside torch's own pytree copying (torch 2.13): nothing a
+    user of the builder can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+        yield
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # keys: format.PRECISIONS
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .format import INPUT_NAME, OUTPUT_NAMES, EngineError, check_input_shape
+from .graph import quiet_export
 
 ARTIFACT = "model.onnx"
 OPSET = 18
@@ -69,8 +69,7 @@ def _quiet_exporter():
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+        with quiet_export():
             yield
     finally:
         for logger, level in zip(loggers, levels):

@@ -3,9 +3,10 @@
 Each kernel module registers its op with :func:`define_op` and launches through
 :func:`launcher`; its Python entry point checks inputs with the ``check_*``
 helpers (errors name the op and the offending argument) and picks the Triton
-path or the reference with :func:`runs_triton`. Kernels multiply tiles with
-:func:`dot` (constexprs from :func:`dot_options`), which also works around the
-interpreter's bf16 ``tl.dot``.
+path or the reference with :func:`runs_triton`. The attention kernels multiply
+tiles with :func:`dot` (constexprs from :func:`dot_options`), which also works
+around the interpreter's bf16 ``tl.dot``; the post-process kernel's operands are
+fp32 and it calls ``tl.dot`` itself.
 
 Where the Triton path runs:
 

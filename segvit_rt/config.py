@@ -3,8 +3,8 @@
 Figures follow the SegViT paper and its official configs: ViT-B/16 uses blocks
 [5, 7, 11], ViT-L/16 uses [7, 15, 23] and QD at block 8; the decoder works at
 half the backbone width with head_dim 32. The official code has Shrunk configs
-for ViT-L only: QD at block 6 of ViT-B (a third of the way in, as block 8 of 24)
-is our choice.
+for ViT-L only: QD at block 6 of ViT-B, right after its first feature block (5),
+as ViT-L's block 8 follows its block 7, is our choice.
 """
 from __future__ import annotations
 

@@ -140,11 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files, or folders of them")
     p.add_argument("--engine", required=True, help="engine directory (python -m segvit_rt.build)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--mode", choices=MODES, default="slide", help="slide (official evaluation) or whole (resize)")
+    p.add_argument("--mode", choices=MODES, default="slide", help="slide (default; the official evaluation's windows) or whole (the image resized to the crop)")
     p.add_argument("--device", help="cpu or cuda (default: the engine backend's choice)")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight in [0, 1]")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight in [0, 1] (default 0.5)")
     p.add_argument("--batch", type=int, default=1,
-                   help="images per engine call group (same-size images share calls; use the engine's batch)")
+                   help="images per engine call group (default 1; same-size images share calls; use the engine's batch)")
     p.add_argument("--skip-existing", action="store_true",
                    help="write only the label maps and overlays not in --out yet (continue a stopped run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -7,7 +7,7 @@ def random_image(rng, h, w):
     return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
-def make_ade(root, annotations, split="training", classes=None, size=(24, 32)):
+def make_ade(root, annotations, split="training", classes=None):
     """ADEChallengeData2016 under ``root`` with one jpg per annotation (uint8 arrays, 0 = ignore)."""
     base = root / "ADEChallengeData2016"
     rng = np.random.default_rng(0)

@@ -24,7 +24,7 @@ Datasets (``torch.utils.data.Dataset``; each sample is ``(image, label)``)
         ``images/{train2017,val2017}/*.jpg`` with
         ``annotations/<split>/<stem>_labelTrainIds.png`` holding ``0..170``
         and 255 = ignore (already shifted by the converter).
-    ``PascalContextDataset(root, split="training", transform=None, seed=0)``
+    ``PascalContextDataset(root, split="training", transform=None, seed=0, classes=60)``
         ``VOCdevkit/VOC2010`` after mmseg's PASCAL-Context conversion:
         ``JPEGImages/*.jpg``, ``SegmentationClassContext/*.png`` holding the 60
         classes ``0..59`` (0 = background, a class, as in the official
@@ -35,7 +35,7 @@ Datasets (``torch.utils.data.Dataset``; each sample is ``(image, label)``)
         ``images/`` and ``masks/`` (``images/<split>/`` and ``masks/<split>/``
         when ``split`` is given) with matching stems, plus ``root/classes.txt``.
         Masks hold ``0..K-1`` directly; ``ignore_index`` is mapped to 255.
-    ``open_dataset(root, split, transform=None, **kwargs)``
+    ``open_dataset(root, split, transform=None, context_classes=60, **kwargs)``
         Picks the layout from what is on disk. ``"train"``/``"val"`` and
         ``"training"``/``"validation"`` stand for each other in every layout;
         ``split=None`` means no split folders (generic layout only; the CLIs'

@@ -74,6 +74,9 @@ class PackedCrossAttention(PackedProjections):
         self.kernels = "reference"
 
     def forward(self, x, memory, prev_mask=None, need_mask=False):
+        """``(attended, None)``; takes ``CrossAttention``'s arguments, but makes no mask."""
+        if prev_mask is not None or need_mask:
+            raise ValueError("the QU cross-attention makes no mask: it takes no prev_mask and need_mask=False")
         w_q, w_kv = self.in_proj_weight.split((x.shape[-1], 2 * x.shape[-1]))
         b_q, b_kv = self.in_proj_bias.split((x.shape[-1], 2 * x.shape[-1]))
         k, v = F.linear(memory, w_kv, b_kv).chunk(2, dim=-1)

@@ -4,8 +4,8 @@ The decode head learns 10x faster than the backbone, as in the official
 configs. Norms, biases, the position embedding and the (class and QU) query
 embeddings get no weight decay, the usual ViT fine-tuning rule; the official
 configs exempt only parameters named by their norm keys (mmcv ``custom_keys``).
-The schedule is mmseg's: poly decay (power 1) to 0 over the run, multiplied by
-a linear warm-up.
+The schedule is mmseg's: poly decay to 0 over the run (power 1; COCO-Stuff's
+config uses 2), multiplied by a linear warm-up.
 """
 from __future__ import annotations
 
