@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from collections.abc import Callable, Iterable
 
@@ -193,6 +194,38 @@ def check_tensor(
 
 
 MAX_GRID_Y = 65535  # CUDA's limit on a launch grid's second axis
+
+
+LOG2E = 1.4426950408889634  # the kernels' exp2 takes logits scaled by log2(e); written out inside @triton.jit
+
+
+def check_num_heads(op: str, num_heads) -> None:
+    if not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"{op}: num_heads must be a positive int, got {num_heads!r}")
+
+
+def check_head_dim(op: str, dim: int, num_heads: int) -> int:
+    """The head dim of ``dim`` over ``num_heads``: a power of two in [16, 128], as the kernels need."""
+    head_dim = dim // num_heads
+    if head_dim < 16 or head_dim > 128 or head_dim & (head_dim - 1):
+        raise ValueError(
+            f"{op}: the Triton kernel needs head_dim a power of two in [16, 128], got {head_dim} "
+            f"(dim {dim} / {num_heads} heads); use kernels='reference' for this model"
+        )
+    return head_dim
+
+
+def attention_scale(op: str, x, num_heads: int, scale: float | None) -> float:
+    """``scale``, by default head_dim ** -0.5 of the [B, *, D] input ``x``; finite. (A malformed ``x``
+    gets 1.0 here: the op's input check then names the problem.)"""
+    check_num_heads(op, num_heads)
+    if scale is None:
+        well_formed = isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[-1] % num_heads == 0
+        scale = (x.shape[-1] // num_heads) ** -0.5 if well_formed else 1.0
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"{op}: scale must be finite, got {scale}")
+    return scale
 
 
 def check_grid_y(op: str, rows: int, what: str) -> None:

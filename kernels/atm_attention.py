@@ -30,7 +30,6 @@ Launch configs are autotuned per (N, L, head_dim, dtype) on a GPU; a single
 small config runs under the Triton interpreter. Results are deterministic for
 a given config (and so within a process once tuned).
 """
-import math
 
 import torch
 import triton
@@ -41,7 +40,11 @@ from segvit_rt.ops import reference
 from ._common import (
     FLOAT_DTYPES,
     autotune_configs,
+    LOG2E,
+    attention_scale,
     check_grid_y,
+    check_head_dim,
+    check_num_heads,
     check_same,
     check_shape,
     check_tensor,
@@ -54,7 +57,6 @@ from ._common import (
 )
 
 OP = "atm_attention"
-LOG2E = 1.4426950408889634
 # Largest fp32 tile (elements) a forward config may keep live per logits tensor: more spills registers.
 _FWD_TILE_BUDGET = 16384
 
@@ -360,19 +362,13 @@ def _check_inputs(q, k, v, num_heads, prev_mask, need_mask, triton_path):
     length = k.shape[1]
     check_shape(OP, "k", k, (b, length, d), "[B, L, D] (B and D from q)")
     check_shape(OP, "v", v, (b, length, d), "[B, L, D] (same as k)")
-    if not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"{OP}: num_heads must be a positive int, got {num_heads!r}")
+    check_num_heads(OP, num_heads)
     if d % num_heads:
         raise ValueError(f"{OP}: dim {d} is not divisible by num_heads={num_heads}")
     if n == 0 or length == 0 or b == 0:
         raise ValueError(f"{OP}: needs B, N and L >= 1, got q {tuple(q.shape)} and k {tuple(k.shape)}")
-    head_dim = d // num_heads
-    if triton_path and (head_dim < 16 or head_dim > 128 or head_dim & (head_dim - 1)):
-        raise ValueError(
-            f"{OP}: the Triton kernel needs head_dim a power of two in [16, 128], got {head_dim} "
-            f"(dim {d} / {num_heads} heads); use kernels='reference' for this model"
-        )
     if triton_path:
+        check_head_dim(OP, d, num_heads)
         check_grid_y(OP, b, "images")  # the backward's grid has (image, head) pairs: checked there
     if prev_mask is not None and need_mask:
         check_tensor(OP, "prev_mask", prev_mask, ndim=3, dtypes=FLOAT_DTYPES)
@@ -534,14 +530,6 @@ def atm_attention(
     ``q`` promoted with ``prev_mask``'s), or ``None`` when ``need_mask`` is False.
     ``scale`` defaults to head_dim ** -0.5. Differentiable in q, k, v and prev_mask.
     """
-    if not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"{OP}: num_heads must be a positive int, got {num_heads!r}")
-    if isinstance(q, torch.Tensor) and q.dim() == 3 and q.shape[-1] % num_heads == 0:
-        default_scale = (q.shape[-1] // num_heads) ** -0.5
-    else:
-        default_scale = 1.0  # the op's input check raises the precise error
-    scale = default_scale if scale is None else float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"{OP}: scale must be finite, got {scale}")
+    scale = attention_scale(OP, q, num_heads, scale)
     out, mask, _ = atm_attention_op(q, k, v, num_heads, scale, prev_mask, need_mask, sigmoid_mask)
     return out, (mask if need_mask else None)

@@ -33,7 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .atm_attention import LOG2E, _atm_fwd_kernel
+from ._common import LOG2E, check_head_dim, check_num_heads
+from .atm_attention import _atm_fwd_kernel
 
 # (BLOCK_N, BLOCK_L, num_warps, num_stages): the plugin's tactics, timed by TensorRT at build time.
 PLUGIN_CONFIGS = (
@@ -68,10 +69,8 @@ def _atm_plugin_kernel(
 
 def check_plugin_shape(num_heads: int, head_dim: int, scale: float) -> None:
     """Raise ``ValueError`` unless the plugin kernel supports this attention."""
-    if not (isinstance(num_heads, int) and num_heads >= 1):
-        raise ValueError(f"atm_attention plugin: num_heads must be a positive int, got {num_heads!r}")
-    if head_dim < 16 or head_dim > 128 or head_dim & (head_dim - 1):
-        raise ValueError(f"atm_attention plugin: head_dim must be a power of two in [16, 128], got {head_dim}")
+    check_num_heads("atm_attention plugin", num_heads)
+    check_head_dim("atm_attention plugin", head_dim * num_heads, num_heads)
     if not math.isfinite(scale):
         raise ValueError(f"atm_attention plugin: scale must be finite, got {scale}")
 

@@ -22,7 +22,6 @@ writes the zeros of the three unsampled tokens of each 2×2 cell of dx_q.
 Launch configs are autotuned per (L/4, L, head_dim, dtype) on a GPU; a single
 small config runs under the Triton interpreter.
 """
-import math
 
 import torch
 import triton
@@ -33,7 +32,11 @@ from segvit_rt.ops import reference
 from ._common import (
     FLOAT_DTYPES,
     autotune_configs,
+    LOG2E,
+    attention_scale,
     check_grid_y,
+    check_head_dim,
+    check_num_heads,
     check_same,
     check_shape,
     check_tensor,
@@ -46,7 +49,6 @@ from ._common import (
 )
 
 OP = "qd_attention"
-LOG2E = 1.4426950408889634
 
 
 def _configs(settings):
@@ -319,21 +321,15 @@ def _check_inputs(x_q, k, v, grid_h, grid_w, num_heads, triton_path):
     check_shape(OP, "v", v, (b, length, d), "[B, L, D] (as x_q)")
     if b == 0 or d == 0:
         raise ValueError(f"{OP}: needs B and D >= 1, got x_q {tuple(x_q.shape)}")
-    if not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"{OP}: num_heads must be a positive int, got {num_heads!r}")
+    check_num_heads(OP, num_heads)
     if d % num_heads:
         raise ValueError(f"{OP}: dim {d} is not divisible by num_heads={num_heads}")
     if grid_h < 2 or grid_w < 2 or grid_h % 2 or grid_w % 2:
         raise ValueError(f"{OP}: query downsampling needs an even token grid, got {grid_h}x{grid_w}")
     if grid_h * grid_w != length:
         raise ValueError(f"{OP}: token count L={length} does not match the grid {grid_h}x{grid_w}")
-    head_dim = d // num_heads
-    if triton_path and (head_dim < 16 or head_dim > 128 or head_dim & (head_dim - 1)):
-        raise ValueError(
-            f"{OP}: the Triton kernel needs head_dim a power of two in [16, 128], got {head_dim} "
-            f"(dim {d} / {num_heads} heads); use kernels='reference' for this model"
-        )
     if triton_path:
+        check_head_dim(OP, d, num_heads)
         check_grid_y(OP, b * num_heads, "(image, head) pairs")
 
 
@@ -465,14 +461,6 @@ def qd_attention(
     unsampled tokens), k and v.
     """
     grid_h, grid_w = _grid_ints(grid_hw)
-    if not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"{OP}: num_heads must be a positive int, got {num_heads!r}")
-    if isinstance(x_q, torch.Tensor) and x_q.dim() == 3 and x_q.shape[-1] % num_heads == 0:
-        default_scale = (x_q.shape[-1] // num_heads) ** -0.5
-    else:
-        default_scale = 1.0  # the op's input check raises the precise error
-    scale = default_scale if scale is None else float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"{OP}: scale must be finite, got {scale}")
+    scale = attention_scale(OP, x_q, num_heads, scale)
     out, _ = qd_attention_op(x_q, k, v, grid_h, grid_w, num_heads, scale)
     return out

@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+
+def default_scale(crop: int) -> tuple[int, int]:
+    """The image scale (long edge, short edge) of a preset that sets none: mmseg's ADE20K rule,
+    2048x512 for a 512 crop."""
+    return 4 * crop, crop
+
 VARIANTS = ("full", "shrunk")
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -60,7 +66,7 @@ class SegViTConfig:
         """``(image_scale, test_min_size)`` for training or testing at ``crop`` (default: the preset's
         crop size), scaled in proportion to it."""
         crop = crop or self.crop_size
-        long, short = self.image_scale or (4 * self.crop_size, self.crop_size)
+        long, short = self.image_scale or default_scale(self.crop_size)
 
         def at_crop(n: int) -> int:
             return max(1, round(n * crop / self.crop_size))

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .config import default_scale
 from .ops import full_size
 from .ops.reference import semantic_logits
 
@@ -22,7 +23,7 @@ MODES = ("whole", "slide")
 
 def _edges(crop: int, scale: tuple[int, int] | None) -> tuple[int, int]:
     """(long, short) edges of a test scale; None is the default (4·crop, crop)."""
-    return (max(scale), min(scale)) if scale is not None else (4 * crop, crop)
+    return (max(scale), min(scale)) if scale is not None else default_scale(crop)
 
 
 def test_size(

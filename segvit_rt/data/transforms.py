@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import default_scale
 from .datasets import IGNORE_INDEX
 
 __all__ = ["EvalTransform", "TrainTransform", "normalize"]
@@ -166,7 +167,7 @@ class TrainTransform:
         self.crop_size = crop
         self.mean, self.std = _check_stats(mean, std)
         side = max(crop)
-        self.scale = tuple(scale) if scale is not None else (4 * side, side)
+        self.scale = tuple(scale) if scale is not None else default_scale(side)
         if len(self.scale) != 2 or min(self.scale) <= 0:
             raise ValueError(f"scale must be (long_edge, short_edge) > 0, got {scale!r}")
         lo, hi = ratio_range
