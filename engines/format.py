@@ -41,7 +41,7 @@ OUTPUT_NAMES = ("class_logits", "mask_logits")
 _LIBRARIES = ("segvit_rt", "torch", "triton", "onnx", "onnxruntime", "onnxscript", "tensorrt", "numpy")
 _OWN_VERSION = ("torch", "onnxruntime", "tensorrt")
 _REQUIRED = ("backend", "artifact", "sha256", "artifact_bytes", "precision", "device", "config", "batch", "max_batch",
-             "input_size", "outputs", "mean", "std", "class_names", "palette", "slide_stride")
+             "input", "input_size", "outputs", "mean", "std", "class_names", "palette", "slide_stride")
 
 
 class EngineError(ValueError):
@@ -148,6 +148,10 @@ def check_record(meta: dict, meta_path) -> None:
         bad("input_size", f"[{crop}, {crop}] (the config's crop size)")
     if not (meta["batch"] is None or _positive_int(meta["batch"])):
         bad("batch", "a batch size, or null for a dynamic batch")
+    record = meta["input"]
+    want_input = {"name": INPUT_NAME, "shape": [meta["batch"], 3, crop, crop], "dtype": "float32"}
+    if not (isinstance(record, dict) and all(record.get(k) == v for k, v in want_input.items())):
+        bad("input", f"{want_input} (from batch and the config's crop size)")
     if not _positive_int(meta["max_batch"]) or (meta["batch"] and meta["max_batch"] != meta["batch"]):
         bad("max_batch", "a batch size (the static batch itself, if there is one)")
     min_batch = meta.get("min_batch")

@@ -248,6 +248,9 @@ def test_refuses_unknown_format_backend_and_bad_json(engine_copy):
 
 @pytest.mark.parametrize("field, value, message", [
     ("batch", "eight", "batch must be a batch size, or null"),
+    ("input", {"name": "image", "shape": [None, 3, 96, 96], "dtype": "float32"},
+     r"input must be \{'name': 'image', 'shape': \[None, 3, 128, 128\], 'dtype': 'float32'\}"),
+    ("input", {"name": "image", "shape": [None, 3, 128, 128], "dtype": "float16"}, "input must be"),
     ("input_size", [64, 64], r"input_size must be \[128, 128\] \(the config's crop size\)"),
     ("mean", [0.5, 0.5], "mean must be 3 numbers"),
     ("std", [1.0, 0.0, 1.0], "std must be 3 positive numbers"),
@@ -281,8 +284,9 @@ def test_refuses_a_record_without_a_field_the_runtime_uses(engine_copy):
 
 
 def test_refuses_a_record_whose_batch_the_artifact_does_not_take(engine_copy):
-    """A dynamic-batch artifact under a record that says batch 4: the artifact's own input tells."""
-    edit_meta(engine_copy, batch=4, max_batch=4)
+    """A dynamic-batch artifact under a record that says batch 4 throughout: the artifact's own input tells."""
+    record = read_engine(engine_copy)["input"]
+    edit_meta(engine_copy, batch=4, max_batch=4, input={**record, "shape": [4, 3, 128, 128]})
     with pytest.raises(EngineError, match=r"takes input \[dynamic, 3, 128, 128\], .* records \[4, 3, 128, 128\]"):
         load_engine(engine_copy)
 
