@@ -521,7 +521,8 @@ def test_resume_accepts_checkpoints_from_before_poly_power_and_drop_path():
 
 def test_what_training_from_scratch_is_told():
     def note(*argv):
-        return train_cli.from_scratch_note(train_cli.build_parser().parse_args(["--data", "d", "--out", "o", *argv]))
+        args = train_cli.build_parser().parse_args(["--data", "d", "--out", "o", *argv])
+        return train_cli.from_scratch_note(train_cli.resolve_defaults(args))
 
     assert note() is None  # the tiny full model trains from scratch in minutes
     assert note("--variant", "shrunk") == train_cli.SHRUNK_FROM_SCRATCH
