@@ -151,7 +151,7 @@ def check_record(meta: dict, meta_path) -> None:
     record = meta["input"]
     want_input = {"name": INPUT_NAME, "shape": [meta["batch"], 3, crop, crop], "dtype": "float32"}
     if not (isinstance(record, dict) and all(record.get(k) == v for k, v in want_input.items())):
-        bad("input", f"{want_input} (from batch and the config's crop size)")
+        bad("input", f"{json.dumps(want_input)} (from batch and the config's crop size)")
     if not _positive_int(meta["max_batch"]) or (meta["batch"] and meta["max_batch"] != meta["batch"]):
         bad("max_batch", "a batch size (the static batch itself, if there is one)")
     min_batch = meta.get("min_batch")

@@ -31,8 +31,9 @@ def _import(modules) -> None:
         try:
             __import__(name)
         except ImportError as e:
-            raise EngineError(f"the onnx backend needs {name}: pip install {' '.join(modules)} (the ONNX extras, "
-                              f"segvit_rt[onnx])") from e
+            broken = f" (its dependency {e.name} does not import)" if e.name not in (None, name) else ""
+            raise EngineError(f"the onnx backend needs {name}{broken}: pip install {' '.join(modules)} (the ONNX "
+                              "extras, segvit_rt[onnx]; onnxruntime-gpu instead of onnxruntime for CUDA)") from e
 
 
 def check_available(device: torch.device, modules=BUILD_NEEDS) -> None:

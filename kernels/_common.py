@@ -204,13 +204,14 @@ def check_num_heads(op: str, num_heads) -> None:
         raise ValueError(f"{op}: num_heads must be a positive int, got {num_heads!r}")
 
 
-def check_head_dim(op: str, dim: int, num_heads: int) -> int:
-    """The head dim of ``dim`` over ``num_heads``: a power of two in [16, 128], as the kernels need."""
+def check_head_dim(op: str, dim: int, num_heads: int, fix: str = "use kernels='reference' for this model") -> int:
+    """The head dim of ``dim`` over ``num_heads``: a power of two in [16, 128], as the kernels need
+    (``fix``: what the user can do instead)."""
     head_dim = dim // num_heads
     if head_dim < 16 or head_dim > 128 or head_dim & (head_dim - 1):
         raise ValueError(
             f"{op}: the Triton kernel needs head_dim a power of two in [16, 128], got {head_dim} "
-            f"(dim {dim} / {num_heads} heads); use kernels='reference' for this model"
+            f"(dim {dim} / {num_heads} heads); {fix}"
         )
     return head_dim
 

@@ -70,7 +70,8 @@ def _atm_plugin_kernel(
 def check_plugin_shape(num_heads: int, head_dim: int, scale: float) -> None:
     """Raise ``ValueError`` unless the plugin kernel supports this attention."""
     check_num_heads("atm_attention plugin", num_heads)
-    check_head_dim("atm_attention plugin", head_dim * num_heads, num_heads)
+    check_head_dim("atm_attention plugin", head_dim * num_heads, num_heads,
+                   fix="build this model with --kernels reference")
     if not math.isfinite(scale):
         raise ValueError(f"atm_attention plugin: scale must be finite, got {scale}")
 

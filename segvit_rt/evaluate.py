@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from .cli import UsageError, check_output, exit_on
+from .config import input_multiple
 from .data import DatasetError, EvalTransform, open_dataset
 from .inference import MODES, MS_RATIOS, model_logits_fn, predict_image
 from .metrics import ConfusionMatrix, chance_levels
@@ -128,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_windows(cfg, variant: str, mode: str, crop: int, stride: int | None) -> None:
+    """Refuse --crop/--stride that cannot work with these weights, before any image is read."""
+    stride = stride or cfg.stride_at(crop)
+    if stride > crop:
+        raise UsageError(f"--stride {stride} is larger than the window (--crop {crop}): pixels between windows "
+                         "would go unscored")
+    multiple = input_multiple(cfg, variant)
+    if mode == "slide" and crop % multiple:
+        raise UsageError(f"--crop {crop} must be a multiple of {multiple} for a {variant} model (its windows are "
+                         "the model's input)")
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     with exit_on(UsageError, WeightsError, DatasetError, FileNotFoundError):
@@ -148,6 +161,7 @@ def main(argv=None) -> dict:
         use_interpreter_on_cpu(args.kernels, device)
         model = load_weights(args.weights, kernels=args.kernels).to(device)
         cfg = model.cfg
+        check_windows(cfg, model.variant, args.mode, args.crop or cfg.crop_size, args.stride)
         split = None if args.split == "none" else args.split
         dataset = open_dataset(args.data, split, transform=EvalTransform(cfg.mean, cfg.std),
                                context_classes=59 if cfg.num_classes == 59 else 60)  # the model's protocol

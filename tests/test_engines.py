@@ -249,7 +249,7 @@ def test_refuses_unknown_format_backend_and_bad_json(engine_copy):
 @pytest.mark.parametrize("field, value, message", [
     ("batch", "eight", "batch must be a batch size, or null"),
     ("input", {"name": "image", "shape": [None, 3, 96, 96], "dtype": "float32"},
-     r"input must be \{'name': 'image', 'shape': \[None, 3, 128, 128\], 'dtype': 'float32'\}"),
+     r'input must be \{"name": "image", "shape": \[null, 3, 128, 128\], "dtype": "float32"\}'),
     ("input", {"name": "image", "shape": [None, 3, 128, 128], "dtype": "float16"}, "input must be"),
     ("input_size", [64, 64], r"input_size must be \[128, 128\] \(the config's crop size\)"),
     ("mean", [0.5, 0.5], "mean must be 3 numbers"),
@@ -397,6 +397,15 @@ def test_building_an_onnx_engine_without_an_onnx_package_names_it(monkeypatch, s
         with pytest.raises(EngineError, match=f"the onnx backend needs {missing}: pip install onnx onnxscript"):
             build_engine(shrunk, backend="onnx", device=device, out=tmp_path / "e", log=quiet)
     assert not (tmp_path / "e").exists()
+
+
+def test_a_package_whose_own_dependency_is_missing_is_named_with_it(tmp_path, monkeypatch):
+    (tmp_path / "fake_onnx_pkg").mkdir()
+    (tmp_path / "fake_onnx_pkg" / "__init__.py").write_text("import not_installed_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(EngineError, match="needs fake_onnx_pkg \\(its dependency not_installed_dependency_xyz does "
+                                          "not import\\)"):
+        onnx_backend._import(("fake_onnx_pkg",))
 
 
 def test_running_an_onnx_engine_needs_only_onnxruntime(monkeypatch, onnx_engine, shrunk):

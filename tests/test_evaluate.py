@@ -172,6 +172,14 @@ def test_errors_name_the_problem(setup, tmp_path, capsys):
     fails(["--weights", str(weights), "--data", str(tmp_path)], "no dataset at")
     other = generate(tmp_path / "five", classes=5, train=1, val=1, size=32, seed=0, progress=False)
     fails(["--weights", str(weights), "--data", str(other)], "the dataset has 5 classes, the model 3")
+    fails(["--weights", str(weights), "--data", str(ade), "--stride", "100"],
+          "--stride 100 is larger than the window (--crop 64)")
+    fails(["--weights", str(weights), "--data", str(ade), "--crop", "32", "--stride", "48"],
+          "--stride 48 is larger than the window (--crop 32)")
+    fails(["--weights", str(weights), "--data", str(ade), "--crop", "50"], "--crop 50 must be a multiple of 16")
+    fails(["--weights", str(weights), "--data", str(ade), "--split", "none"],
+          "holds the ADE20K layout: choose split 'training' or 'validation'")
+    fails(["--weights", str(weights), "--data", str(ade), "--split", "bogus"], "split must be one of")
 
 
 def test_multi_scale_and_flip_testing():

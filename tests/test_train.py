@@ -473,7 +473,7 @@ def test_resume_takes_unset_arguments_from_the_checkpoint(synth, tmp_path):
     train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", *FAST])
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     state["args"].update(clip_grad=5.0, seed=3, head_lr_mult=4.0, amp="none", init_format="official", variant="shrunk",
-                         kernels="triton")
+                         kernels="triton", preset="vit_b16_ade20k_512")
     del state["args"]["poly_power"], state["args"]["drop_path"]
     torch.save(state, out / "checkpoint.pt")
 
@@ -487,7 +487,7 @@ def test_resume_takes_unset_arguments_from_the_checkpoint(synth, tmp_path):
     args = resumed()
     assert (args.clip_grad, args.iters, args.crop, args.batch) == (5.0, 2, 64, 4)
     assert (args.seed, args.head_lr_mult, args.amp, args.init_format) == (3, 4.0, "none", "official")
-    assert (args.preset, args.variant, args.kernels) == ("tiny", "shrunk", "triton")
+    assert (args.preset, args.variant, args.kernels) == ("vit_b16_ade20k_512", "shrunk", "triton")
     assert resumed("--kernels", "reference").kernels == "reference"  # a setting: may change on resume
     with pytest.raises(train_cli.UsageError, match="--clip-grad 5.0 -> 1.0"):
         resumed("--clip-grad", "1")

@@ -137,7 +137,7 @@ def split_folder(split: str, folders: dict[str, str], what: str) -> str:
     name = folders.get(SPLIT_ALIASES.get(split, split), split)
     if name not in folders.values():
         choices = ", ".join(repr(k) if k == v else f"{k!r} ({v})" for k, v in folders.items())
-        raise ValueError(f"{what} split must be one of {choices}, got {split!r}")
+        raise DatasetError(f"{what} split must be one of {choices}, got {split!r}")
     return name
 
 
@@ -438,7 +438,7 @@ def open_dataset(root, split: str | None, transform: Callable | None = None, con
     if found:
         name, _, dataset = found[0]
         if split is None:
-            raise ValueError(f"{root} holds the {name} layout: choose split 'training' or 'validation'")
+            raise DatasetError(f"{root} holds the {name} layout: choose split 'training' or 'validation'")
         if dataset is PascalContextDataset:
             kwargs["classes"] = context_classes
         return dataset(root, split, transform=transform, **kwargs)
