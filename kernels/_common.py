@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterable
 
@@ -199,8 +200,26 @@ MAX_GRID_Y = 65535  # CUDA's limit on a launch grid's second axis
 LOG2E = 1.4426950408889634  # the kernels' exp2 takes logits scaled by log2(e); written out inside @triton.jit
 
 
+def _is_int(s) -> bool:
+    if isinstance(s, torch.Tensor):
+        return s.numel() == 1 and not (s.is_floating_point() or s.is_complex() or s.dtype == torch.bool)
+    return isinstance(s, (numbers.Integral, torch.SymInt)) and not isinstance(s, bool)
+
+
+def check_int_pair(op: str, name: str, pair, meaning: str) -> tuple[int, int]:
+    """``pair`` as two ints: Python, NumPy or one-element tensor integers (SymInts while tracing); a
+    float such as 7.9 is refused rather than truncated. ``meaning`` names the two, e.g. "(H, W)"."""
+    try:
+        first, second = pair
+    except (TypeError, ValueError):
+        first = second = None
+    if not (_is_int(first) and _is_int(second)):
+        raise ValueError(f"{op}: {name} must be two ints {meaning}, got {pair!r}")
+    return int(first), int(second)
+
+
 def check_num_heads(op: str, num_heads) -> None:
-    if not isinstance(num_heads, int) or num_heads < 1:
+    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
         raise ValueError(f"{op}: num_heads must be a positive int, got {num_heads!r}")
 
 
@@ -221,7 +240,8 @@ def attention_scale(op: str, x, num_heads: int, scale: float | None) -> float:
     gets 1.0 here: the op's input check then names the problem.)"""
     check_num_heads(op, num_heads)
     if scale is None:
-        well_formed = isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[-1] % num_heads == 0
+        well_formed = isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[-1] >= num_heads \
+            and x.shape[-1] % num_heads == 0
         scale = (x.shape[-1] // num_heads) ** -0.5 if well_formed else 1.0
     scale = float(scale)
     if not math.isfinite(scale):

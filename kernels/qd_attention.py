@@ -36,6 +36,7 @@ from ._common import (
     attention_scale,
     check_grid_y,
     check_head_dim,
+    check_int_pair,
     check_num_heads,
     check_same,
     check_shape,
@@ -334,11 +335,7 @@ def _check_inputs(x_q, k, v, grid_h, grid_w, num_heads, triton_path):
 
 
 def _grid_ints(grid_hw) -> tuple[int, int]:
-    try:
-        h, w = (int(s) for s in grid_hw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{OP}: grid_hw must be two ints (h, w), got {grid_hw!r}") from None
-    return h, w
+    return check_int_pair(OP, "grid_hw", grid_hw, "(h, w)")
 
 
 # ---------------------------------------------------------------------------- CPU fallbacks

@@ -6,8 +6,9 @@ every output pixel, each query's mask logit is sampled bilinearly from the
 below, the upper neighbour clamped at the border), passed through a sigmoid,
 and mixed with the class probabilities ``softmax(class_logits)[..., :-1]``
 ("no object" dropped): ``score[c] = Σ_q p[q, c]·m_q``. The label is the argmax
-over classes (ties → lowest class, like ``torch.argmax``). NaN logits give
-unspecified labels (the reference's argmax would pick the NaN class).
+over classes (ties → lowest class, like ``torch.argmax``). A NaN score (from a
+NaN or infinite logit) never wins: the best finite class does, or class 0 with
+max score -inf where all are NaN (the reference's argmax picks a NaN class).
 
 Design: the class probabilities and the mask logits are first packed in torch
 (:func:`pack_inputs`; tiny: Q·C and h·w·Q values per image) into fp32,
@@ -38,6 +39,7 @@ from ._common import (
     FLOAT_DTYPES,
     autotune_configs,
     check_grid_y,
+    check_int_pair,
     check_same,
     check_tensor,
     define_op,
@@ -136,7 +138,8 @@ def _postprocess_kernel(
                 mask=(classes < padded_c)[None, :], other=0.0,
             )  # [BLOCK_Q, BLOCK_C]; padded queries and classes hold 0
             scores = tl.dot(masks, probs, scores, input_precision=DOT_PRECISION)
-        scores = tl.where((classes < num_classes)[None, :], scores, float("-inf"))
+        # Padded classes, and NaN scores (from NaN or infinite logits), never win.
+        scores = tl.where((classes < num_classes)[None, :] & (scores == scores), scores, float("-inf"))
         block_best = tl.max(scores, 1)
         block_class = tl.argmax(scores, 1, tie_break_left=True) + c_start
         better = block_best > best  # strict: an equal score in a later block keeps the lower class
@@ -197,10 +200,7 @@ def launch(probs, masks, num_classes, out_hw, labels, scores=None):
 
 
 def _out_size(out_hw) -> tuple[int, int]:
-    try:
-        out_h, out_w = (int(s) for s in out_hw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{OP}: out_hw must be two ints (H, W), got {out_hw!r}") from None
+    out_h, out_w = check_int_pair(OP, "out_hw", out_hw, "(H, W)")
     if out_h < 1 or out_w < 1:
         raise ValueError(f"{OP}: out_hw must be positive, got {out_h}x{out_w}")
     return out_h, out_w

@@ -347,6 +347,8 @@ BAD_INPUTS = {  # name: (args from q, k, v, prev (fp16, B=2 N=5 L=7 D=64), error
     ),
     "heads-divide": (lambda q, k, v, p: (q, k, v, 3), ValueError, "not divisible by num_heads=3"),
     "heads-zero": (lambda q, k, v, p: (q, k, v, 0), ValueError, "num_heads must be a positive int"),
+    "heads-bool": (lambda q, k, v, p: (q, k, v, True), ValueError, "num_heads must be a positive int, got True"),
+    "dim-zero": (lambda q, k, v, p: (q[..., :0], k[..., :0], v[..., :0], 2), ValueError, "head_dim .* got 0"),
     "head-dim-12": (
         lambda q, k, v, p: (q[..., :48], k[..., :48], v[..., :48], 4), ValueError, "head_dim a power of two"
     ),

@@ -132,6 +132,23 @@ def test_exact_ties_pick_the_lowest_class(device, tied):
     assert bool((segment_postprocess(class_logits, mask_logits, (9, 7)) == lowest).all())
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter computes 0 x inf
+def test_pixels_whose_scores_are_nan_get_class_0(device):
+    """An infinite mask logit makes NaN scores where the bilinear mix weighs it by 0 (0 x inf), at
+    every class of those pixels: they get class 0 and max score -inf, without an error; the other
+    pixels are unaffected."""
+    class_logits, mask_logits = _random_inputs(1, 6, 40, 4, 4, device, seed=11)
+    mask_logits[0, 2, 1, 1] = float("-inf")
+    labels, max_score = segment_postprocess(class_logits, mask_logits, (8, 8), return_scores=True)
+    scores64 = _reference64(class_logits, mask_logits, (8, 8))
+    nan = scores64.isnan().any(dim=1)
+    assert bool(nan.any()) and bool((~nan).any()) and bool(scores64.isnan().all(dim=1)[nan].all())
+    assert bool((labels[nan] == 0).all()) and bool((max_score[nan] == float("-inf")).all())
+    top2 = scores64.topk(2, dim=1).values
+    clear = ~nan & ((top2[:, 0] - top2[:, 1]) >= NEAR_TIE * top2[:, 0].abs())
+    assert torch.equal(labels[clear], scores64.argmax(dim=1)[clear])
+
+
 def test_poisoned_outputs_are_fully_written(device):
     b, q, c, h, w, out_hw = 2, 9, 7, 3, 4, (11, 13)
     class_logits, mask_logits = _random_inputs(b, q, c, h, w, device, seed=2)
@@ -204,6 +221,7 @@ def test_opcheck_and_export(device):
         (dict(mask_dtype=torch.int64), TypeError, "mask_logits must have dtype"),
         (dict(out_hw=(0, 8)), ValueError, "out_hw must be positive"),
         (dict(out_hw=(8,)), ValueError, "out_hw must be two ints"),
+        (dict(out_hw=(7.9, 5)), ValueError, r"out_hw must be two ints \(H, W\), got \(7.9, 5\)"),
         (dict(mask_device="meta"), ValueError, "share one device"),
     ],
 )

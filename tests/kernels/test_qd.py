@@ -183,6 +183,7 @@ def test_opcheck_and_export(device):
         (dict(grid_hw=(4, 4), k_shape=(1, 16, 64)), ValueError, "k must have shape"),
         (dict(grid_hw=(4, 4), x_ndim=2), ValueError, "x_q must be 3-D"),
         (dict(grid_hw=4), ValueError, "grid_hw must be two ints"),
+        (dict(grid_hw=(4.5, 4)), ValueError, r"grid_hw must be two ints \(h, w\)"),
         (dict(grid_hw=(4, 4), num_heads=0), ValueError, "num_heads must be a positive int"),
     ],
 )
