@@ -168,6 +168,22 @@ def sweep_leftovers(path: str | os.PathLike, stacklevel: int = 2) -> list[Path]:
     return cleared
 
 
+def sweep_folder(folder: str | os.PathLike, stacklevel: int = 2) -> list[Path]:
+    """:func:`sweep_leftovers` for every file of ``folder`` at once: one scan for a folder of many
+    small outputs whose writes do not sweep one by one."""
+    if fcntl is None:
+        return []
+    named = re.compile(r"\.(.+)\.([a-z0-9_]{8})\.(?:tmp|old)")
+    try:
+        found = sorted({m.groups() for m in map(named.fullmatch, os.listdir(folder)) if m})
+    except OSError:
+        return []
+    cleared = []
+    for name, stem in found:
+        cleared += _clear(Path(folder) / name, stem, stacklevel + 1)
+    return cleared
+
+
 def _clear(path: Path, stem: str, stacklevel: int) -> list[Path]:
     """Clear one killed write's leftovers (see :func:`sweep_leftovers`)."""
     tmp, old = (path.parent / f".{path.name}.{stem}.{kind}" for kind in ("tmp", "old"))
@@ -203,7 +219,8 @@ def atomic_path(path: str | os.PathLike, sweep: bool = False):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
     ``sweep``: first clear killed writers' temporaries (:func:`sweep_leftovers`); worth a
-    directory scan for big artifacts, not for each of thousands of small outputs.
+    directory scan for big artifacts, not for each of thousands of small outputs (their
+    writer sweeps the folder once: :func:`sweep_folder`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from .cli import UsageError, check_output, exit_on
 from .data.datasets import IMAGE_SUFFIXES
 from .engines import EngineError
 from .images import load_image, save_labels, save_png
+from .io_utils import sweep_folder
 from .inference import MODES
 
 
@@ -112,6 +113,7 @@ def segment_files(
     plan = planned_writes(paths, out, skip_existing)
     check_inputs(paths, out, plan, protected)
     out.mkdir(parents=True, exist_ok=True)
+    sweep_folder(out)  # temporaries of a killed run's PNG writes
     pending = list(plan)
     segmented, unreadable = [], {}
     bar = tqdm(total=len(pending), desc="segment", unit="img", disable=not progress)

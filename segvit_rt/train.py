@@ -54,7 +54,7 @@ WEIGHTS = "weights.safetensors"
 # The official SegViT recipe (its ADE20K config: 160k iterations, batch 16, AdamW 2e-5 with weight decay
 # 0.01, 1500 warm-up steps, poly decay of power 1, gradients clipped at norm 35), the changes of its
 # COCO-Stuff 10k and PASCAL-Context configs...
-DEFAULTS = dict(preset="tiny", variant="full", kernels="reference",
+DEFAULTS = dict(preset="tiny", variant="full", kernels="reference", workers=1,
                 iters=160_000, batch=16, lr=2e-5, weight_decay=0.01, warmup=1500, poly_power=1.0, clip_grad=35.0,
                 eval_every=16_000, ckpt_every=4000, head_lr_mult=10.0, seed=0, amp="auto", init_format="timm",
                 log_every=10, mode="slide", weights_dtype="fp32", context_classes=60)
@@ -100,7 +100,7 @@ RUN_DEFINING = ("preset", "variant", "iters", "batch", "lr", "weight_decay", "he
                 "context_classes")
 RUN_DEFINING_BEFORE = {"poly_power": 1.0, "drop_path": 0.0, "context_classes": 60}
 # Arguments a resumed run takes from the checkpoint when its command line leaves them unset, but may change.
-RUN_SETTINGS = ("kernels", "eval_every", "ckpt_every", "log_every", "mode", "weights_dtype")
+RUN_SETTINGS = ("kernels", "threads", "workers", "eval_every", "ckpt_every", "log_every", "mode", "weights_dtype")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,10 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision on CUDA (default auto: bf16 where supported, else fp16; none on CPU)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, help="seed of the initialisation, data order and augmentation (default 0)")
-    p.add_argument("--workers", type=int, default=1, help="data-loading processes per training process")
+    p.add_argument("--workers", type=int, help="data-loading processes per training process (default 1)")
     p.add_argument("--threads", type=int,
                    help="CPU compute threads per process (default: torch's); on a busy machine, keep threads + "
-                        "workers within the free cores: oversubscribed OpenMP threads stall each other")
+                        "workers within the free cores: oversubscribed OpenMP threads stall each other. A resumed "
+                        "run keeps the thread count it had: CPU sums round differently with another")
     p.add_argument("--mode", choices=MODES, help="evaluation inference mode (default slide)")
     p.add_argument("--eval-every", type=int, help="evaluate every K steps (0: only at the end)")
     p.add_argument("--ckpt-every", type=int, help="checkpoint every K steps (and at the end)")
@@ -264,6 +265,9 @@ def previous_state(args) -> dict | None:
     ``--resume``, whatever the defaults have become since); without it, refuse to overwrite a run."""
     path = Path(args.out) / CHECKPOINT
     if args.resume:
+        if not os.path.lexists(path):
+            raise UsageError(f"--resume: no {CHECKPOINT} in {args.out} (a run stopped before its first checkpoint "
+                             "has nothing to continue): start it again without --resume")
         state = load_checkpoint(path)
         saved = {**RUN_DEFINING_BEFORE, **state["args"]}
         for key in RUN_DEFINING + RUN_SETTINGS:

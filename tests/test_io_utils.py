@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from segvit_rt import create_model
-from segvit_rt.io_utils import LockedError, atomic_dir, atomic_path, hold_lock, sha256_file, sweep_leftovers
+from segvit_rt.io_utils import (LockedError, atomic_dir, atomic_path, hold_lock, sha256_file, sweep_folder,
+                                sweep_leftovers)
 from segvit_rt.training.checkpoint import save_checkpoint
 from segvit_rt.weights import save_weights
 
@@ -190,6 +191,24 @@ def test_a_killed_file_write_is_cleared_by_the_next_save(tmp_path, save):
     assert len(leftovers(tmp_path / "out")) == 1
     save(target)
     assert os.listdir(tmp_path / "out") == ["artifact"]
+
+
+def test_a_folder_of_small_outputs_is_swept_at_once(tmp_path):
+    """Small outputs (label PNGs) do not sweep at each write; their writer sweeps the folder once."""
+    out = tmp_path / "out"
+    for name in ("a_labels.png", "b.c_overlay.png"):
+        kill_a_writer(tmp_path, out / name, "file")
+    live = out / ".d_labels.png.abcd1234.tmp"
+    live.write_bytes(b"")
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # still being written
+    (out / ".hidden_but_not_ours").write_text("x")
+    try:
+        assert len(leftovers(out)) == 4
+        assert len(sweep_folder(out)) == 2
+        assert leftovers(out) == [".d_labels.png.abcd1234.tmp", ".hidden_but_not_ours"]
+    finally:
+        os.close(fd)
 
 
 def test_leftovers_of_live_writers_are_kept(tmp_path):

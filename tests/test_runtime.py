@@ -1,4 +1,5 @@
 """``segvit_rt.Runtime`` and ``python -m segvit_rt.segment`` against the PyTorch model they were built from."""
+import os
 import shutil
 import zlib
 from dataclasses import replace
@@ -163,8 +164,11 @@ def test_segment_cli_writes_labels_and_overlays(runtime, onnx_engine, tmp_path, 
         paths.append(tmp_path / f"photo{i}.png")
         Image.fromarray(image(*hw, seed=10 + i)).save(paths[-1])
     out = tmp_path / "out"
+    out.mkdir()
+    (out / ".photo0_overlay.png.abcd1234.tmp").write_bytes(b"half a PNG")  # an earlier run's, killed mid-write
     segment.main([*map(str, paths), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
     assert capsys.readouterr().out == f"segmented 2 images into {out}\n"
+    assert sorted(os.listdir(out)) == [f"{p.stem}_{kind}.png" for p in paths for kind in ("labels", "overlay")]
     for p in paths:
         labels = np.asarray(Image.open(out / f"{p.stem}_labels.png"))
         np.testing.assert_array_equal(labels, runtime.segment(p))

@@ -409,10 +409,12 @@ def test_training_resize_follows_the_presets_image_scale(tmp_path):
     assert train_scale("--preset", "vit_l16_ade20k_640") == (2048, 640)
 
 
-def test_resume_refuses_changed_arguments_and_missing_checkpoint(synth, tmp_path):
+def test_resume_refuses_changed_arguments_and_missing_checkpoint(synth, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         train_cli.main(["--data", str(synth), "--out", str(tmp_path / "none"), "--resume", *FAST])
     assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint.pt in" in err and "start it again without --resume" in err
     out = tmp_path / "run"
     train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", *FAST])
     result = run_cli(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", "--resume",
@@ -473,7 +475,7 @@ def test_resume_takes_unset_arguments_from_the_checkpoint(synth, tmp_path):
     train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", *FAST])
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     state["args"].update(clip_grad=5.0, seed=3, head_lr_mult=4.0, amp="none", init_format="official", variant="shrunk",
-                         kernels="triton", preset="vit_b16_ade20k_512")
+                         kernels="triton", preset="vit_b16_ade20k_512", threads=1)
     del state["args"]["poly_power"], state["args"]["drop_path"]
     torch.save(state, out / "checkpoint.pt")
 
@@ -489,6 +491,7 @@ def test_resume_takes_unset_arguments_from_the_checkpoint(synth, tmp_path):
     assert (args.seed, args.head_lr_mult, args.amp, args.init_format) == (3, 4.0, "none", "official")
     assert (args.preset, args.variant, args.kernels) == ("vit_b16_ade20k_512", "shrunk", "triton")
     assert resumed("--kernels", "reference").kernels == "reference"  # a setting: may change on resume
+    assert (args.threads, args.workers) == (1, 0)  # the run's CPU threads (exact sums) and data workers
     with pytest.raises(train_cli.UsageError, match="--clip-grad 5.0 -> 1.0"):
         resumed("--clip-grad", "1")
     with pytest.raises(train_cli.UsageError, match="--variant 'shrunk' -> 'full'"):
