@@ -34,6 +34,9 @@ from .inference import MODES, predict_image
 from .weights import WeightsError, config_from_metadata
 
 
+BATCH_PIXELS = 16_000_000  # images read per segment_batch group: ~0.5 GB of normalised floats
+
+
 class Runtime:
     """A loaded engine plus everything needed around it (see the module doc).
 
@@ -64,6 +67,11 @@ class Runtime:
     def __repr__(self) -> str:
         return f"Runtime({self.engine!r}, mode={self.mode!r})"
 
+    def __reduce__(self):
+        """Pickled (for a process pool) as its engine's path, device and mode: the other process loads
+        the engine again, checks included."""
+        return type(self), (str(self.engine.path), str(self.device), self.mode)
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -77,17 +85,32 @@ class Runtime:
     @torch.no_grad()
     def segment(self, img) -> np.ndarray:
         """``HxW`` class labels of one image, at its original size."""
-        return self.segment_batch([img])[0]
+        return self._segment([images.load_image(img)])[0]
 
     @torch.no_grad()
     def segment_batch(self, imgs) -> list[np.ndarray]:
-        """Labels for several images (a list, or a 4-D ``NxHxWxC`` array / ``NxCxHxW`` tensor); images
-        of the same size share engine calls."""
+        """Labels for several images (a list or any iterable, or a 4-D ``NxHxWxC`` array / ``NxCxHxW``
+        tensor). They are read and run a group at a time (up to the engine's batch and
+        ``BATCH_PIXELS``), images of one size sharing engine calls, so a long list of photos never
+        sits in memory decoded at once."""
         single = (str, os.PathLike, Image.Image)
         if isinstance(imgs, single) or (isinstance(imgs, (np.ndarray, torch.Tensor)) and imgs.ndim != 4):
             raise TypeError(f"segment_batch takes a list of images (or a 4-D batch), got one "
                             f"{type(imgs).__name__}: for one image use segment(img)")
-        rgbs = [images.load_image(img) for img in imgs]
+        results, group, pixels = [], [], 0
+        for i, img in enumerate(imgs):
+            try:
+                rgb = images.load_image(img)
+            except (ValueError, TypeError, FileNotFoundError) as e:
+                raise type(e)(f"image {i} of the batch: {e}") from e
+            group.append(rgb)
+            pixels += rgb.shape[0] * rgb.shape[1]
+            if len(group) >= self.engine.meta["max_batch"] or pixels >= BATCH_PIXELS:
+                results += self._segment(group)
+                group, pixels = [], 0
+        return results + (self._segment(group) if group else [])
+
+    def _segment(self, rgbs: list[np.ndarray]) -> list[np.ndarray]:
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, rgb in enumerate(rgbs):
             by_size.setdefault(rgb.shape[:2], []).append(i)
@@ -95,6 +118,7 @@ class Runtime:
         for (h, w), indices in by_size.items():
             batch = torch.cat([self.normalise(rgbs[i]) for i in indices])
             labels = self._predict(batch, (h, w))
+            del batch
             for i, lab in zip(indices, labels):
                 results[i] = self._to_numpy(lab)
         return results

@@ -5,14 +5,17 @@
 For each image ``<stem>.<ext>`` writes ``DIR/<stem>_labels.png`` (pixel value =
 class index; 16-bit past 256 classes) and ``DIR/<stem>_overlay.png`` (the image
 blended with the class colours), each atomically. A folder stands for the image
-files directly inside it (when it is ``--out`` too, without the files named as its images'
-outputs, an earlier run's). An image that cannot be read is reported and skipped:
-the others are still segmented, and the exit status is 1. ``--skip-existing``
-writes only the outputs not there yet (to continue a stopped run).
+files directly inside it (subfolders and broken links are named, not searched;
+when it is ``--out`` too, its ``*_labels.png``/``*_overlay.png`` files are an
+earlier run's outputs, not inputs). An image that cannot be read is reported and
+skipped: the others are still segmented, and the exit status is 1.
+``--skip-existing`` writes only the outputs not there yet (to continue a stopped
+run, after Ctrl-C, say: each output is whole or absent).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -30,24 +33,36 @@ def output_paths(image: Path, out: Path) -> tuple[Path, Path]:
     return out / f"{image.stem}_labels.png", out / f"{image.stem}_overlay.png"
 
 
-def expand_inputs(args: list[str], out: Path | None = None) -> tuple[list[Path], list[Path]]:
+OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png")
+
+
+def expand_inputs(args: list[str], out: Path | None = None, note=None) -> tuple[list[Path], list[Path]]:
     """Command-line inputs as image paths: a folder becomes the image files directly inside it, sorted
-    (hidden files left out). When the folder is ``out`` itself, its files named as the outputs of its
-    other images (``<stem>_labels.png``, ``<stem>_overlay.png``) are an earlier run's, not inputs:
-    returned second, to be protected from overwriting but not segmented."""
+    (hidden files left out; ``note(text)`` is told of the subfolders and broken links it skips). When
+    the folder is ``out`` itself, its files named as outputs (``*_labels.png``, ``*_overlay.png``) are
+    an earlier run's, not inputs: returned second, to be protected from overwriting but not
+    segmented."""
     paths, earlier = [], []
     for arg in map(Path, args):
         if not arg.is_dir():
             paths.append(arg)
             continue
-        found = sorted(p for p in arg.iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+        entries = [p for p in arg.iterdir() if not p.name.startswith(".")]
+        found = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not found:
             raise FileNotFoundError(f"no image files ({'/'.join(IMAGE_SUFFIXES)}) in folder {arg}")
+        folders = sum(p.is_dir() for p in entries)
+        broken = sorted(p.name for p in entries if p.is_symlink() and not p.exists())
+        if note is not None and (folders or broken):
+            skipped = [f"{folders} subfolder{'s' * (folders != 1)} (not searched: pass them too)"] if folders else []
+            skipped += [f"broken link{'s' * (len(broken) != 1)} {', '.join(broken[:5])}"] if broken else []
+            note(f"{arg}: skipped {' and '.join(skipped)}")
         if out is not None and out.is_dir() and arg.samefile(out):
-            names = {o.name.lower() for p in found for o in output_paths(p, arg)}
-            earlier.extend(p for p in found if p.name.lower() in names)
-            found = [p for p in found if p.name.lower() not in names]
+            earlier.extend(p for p in found if p.name.lower().endswith(OUTPUT_SUFFIXES))
+            found = [p for p in found if not p.name.lower().endswith(OUTPUT_SUFFIXES)]
+            if not found:
+                raise FileNotFoundError(f"folder {arg} is --out and holds only outputs ({'/'.join(OUTPUT_SUFFIXES)}), "
+                                        "no images to segment")
         paths.extend(found)
     return paths, earlier
 
@@ -127,10 +142,13 @@ def segment_files(
                 bar.write(f"skipped: {e}")
         for (path, rgb), labels in zip(readable.items(), runtime.segment_batch(list(readable.values()))):
             label_png, overlay_png = output_paths(path, out)
-            if label_png in plan[path]:
-                save_labels(labels, label_png, runtime.num_classes)
-            if overlay_png in plan[path]:
-                save_png(runtime.overlay(rgb, labels, alpha), overlay_png)
+            try:
+                if label_png in plan[path]:
+                    save_labels(labels, label_png, runtime.num_classes)
+                if overlay_png in plan[path]:
+                    save_png(runtime.overlay(rgb, labels, alpha), overlay_png)
+            except OSError as e:  # a full disk, say: name the file (Pillow's message does not)
+                raise OSError(e.errno, f"cannot write the outputs of {path} in {out}: {e.strerror or e}") from e
             segmented.append(path)
         bar.update(len(chunk))
     bar.close()
@@ -153,11 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _interrupt_says_how_to_continue(out: str):
+    """Ctrl-C: one line instead of a traceback, exit 130 (every output written is whole)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the outputs in {out} are complete or absent; rerun the same command with "
+              "--skip-existing to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
 def main(argv=None) -> list[Path]:
     args = build_parser().parse_args(argv)
     from .runtime import Runtime
 
-    with exit_on(UsageError, EngineError, FileNotFoundError):
+    with exit_on(UsageError, EngineError, OSError), _interrupt_says_how_to_continue(args.out):
         if not 0.0 <= args.alpha <= 1.0:
             raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
         if args.device is not None:
@@ -170,7 +199,7 @@ def main(argv=None) -> list[Path]:
             if kind not in ("cpu", "cuda"):
                 raise UsageError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
         out = Path(args.out)
-        paths, earlier = expand_inputs(args.images, out)
+        paths, earlier = expand_inputs(args.images, out, note=lambda text: print(f"note: {text}", file=sys.stderr))
         plan = planned_writes(paths, out, args.skip_existing)
         check_inputs(paths, out, plan, earlier)
         runtime = Runtime(args.engine, device=args.device, mode=args.mode)

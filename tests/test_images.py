@@ -1,4 +1,6 @@
 """Image loading (every accepted input kind, conversions, clear errors) and label/overlay output."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +89,31 @@ def test_exif_orientation_gives_the_image_as_displayed(rgb, tmp_path, orientatio
     with Image.open(path) as opened:
         np.testing.assert_array_equal(load_image(opened), expected)
         assert opened.size == (17, 12), "the caller's PIL image is not turned in place"
+
+
+def test_inputs_that_cannot_be_an_image_say_why(rgb, monkeypatch):
+    cases = [("https://example.com/cat.jpg", ValueError, "is a URL: images are read from local files"),
+             ("file:///tmp/cat.jpg", ValueError, "is a URL"),
+             ("", ValueError, "empty image path"),
+             (np.stack([rgb, rgb]), ValueError, "for a batch, use Runtime.segment_batch"),
+             (torch.zeros(3, 4, 4, device="meta"), ValueError, "meta device holds no pixels"),
+             (3, TypeError, "cannot read an image from 'int'")]
+    for src, error, message in cases:
+        with pytest.raises(error, match=message):
+            load_image(src)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # arrays stop where files do: 2x this many pixels
+    assert load_image(rgb[:10, :10]).shape == (10, 10, 3)
+    with pytest.raises(ValueError, match=r"17x12 = 204 pixels is past the limit of 100 .*MAX_IMAGE_PIXELS"):
+        load_image(rgb)
+
+
+def test_an_8_bit_image_stored_as_uint16_is_warned_about(rgb):
+    with pytest.warns(UserWarning, match="uint16 image array holding only values 0-255"):
+        dark = load_image(rgb.astype(np.uint16))
+    assert dark.max() <= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image(rgb.astype(np.uint16) * 257)  # real 16-bit values: no warning
 
 
 def test_tensors_are_channels_first(rgb):

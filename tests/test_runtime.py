@@ -1,5 +1,6 @@
 """``segvit_rt.Runtime`` and ``python -m segvit_rt.segment`` against the PyTorch model they were built from."""
 import os
+import pickle
 import shutil
 import zlib
 from dataclasses import replace
@@ -117,6 +118,41 @@ def test_segment_batch_equals_one_by_one(runtime):
             np.testing.assert_array_equal(got, runtime.segment(img))
 
 
+def test_segment_batch_reads_and_runs_a_group_at_a_time(runtime, monkeypatch):
+    """A generator of more images than the engine's batch (4): read lazily, run in groups (also cut by
+    BATCH_PIXELS), same labels; a bad item is named by its position."""
+    from segvit_rt import runtime as runtime_module
+
+    imgs = [image(70 + 10 * (i % 2), 90, seed=20 + i) for i in range(7)]
+    read, groups = [], []
+    real_segment = runtime._segment
+    monkeypatch.setattr(runtime, "_segment", lambda rgbs: (groups.append(len(rgbs)), real_segment(rgbs))[1])
+
+    def lazily():
+        for i, img in enumerate(imgs):
+            read.append(i)
+            assert len(read) - sum(groups) <= 4, "read ahead of the group being run"
+            yield img
+
+    labels = runtime.segment_batch(lazily())
+    assert groups == [4, 3]
+    monkeypatch.setattr(runtime_module, "BATCH_PIXELS", 2 * 70 * 90)  # two images reach it
+    assert runtime.segment_batch(imgs[:5]) and groups[2:] == [2, 2, 1]
+    monkeypatch.undo()
+    for got, img in zip(labels, imgs, strict=True):
+        np.testing.assert_array_equal(got, runtime.segment(img))
+    with pytest.raises(ValueError, match=r"image 2 of the batch: float image arrays must hold values in \[0, 1\]"):
+        runtime.segment_batch([imgs[0], imgs[1], imgs[2].astype(np.float32)])
+
+
+def test_a_runtime_pickles_as_its_engine(runtime):
+    """For process pools: the copy loads the engine again and gives the same labels."""
+    copy = pickle.loads(pickle.dumps(runtime))
+    assert copy is not runtime and copy.engine.path == runtime.engine.path and copy.mode == runtime.mode
+    img = image(90, 110, seed=4)
+    np.testing.assert_array_equal(copy.segment(img), runtime.segment(img))
+
+
 def test_segment_batch_refuses_a_single_image(runtime, tmp_path):
     img = image(40, 50)
     Image.fromarray(img).save(tmp_path / "one.png")
@@ -194,6 +230,9 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
     (photos / "b.jpg").write_bytes(b"not a jpeg")
     (photos / "notes.txt").write_text("not an image, not an input")
     (photos / "._a.png").write_bytes(b"macOS resource fork, not an input")
+    (photos / "more").mkdir()
+    Image.fromarray(image(40, 40, seed=5)).save(photos / "more" / "e.png")  # a subfolder: not searched
+    (photos / "gone.png").symlink_to(tmp_path / "deleted.png")
     single = tmp_path / "d.png"
     Image.fromarray(image(40, 40, seed=3)).save(single)
     out = tmp_path / "out"
@@ -201,6 +240,7 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
         segment.main([str(photos), str(single), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
     captured = capsys.readouterr()
     assert exc.value.code == 1
+    assert f"note: {photos}: skipped 1 subfolder (not searched: pass them too) and broken link gone.png" in captured.err
     assert f"segmented 3 images into {out}" in captured.out
     assert "1 of 4 images could not be read" in captured.err and "b.jpg" in captured.err
     assert sorted(p.name for p in out.iterdir()) == [
@@ -214,6 +254,36 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
     assert f"segmented 1 image into {out} (1 image already done there" in capsys.readouterr().out
     assert (out / "a_overlay.png").is_file()  # only what was missing is written
     assert {name: (out / name).stat().st_mtime_ns for name in written} == written
+
+
+def test_segment_cli_on_its_own_output_folder_and_when_stopped(onnx_engine, tmp_path, capsys, monkeypatch):
+    photos, out = tmp_path / "photos", tmp_path / "photos" / "out"
+    photos.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(image(40, 60, seed=len(name))).save(photos / f"{name}.png")
+    segment.main([str(photos), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # the outputs folder as input: nothing in it is an image to segment
+        segment.main([str(out), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
+    assert exc.value.code == 2 and "holds only outputs" in capsys.readouterr().err
+    assert len(os.listdir(out)) == 4
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(segment, "save_png", full_disk)
+    with pytest.raises(SystemExit) as exc:
+        segment.main([str(photos), "--engine", str(onnx_engine), "--out", str(tmp_path / "o2"), "--quiet"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"cannot write the outputs of {photos / 'a.png'}" in err and "No space" in err
+
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segment, "save_png", stopped)
+    with pytest.raises(SystemExit) as exc:
+        segment.main([str(photos), "--engine", str(onnx_engine), "--out", str(tmp_path / "o3"), "--quiet"])
+    assert exc.value.code == 130 and "rerun the same command with --skip-existing" in capsys.readouterr().err
 
 
 def test_segment_cli_errors(onnx_engine, tmp_path, capsys):
