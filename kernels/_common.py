@@ -27,6 +27,7 @@ import numbers
 import os
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -201,6 +202,8 @@ LOG2E = 1.4426950408889634  # the kernels' exp2 takes logits scaled by log2(e); 
 
 
 def _is_int(s) -> bool:
+    if isinstance(s, np.ndarray):
+        return s.ndim == 0 and s.dtype.kind in "iu"
     if isinstance(s, torch.Tensor):
         return s.numel() == 1 and not (s.is_floating_point() or s.is_complex() or s.dtype == torch.bool)
     return isinstance(s, (numbers.Integral, torch.SymInt)) and not isinstance(s, bool)

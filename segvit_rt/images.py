@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -38,35 +39,47 @@ __all__ = ["load_image", "overlay", "colorize", "save_labels", "save_png", "imag
 def load_image(src, exif_turn: bool = True) -> np.ndarray:
     """Any accepted image (see the module doc) as a new ``HxWx3`` uint8 RGB array; ``exif_turn=False``
     keeps a file's or PIL image's pixels as stored."""
-    if isinstance(src, str) and re.match(r"[a-z][a-z0-9+.-]*://", src, re.IGNORECASE):
+    if isinstance(src, str) and re.match(r"[a-z][a-z0-9+.-]+://", src, re.IGNORECASE):  # not C://x
         raise ValueError(f"{src!r} is a URL: images are read from local files; download it first")
     if isinstance(src, str) and not src:
         raise ValueError("empty image path")
     if isinstance(src, (str, os.PathLike)):
         return _from_path(Path(src), exif_turn)
     if isinstance(src, Image.Image):
-        return _checked_size(_from_pil(src, exif_turn))
+        _check_size(src.height, src.width)
+        return _from_pil(src, exif_turn)
     if isinstance(src, np.ndarray):
-        return _checked_size(_from_array(src))
+        if src.ndim >= 2:
+            _check_size(*src.shape[:2])
+        return _from_array(src)
     if isinstance(src, torch.Tensor):
-        return _checked_size(_from_tensor(src))
+        if src.ndim >= 2:
+            _check_size(*src.shape[-2:])
+        return _from_tensor(src)
     raise TypeError(
         f"cannot read an image from {type(src).__name__!r}: pass a path, a PIL image, "
         "an HxWx3 uint8 numpy array or a 3xHxW tensor"
     )
 
 
-def _checked_size(rgb: np.ndarray) -> np.ndarray:
-    """Refuse an in-memory image past the size Pillow refuses for files (twice
+def _check_size(h: int, w: int) -> None:
+    """Refuse, before any copy, an in-memory image past the size Pillow refuses for files (twice
     ``PIL.Image.MAX_IMAGE_PIXELS``): inference needs about 30 bytes per pixel, so a 400-megapixel
     array would need some 12 GB, and more would be killed for memory without a word."""
     limit = Image.MAX_IMAGE_PIXELS
-    pixels = rgb.shape[0] * rgb.shape[1]
-    if limit is not None and pixels > 2 * limit:
-        raise ValueError(f"image of {rgb.shape[1]}x{rgb.shape[0]} = {pixels} pixels is past the limit of "
-                         f"{2 * limit} (as for files: twice PIL.Image.MAX_IMAGE_PIXELS; about 30 bytes per pixel "
-                         "are needed); raise PIL.Image.MAX_IMAGE_PIXELS to allow it")
-    return rgb
+    if limit is not None and h * w > 2 * limit:
+        raise ValueError(f"image of {w}x{h} = {h * w} pixels is past the limit of {2 * limit} (as for files: "
+                         "twice PIL.Image.MAX_IMAGE_PIXELS; about 30 bytes per pixel are needed); raise "
+                         "PIL.Image.MAX_IMAGE_PIXELS to allow it")
+
+
+def _callers_stacklevel() -> int:
+    """``stacklevel`` for a warning raised here that points at the first frame outside segvit_rt and
+    torch's decorators (``Runtime.segment`` runs under ``torch.no_grad``)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("segvit_rt.", "torch.")):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _from_path(path: Path, exif_turn: bool) -> np.ndarray:
@@ -122,9 +135,9 @@ def _from_array(arr: np.ndarray) -> np.ndarray:
         raise ValueError(f"image arrays must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}; for a batch, "
                          "use Runtime.segment_batch")
     if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # uint16 of either byte order
-        if arr.size and arr.max() <= 255:
+        if arr.size and 0 < arr.max() <= 255:
             warnings.warn("a uint16 image array holding only values 0-255 is read as 16-bit (0-65535), so nearly "
-                          "black; if it holds 8-bit values, pass arr.astype(np.uint8)", stacklevel=4)
+                          "black; if it holds 8-bit values, pass arr.astype(np.uint8)", stacklevel=_callers_stacklevel())
         arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)  # as 16-bit files are read
     elif np.issubdtype(arr.dtype, np.floating):
         lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)

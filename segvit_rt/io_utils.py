@@ -168,19 +168,32 @@ def sweep_leftovers(path: str | os.PathLike, stacklevel: int = 2) -> list[Path]:
     return cleared
 
 
-def sweep_folder(folder: str | os.PathLike, stacklevel: int = 2) -> list[Path]:
-    """:func:`sweep_leftovers` for every file of ``folder`` at once: one scan for a folder of many
-    small outputs whose writes do not sweep one by one."""
+def sweep_folder(folder: str | os.PathLike, suffixes: tuple[str, ...], stacklevel: int = 2) -> list[Path]:
+    """Clear the temporaries that killed :func:`atomic_path` writes of files ending in ``suffixes``
+    left in ``folder`` (one scan for a folder of many small outputs whose writes do not sweep one
+    by one). Only ``.NAME.XXXXXXXX.tmp`` files of ours whose writer is gone go: a folder may be the
+    user's own (photos beside their label maps), holding other programs' temporaries."""
     if fcntl is None:
         return []
-    named = re.compile(r"\.(.+)\.([a-z0-9_]{8})\.(?:tmp|old)")
+    ends = "|".join(map(re.escape, suffixes))
+    named = re.compile(rf"\.(.+(?:{ends}))\.([a-z0-9_]{{8}})\.tmp")
     try:
         found = sorted({m.groups() for m in map(named.fullmatch, os.listdir(folder)) if m})
     except OSError:
         return []
     cleared = []
     for name, stem in found:
-        cleared += _clear(Path(folder) / name, stem, stacklevel + 1)
+        tmp = Path(folder) / f".{name}.{stem}.tmp"
+        fd = _claim(tmp)
+        if fd is None:
+            continue  # a live writer's, or not ours
+        try:
+            _remove(tmp)
+            cleared.append(tmp)
+        except OSError as err:
+            warnings.warn(f"could not clear {tmp}, left by a killed write: {err}", stacklevel=stacklevel)
+        finally:
+            os.close(fd)
     return cleared
 
 

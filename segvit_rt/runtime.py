@@ -34,7 +34,16 @@ from .inference import MODES, predict_image
 from .weights import WeightsError, config_from_metadata
 
 
-BATCH_PIXELS = 16_000_000  # images read per segment_batch group: ~0.5 GB of normalised floats
+BATCH_PIXELS = 16_000_000  # images read per segment_batch group: ~200 MB of normalised floats
+
+
+def _with_context(error: Exception, where: str) -> Exception:
+    """``error`` again, its message prefixed with ``where`` (a plain ValueError/TypeError where its
+    type takes other arguments)."""
+    try:
+        return type(error)(f"{where}: {error}")
+    except TypeError:
+        return (TypeError if isinstance(error, TypeError) else ValueError)(f"{where}: {error}")
 
 
 class Runtime:
@@ -70,7 +79,7 @@ class Runtime:
     def __reduce__(self):
         """Pickled (for a process pool) as its engine's path, device and mode: the other process loads
         the engine again, checks included."""
-        return type(self), (str(self.engine.path), str(self.device), self.mode)
+        return type(self), (os.path.abspath(self.engine.path), str(self.device), self.mode)
 
     @property
     def num_classes(self) -> int:
@@ -102,7 +111,7 @@ class Runtime:
             try:
                 rgb = images.load_image(img)
             except (ValueError, TypeError, FileNotFoundError) as e:
-                raise type(e)(f"image {i} of the batch: {e}") from e
+                raise _with_context(e, f"image {i} of the batch") from e
             group.append(rgb)
             pixels += rgb.shape[0] * rgb.shape[1]
             if len(group) >= self.engine.meta["max_batch"] or pixels >= BATCH_PIXELS:

@@ -49,17 +49,22 @@ def expand_inputs(args: list[str], out: Path | None = None, note=None) -> tuple[
             continue
         entries = [p for p in arg.iterdir() if not p.name.startswith(".")]
         found = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not found:
-            raise FileNotFoundError(f"no image files ({'/'.join(IMAGE_SUFFIXES)}) in folder {arg}")
         folders = sum(p.is_dir() for p in entries)
+        if not found:
+            inside = f" (its {folders} subfolder{'s' * (folders != 1)} are not searched: pass them)" if folders else ""
+            raise FileNotFoundError(f"no image files ({'/'.join(IMAGE_SUFFIXES)}) in folder {arg}{inside}")
         broken = sorted(p.name for p in entries if p.is_symlink() and not p.exists())
         if note is not None and (folders or broken):
             skipped = [f"{folders} subfolder{'s' * (folders != 1)} (not searched: pass them too)"] if folders else []
             skipped += [f"broken link{'s' * (len(broken) != 1)} {', '.join(broken[:5])}"] if broken else []
             note(f"{arg}: skipped {' and '.join(skipped)}")
         if out is not None and out.is_dir() and arg.samefile(out):
-            earlier.extend(p for p in found if p.name.lower().endswith(OUTPUT_SUFFIXES))
+            outputs = [p for p in found if p.name.lower().endswith(OUTPUT_SUFFIXES)]
+            earlier.extend(outputs)
             found = [p for p in found if not p.name.lower().endswith(OUTPUT_SUFFIXES)]
+            if outputs and note is not None:
+                note(f"{arg} is --out: its {len(outputs)} files named *{'/*'.join(OUTPUT_SUFFIXES)} are taken as "
+                     "earlier outputs, not inputs")
             if not found:
                 raise FileNotFoundError(f"folder {arg} is --out and holds only outputs ({'/'.join(OUTPUT_SUFFIXES)}), "
                                         "no images to segment")
@@ -128,7 +133,7 @@ def segment_files(
     plan = planned_writes(paths, out, skip_existing)
     check_inputs(paths, out, plan, protected)
     out.mkdir(parents=True, exist_ok=True)
-    sweep_folder(out)  # temporaries of a killed run's PNG writes
+    sweep_folder(out, OUTPUT_SUFFIXES)  # temporaries of a killed run's PNG writes
     pending = list(plan)
     segmented, unreadable = [], {}
     bar = tqdm(total=len(pending), desc="segment", unit="img", disable=not progress)
@@ -148,7 +153,8 @@ def segment_files(
                 if overlay_png in plan[path]:
                     save_png(runtime.overlay(rgb, labels, alpha), overlay_png)
             except OSError as e:  # a full disk, say: name the file (Pillow's message does not)
-                raise OSError(e.errno, f"cannot write the outputs of {path} in {out}: {e.strerror or e}") from e
+                message = f"cannot write the outputs of {path} in {out}: {e.strerror or e}"
+                raise (OSError(e.errno, message) if e.errno is not None else OSError(message)) from e
             segmented.append(path)
         bar.update(len(chunk))
     bar.close()
@@ -184,9 +190,9 @@ def _interrupt_says_how_to_continue(out: str):
 
 def main(argv=None) -> list[Path]:
     args = build_parser().parse_args(argv)
-    from .runtime import Runtime
-
     with exit_on(UsageError, EngineError, OSError), _interrupt_says_how_to_continue(args.out):
+        from .runtime import Runtime  # torch: seconds to import
+
         if not 0.0 <= args.alpha <= 1.0:
             raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
         if args.device is not None:

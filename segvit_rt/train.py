@@ -297,6 +297,7 @@ class Trainer:
             if args.threads < 1:
                 raise UsageError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
+        args.threads = torch.get_num_threads()  # recorded: a resume runs with the same (exact CPU sums)
         self.amp_dtype = autocast_dtype(args.amp, self.device)
 
         self.train_set, self.val_set = open_datasets(args)

@@ -194,7 +194,8 @@ def test_a_killed_file_write_is_cleared_by_the_next_save(tmp_path, save):
 
 
 def test_a_folder_of_small_outputs_is_swept_at_once(tmp_path):
-    """Small outputs (label PNGs) do not sweep at each write; their writer sweeps the folder once."""
+    """Small outputs (label PNGs) do not sweep at each write; their writer sweeps the folder once,
+    clearing only dead temporaries of the outputs it names: the folder may hold the user's files."""
     out = tmp_path / "out"
     for name in ("a_labels.png", "b.c_overlay.png"):
         kill_a_writer(tmp_path, out / name, "file")
@@ -202,11 +203,15 @@ def test_a_folder_of_small_outputs_is_swept_at_once(tmp_path):
     live.write_bytes(b"")
     fd = os.open(live, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # still being written
-    (out / ".hidden_but_not_ours").write_text("x")
+    others = [".report.csv.q1w2e3r4.tmp", ".notes.txt.backup01.old", ".hidden_but_not_ours", ".abcdefgh.tmp"]
+    for name in others:  # another program's temporaries and backups, named as mkstemp names
+        (out / name).write_text("theirs")
+    (out / "notes.txt").write_text("the user's")
     try:
-        assert len(leftovers(out)) == 4
-        assert len(sweep_folder(out)) == 2
-        assert leftovers(out) == [".d_labels.png.abcd1234.tmp", ".hidden_but_not_ours"]
+        assert len(leftovers(out)) == 3 + len(others)
+        assert len(sweep_folder(out, ("_labels.png", "_overlay.png"))) == 2
+        assert leftovers(out) == sorted([".d_labels.png.abcd1234.tmp", *others])
+        assert (out / "notes.txt").read_text() == "the user's"
     finally:
         os.close(fd)
 

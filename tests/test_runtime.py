@@ -265,7 +265,8 @@ def test_segment_cli_on_its_own_output_folder_and_when_stopped(onnx_engine, tmp_
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:  # the outputs folder as input: nothing in it is an image to segment
         segment.main([str(out), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
-    assert exc.value.code == 2 and "holds only outputs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "holds only outputs" in err and "its 4 files named *_labels.png" in err
     assert len(os.listdir(out)) == 4
 
     def full_disk(*args):
@@ -277,13 +278,26 @@ def test_segment_cli_on_its_own_output_folder_and_when_stopped(onnx_engine, tmp_
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"cannot write the outputs of {photos / 'a.png'}" in err and "No space" in err
 
-    def stopped(*args):
+    def encoder_error(*args):
+        raise OSError("encoder error -2 when writing image file")  # Pillow's: no errno
+
+    monkeypatch.setattr(segment, "save_png", encoder_error)
+    with pytest.raises(SystemExit):
+        segment.main([str(photos), "--engine", str(onnx_engine), "--out", str(tmp_path / "o2"), "--quiet"])
+    err = capsys.readouterr().err
+    assert "error: cannot write the outputs of" in err and "encoder error -2" in err and "Errno" not in err
+
+    def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(segment, "save_png", stopped)
     with pytest.raises(SystemExit) as exc:
         segment.main([str(photos), "--engine", str(onnx_engine), "--out", str(tmp_path / "o3"), "--quiet"])
     assert exc.value.code == 130 and "rerun the same command with --skip-existing" in capsys.readouterr().err
+    monkeypatch.setattr(segvit_rt.Runtime, "__init__", stopped)  # while the engine loads
+    with pytest.raises(SystemExit) as exc:
+        segment.main([str(photos), "--engine", str(onnx_engine), "--out", str(tmp_path / "o4"), "--quiet"])
+    assert exc.value.code == 130
 
 
 def test_segment_cli_errors(onnx_engine, tmp_path, capsys):

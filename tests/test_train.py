@@ -474,6 +474,7 @@ def test_resume_takes_unset_arguments_from_the_checkpoint(synth, tmp_path):
     out = tmp_path / "run"
     train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", *FAST])
     state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["args"]["threads"] == torch.get_num_threads()  # recorded though not given
     state["args"].update(clip_grad=5.0, seed=3, head_lr_mult=4.0, amp="none", init_format="official", variant="shrunk",
                          kernels="triton", preset="vit_b16_ade20k_512", threads=1)
     del state["args"]["poly_power"], state["args"]["drop_path"]
