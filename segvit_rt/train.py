@@ -314,6 +314,10 @@ class Trainer:
             load_init(self.model, args.init, args.init_format, info)
         elif info.is_main and (note := from_scratch_note(args)) is not None:
             print(note, file=sys.stderr)
+        if info.is_main and args.kernels == "triton" and args.dropout > 0:
+            print(f"note: the fused ATM kernel has no attention dropout, so with --dropout {args.dropout:g} the "
+                  "decoders' cross-attention trains through the reference ops (QD and inference still use the "
+                  "kernels); --dropout 0 trains through the kernel", file=sys.stderr)
         self.model.to(self.device)
         self.criterion = ATMLoss(self.cfg.num_classes)
         self.optimizer = make_optimizer(self.model, args.lr, args.weight_decay, args.head_lr_mult)

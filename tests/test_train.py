@@ -623,3 +623,46 @@ def test_clip_grad_bounds_the_gradient_norm_and_zero_turns_it_off(synth, tmp_pat
     (clipped_before, clipped_after), (free_before, free_after) = seen
     assert clipped_before > 0.01 and clipped_after == pytest.approx(0.001, rel=1e-4)
     assert free_after == pytest.approx(free_before, rel=1e-5) and free_after > 0.01
+
+
+def test_train_and_evaluate_with_the_triton_kernels(synth, tmp_path, monkeypatch, capsys):
+    """``--kernels triton`` on the command line: the fused ops' forward and backward kernels really run
+    (through the interpreter on a CPU, which ``use_interpreter_on_cpu`` switches on before Triton is
+    imported), in training and in evaluation; with decoder dropout (the default) the ATM cross-attention
+    trains through the reference, and the run says so."""
+    import importlib
+
+    launched = {}
+    for name in ("atm_attention", "qd_attention"):
+        module = importlib.import_module(f"segvit_rt.kernels.{name}")
+        for which in ("launch_forward", "launch_backward"):
+            real = getattr(module, which)
+            monkeypatch.setattr(module, which, lambda *a, _real=real, _key=(name, which), **k: (
+                launched.__setitem__(_key, launched.get(_key, 0) + 1), _real(*a, **k))[1])
+    train_cli.main(["--data", str(synth), "--out", str(tmp_path / "dropout"), "--variant", "shrunk", "--iters", "1",
+                    "--eval-every", "0", "--kernels", "triton", *FAST])
+    assert "the fused ATM kernel has no attention dropout" in capsys.readouterr().err
+    assert ("atm_attention", "launch_backward") not in launched and ("qd_attention", "launch_backward") in launched
+    launched.clear()
+    out = tmp_path / "run"
+    train_cli.main(["--data", str(synth), "--out", str(out), "--variant", "shrunk", "--iters", "1",
+                    "--eval-every", "0", "--kernels", "triton", "--dropout", "0", *FAST])
+    assert "no attention dropout" not in capsys.readouterr().err
+    assert set(launched) == {(op, which) for op in ("atm_attention", "qd_attention")
+                             for which in ("launch_forward", "launch_backward")}
+    launched.clear()
+    metrics = evaluate_cli.main(["--weights", str(out / "weights.safetensors"), "--data", str(synth),
+                                 "--kernels", "triton", "--quiet"])
+    assert launched and set(launched) <= {("atm_attention", "launch_forward"), ("qd_attention", "launch_forward")}
+    assert 0.0 <= metrics["mIoU"] <= 1.0
+
+
+def test_cpu_runs_of_the_triton_kernels_switch_the_interpreter_on(monkeypatch):
+    from segvit_rt.evaluate import use_interpreter_on_cpu
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    use_interpreter_on_cpu("reference", torch.device("cpu"))
+    use_interpreter_on_cpu("triton", torch.device("cuda"))
+    assert "TRITON_INTERPRET" not in os.environ
+    use_interpreter_on_cpu("triton", torch.device("cpu"))
+    assert os.environ["TRITON_INTERPRET"] == "1"
