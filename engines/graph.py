@@ -22,6 +22,7 @@ def quiet_export():
         warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
         yield
 
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # keys: format.PRECISIONS
 
 

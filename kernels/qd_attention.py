@@ -31,9 +31,9 @@ from segvit_rt.ops import reference
 
 from ._common import (
     FLOAT_DTYPES,
-    autotune_configs,
     LOG2E,
     attention_scale,
+    autotune_configs,
     check_grid_y,
     check_head_dim,
     check_int_pair,

@@ -6,9 +6,9 @@ every output pixel, each query's mask logit is sampled bilinearly from the
 below, the upper neighbour clamped at the border), passed through a sigmoid,
 and mixed with the class probabilities ``softmax(class_logits)[..., :-1]``
 ("no object" dropped): ``score[c] = Σ_q p[q, c]·m_q``. The label is the argmax
-over classes (ties → lowest class, like ``torch.argmax``). A NaN score (from a
-NaN or infinite logit) never wins: the best finite class does, or class 0 with
-max score -inf where all are NaN (the reference's argmax picks a NaN class).
+over classes (ties → lowest class, like ``torch.argmax``). A NaN or infinite
+logit makes every class score of the pixels it reaches NaN: they get class 0,
+as the reference's argmax gives them, and max score -inf (the reference's NaN).
 
 Design: the class probabilities and the mask logits are first packed in torch
 (:func:`pack_inputs`; tiny: Q·C and h·w·Q values per image) into fp32,

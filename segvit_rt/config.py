@@ -16,6 +16,7 @@ def default_scale(crop: int) -> tuple[int, int]:
     2048x512 for a 512 crop."""
     return 4 * crop, crop
 
+
 VARIANTS = ("full", "shrunk")
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

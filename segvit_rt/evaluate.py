@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation (default), training, or none: a generic images/ + masks/ folder without "
                         "split folders")
     p.add_argument("--mode", choices=MODES, default="slide",
-                   help="slide (default): crop-sized windows, as the official evaluation; whole: the whole image at once")
+                   help="slide (default): crop-sized windows, as the official evaluation; whole: the whole image "
+                        "at once")
     p.add_argument("--crop", type=int, help="window size (default: the crop size the weights were trained at)")
     p.add_argument("--stride", type=int,
                    help="window stride (default: the weights' slide stride, scaled with --crop when that is given)")

@@ -137,7 +137,8 @@ def _from_array(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # uint16 of either byte order
         if arr.size and 0 < arr.max() <= 255:
             warnings.warn("a uint16 image array holding only values 0-255 is read as 16-bit (0-65535), so nearly "
-                          "black; if it holds 8-bit values, pass arr.astype(np.uint8)", stacklevel=_callers_stacklevel())
+                          "black; if it holds 8-bit values, pass arr.astype(np.uint8)",
+                          stacklevel=_callers_stacklevel())
         arr = ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)  # as 16-bit files are read
     elif np.issubdtype(arr.dtype, np.floating):
         lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)

@@ -183,17 +183,7 @@ def sweep_folder(folder: str | os.PathLike, suffixes: tuple[str, ...], stackleve
         return []
     cleared = []
     for name, stem in found:
-        tmp = Path(folder) / f".{name}.{stem}.tmp"
-        fd = _claim(tmp)
-        if fd is None:
-            continue  # a live writer's, or not ours
-        try:
-            _remove(tmp)
-            cleared.append(tmp)
-        except OSError as err:
-            warnings.warn(f"could not clear {tmp}, left by a killed write: {err}", stacklevel=stacklevel)
-        finally:
-            os.close(fd)
+        cleared += _clear(Path(folder) / name, stem, stacklevel + 1)
     return cleared
 
 

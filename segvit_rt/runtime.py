@@ -34,7 +34,7 @@ from .inference import MODES, predict_image
 from .weights import WeightsError, config_from_metadata
 
 
-BATCH_PIXELS = 16_000_000  # images read per segment_batch group: ~200 MB of normalised floats
+BATCH_PIXELS = 16_000_000  # a segment_batch group ends once its images reach this many pixels (~200 MB of floats)
 
 
 def _with_context(error: Exception, where: str) -> Exception:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -25,20 +26,28 @@ from .cli import UsageError, check_output, exit_on
 from .data.datasets import IMAGE_SUFFIXES
 from .engines import EngineError
 from .images import load_image, save_labels, save_png
-from .io_utils import sweep_folder
 from .inference import MODES
-
-
-def output_paths(image: Path, out: Path) -> tuple[Path, Path]:
-    return out / f"{image.stem}_labels.png", out / f"{image.stem}_overlay.png"
+from .io_utils import sweep_folder
 
 
 OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png")
 
 
-def expand_inputs(args: list[str], out: Path | None = None, note=None) -> tuple[list[Path], list[Path]]:
+def output_paths(image: Path, out: Path) -> tuple[Path, Path]:
+    """``out/<stem>_labels.png`` and ``out/<stem>_overlay.png``."""
+    labels, overlay = (out / f"{image.stem}{suffix}" for suffix in OUTPUT_SUFFIXES)
+    return labels, overlay
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'s' * (n != 1)}"
+
+
+def expand_inputs(args: list[str], out: Path | None = None,
+                  note: Callable[[str], None] | None = None) -> tuple[list[Path], list[Path]]:
     """Command-line inputs as image paths: a folder becomes the image files directly inside it, sorted
-    (hidden files left out; ``note(text)`` is told of the subfolders and broken links it skips). When
+    (hidden files left out; ``note(text)`` is told of the subfolders and broken links it skips, and of
+    earlier outputs left out). When
     the folder is ``out`` itself, its files named as outputs (``*_labels.png``, ``*_overlay.png``) are
     an earlier run's, not inputs: returned second, to be protected from overwriting but not
     segmented."""
@@ -51,11 +60,11 @@ def expand_inputs(args: list[str], out: Path | None = None, note=None) -> tuple[
         found = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         folders = sum(p.is_dir() for p in entries)
         if not found:
-            inside = f" (its {folders} subfolder{'s' * (folders != 1)} are not searched: pass them)" if folders else ""
+            inside = f" ({_count(folders, 'subfolder')} not searched: pass them too)" if folders else ""
             raise FileNotFoundError(f"no image files ({'/'.join(IMAGE_SUFFIXES)}) in folder {arg}{inside}")
         broken = sorted(p.name for p in entries if p.is_symlink() and not p.exists())
         if note is not None and (folders or broken):
-            skipped = [f"{folders} subfolder{'s' * (folders != 1)} (not searched: pass them too)"] if folders else []
+            skipped = [f"{_count(folders, 'subfolder')} (not searched: pass them too)"] if folders else []
             skipped += [f"broken link{'s' * (len(broken) != 1)} {', '.join(broken[:5])}"] if broken else []
             note(f"{arg}: skipped {' and '.join(skipped)}")
         if out is not None and out.is_dir() and arg.samefile(out):
@@ -153,8 +162,9 @@ def segment_files(
                 if overlay_png in plan[path]:
                     save_png(runtime.overlay(rgb, labels, alpha), overlay_png)
             except OSError as e:  # a full disk, say: name the file (Pillow's message does not)
-                message = f"cannot write the outputs of {path} in {out}: {e.strerror or e}"
-                raise (OSError(e.errno, message) if e.errno is not None else OSError(message)) from e
+                error = OSError(f"cannot write the outputs of {path} in {out}: {e.strerror or e}")
+                error.errno = e.errno
+                raise error from e
             segmented.append(path)
         bar.update(len(chunk))
     bar.close()
@@ -166,11 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files, or folders of them")
     p.add_argument("--engine", required=True, help="engine directory (python -m segvit_rt.build)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--mode", choices=MODES, default="slide", help="slide (default; the official evaluation's windows) or whole (the image resized to the crop)")
+    p.add_argument("--mode", choices=MODES, default="slide",
+                   help="slide (default; the official evaluation's windows) or whole (the image resized to the crop)")
     p.add_argument("--device", help="cpu or cuda (default: the engine backend's choice)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight in [0, 1] (default 0.5)")
     p.add_argument("--batch", type=int, default=1,
-                   help="images per engine call group (default 1; same-size images share calls; use the engine's batch)")
+                   help="images per engine call group (default 1; same-size images share calls; use the "
+                        "engine's batch)")
     p.add_argument("--skip-existing", action="store_true",
                    help="write only the label maps and overlays not in --out yet (continue a stopped run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

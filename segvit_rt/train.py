@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, help="evaluate every K steps (0: only at the end)")
     p.add_argument("--ckpt-every", type=int, help="checkpoint every K steps (and at the end)")
     p.add_argument("--log-every", type=int, help="log the mean loss every K steps (default 10)")
-    p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue from OUT/{CHECKPOINT}; arguments left unset take the run's values from it")
     p.add_argument("--init", help="initial weights: a timm ViT, an official SegViT checkpoint or our weights")
     p.add_argument("--init-format", choices=("timm", "official", "full"),
                    help="default timm; official: an official SegViT checkpoint, or our weights of the same "
@@ -316,8 +317,8 @@ class Trainer:
             print(note, file=sys.stderr)
         if info.is_main and args.kernels == "triton" and args.dropout > 0:
             print(f"note: the fused ATM kernel has no attention dropout, so with --dropout {args.dropout:g} the "
-                  "decoders' cross-attention trains through the reference ops (QD and inference still use the "
-                  "kernels); --dropout 0 trains through the kernel", file=sys.stderr)
+                  "decoders' cross-attention trains through the reference ops (QD in a Shrunk model, and evaluation, "
+                  "still use the kernels); --dropout 0 trains through the kernel", file=sys.stderr)
         self.model.to(self.device)
         self.criterion = ATMLoss(self.cfg.num_classes)
         self.optimizer = make_optimizer(self.model, args.lr, args.weight_decay, args.head_lr_mult)

@@ -660,7 +660,8 @@ def test_train_and_evaluate_with_the_triton_kernels(synth, tmp_path, monkeypatch
 def test_cpu_runs_of_the_triton_kernels_switch_the_interpreter_on(monkeypatch):
     from segvit_rt.evaluate import use_interpreter_on_cpu
 
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # recorded, so teardown restores the session's value
+    monkeypatch.delenv("TRITON_INTERPRET")
     use_interpreter_on_cpu("reference", torch.device("cpu"))
     use_interpreter_on_cpu("triton", torch.device("cuda"))
     assert "TRITON_INTERPRET" not in os.environ
