@@ -52,16 +52,18 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
 
 
 @contextmanager
-def exit_on(*errors: type[BaseException]):
+def exit_on(*errors: type[BaseException], say: bool = True):
     """Report ``errors`` (the problems a user can fix: bad input, bad files), and bad output
     paths, as one ``error: ...`` line on stderr and exit with status 2, without a traceback;
-    warnings meanwhile print as one ``warning: ...`` line, without Python's source location."""
+    warnings meanwhile print as one ``warning: ...`` line, without Python's source location.
+    ``say=False`` exits without the line (the replicas of a torchrun other than rank 0)."""
     shown = warnings.formatwarning
     warnings.formatwarning = _warning_line
     try:
         yield
     except (OutputPathError, *errors) as e:
-        print(f"error: {_user_message(e)}", file=sys.stderr)
+        if say:
+            print(f"error: {_user_message(e)}", file=sys.stderr)
         raise SystemExit(2) from e
     finally:
         warnings.formatwarning = shown

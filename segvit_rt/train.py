@@ -4,8 +4,10 @@
 
 On several processes: ``torchrun --nproc_per_node N -m segvit_rt.train ...``
 (DDP: NCCL on CUDA, gloo on CPU). ``--batch`` is the global batch, split evenly
-over the processes, so a run gives the same batches, and the same losses, on
-any number of processes. Only rank 0 writes.
+over the processes, so a run gives the same batches on any number of processes
+(and the same losses up to float rounding with ``--dropout 0``: each replica
+draws its own dropout masks). Only rank 0 writes. A run resumes on as many
+processes as it was started on.
 
 OUT receives ``log.jsonl`` (one record per logged step and per evaluation),
 ``checkpoint.pt`` (full state every ``--ckpt-every`` steps; ``--resume``
@@ -260,7 +262,7 @@ def synth_metadata(dataset) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def previous_state(args) -> dict | None:
+def previous_state(args, world_size: int = 1) -> dict | None:
     """The checkpoint to continue from with ``--resume``, whose run's values fill the run-defining
     arguments and the run's settings left unset (so a resume needs only ``--data``, ``--out`` and
     ``--resume``, whatever the defaults have become since); without it, refuse to overwrite a run."""
@@ -270,6 +272,10 @@ def previous_state(args) -> dict | None:
             raise UsageError(f"--resume: no {CHECKPOINT} in {args.out} (a run stopped before its first checkpoint "
                              "has nothing to continue): start it again without --resume")
         state = load_checkpoint(path)
+        replicas = len(state.get("rng", [None] * world_size))  # restore() checks again; this is before any build
+        if replicas != world_size:
+            raise UsageError(f"--resume: the run was checkpointed by {replicas} process(es); resume it with as many "
+                             f"(got {world_size}) to continue exactly")
         saved = {**RUN_DEFINING_BEFORE, **state["args"]}
         for key in RUN_DEFINING + RUN_SETTINGS:
             if getattr(args, key) is None and saved.get(key) is not None:
@@ -482,7 +488,7 @@ def train(args: argparse.Namespace) -> dict:
         raise UsageError(str(e)) from None
     try:
         with run_lock(Path(args.out), info):
-            state = previous_state(args)
+            state = previous_state(args, info.world_size)
             trainer = Trainer(resolve_defaults(args), info, state)
             del state  # restored into the trainer: free the checkpoint's copy (GBs for ViT-L with AdamW)
             return trainer.run()
@@ -537,7 +543,8 @@ def lock_run_folder(out: Path, stack: ExitStack) -> None:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     try:
-        with exit_on(UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError):
+        with exit_on(UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError,
+                     say=os.environ.get("RANK", "0") == "0"):  # under torchrun every replica fails alike
             return train(args)
     except KeyboardInterrupt:  # under torchrun every replica gets it: one says where the run stands
         if os.environ.get("RANK", "0") == "0":

@@ -45,6 +45,13 @@ def test_warnings_under_a_cli_print_as_one_line():
     assert done.returncode == 0 and done.stderr == "warning: a classes.txt beside the data set is not read\n"
 
 
+def test_replicas_other_than_rank_0_exit_without_repeating_the_error(capsys):
+    for say, printed in ((True, "error: bad\n"), (False, "")):
+        with pytest.raises(SystemExit) as exc, exit_on(ValueError, say=say):
+            raise ValueError("bad")
+        assert exc.value.code == 2 and capsys.readouterr().err == printed
+
+
 def test_an_output_in_a_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatch, capsys):
     """A read-only folder (here as the kernel's access(2) would answer for a read-only mount: the
     tests may run as root, whom permission bits do not stop)."""

@@ -420,6 +420,9 @@ def test_resume_refuses_changed_arguments_and_missing_checkpoint(synth, tmp_path
     result = run_cli(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", "--resume",
                       "--lr", "0.5", *FAST])
     assert result.returncode == 2 and "--lr" in result.stderr and "differ" in result.stderr
+    args = train_cli.build_parser().parse_args(["--data", str(synth), "--out", str(out), "--resume"])
+    with pytest.raises(train_cli.UsageError, match=r"checkpointed by 1 process\(es\); resume it with as many \(got 2\)"):
+        train_cli.previous_state(args, world_size=2)
 
 
 def test_usage_and_data_errors_are_reported(synth, tmp_path, capsys):
