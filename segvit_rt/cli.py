@@ -52,6 +52,16 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
 
 
 @contextmanager
+def on_interrupt(message: str):
+    """Ctrl-C as one ``interrupted: MESSAGE`` line on stderr and exit status 130, not a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {message}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+@contextmanager
 def exit_on(*errors: type[BaseException], say: bool = True):
     """Report ``errors`` (the problems a user can fix: bad input, bad files), and bad output
     paths, as one ``error: ...`` line on stderr and exit with status 2, without a traceback;

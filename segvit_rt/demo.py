@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cli import check_output, exit_on
-from .build import DEMO_DATA, BuildError, build_engine, default_weights, load_build_model
+from .build import DEMO_DATA, BuildError, build_engine, check_out, default_weights, load_build_model
+from .cli import UsageError, check_output, exit_on, on_interrupt
 from .data import IGNORE_INDEX, open_dataset
 from .data.synth import generate
 from .engines import EngineError
@@ -80,11 +80,31 @@ def held_out_split(weights: Path, out: Path) -> Path:
                     seed=synth["seed"], overwrite=True, progress=False)
 
 
+def check_demo_folder(out: Path) -> None:
+    """Refuse an ``out`` whose ``data/ADEChallengeData2016``, ``overlays`` or ``engine`` the demo did
+    not write: it replaces those whole (a real ADE20K tree or someone's notes there would be lost).
+    Anything else in ``out`` is left alone."""
+    data = out / "data" / "ADEChallengeData2016"
+    if data.exists() and not (data / "synth.json").is_file():
+        raise UsageError(f"--out {out}: {data} is not synthetic data the demo wrote (no synth.json), and the demo "
+                         "replaces it whole; choose another --out")
+    overlays = out / "overlays"
+    if overlays.exists():
+        foreign = [p.name for p in overlays.iterdir() if not (p.is_file() and p.name.endswith("_overlay.png"))]
+        if foreign or not overlays.is_dir():
+            raise UsageError(f"--out {out}: {overlays} holds what the demo did not write ({', '.join(foreign[:3])}), "
+                             "and the demo replaces that folder whole; choose another --out")
+    check_out(out / "engine")
+
+
 def run_demo(out: Path, variant: str | None = "shrunk", weights=None, max_images: int | None = None,
              progress: bool = True, device: str = "auto") -> dict:
     """``variant`` None: the ``weights`` file's (shrunk for the bundled ones). ``device``: where the
     engine runs, as ``build --device`` (auto: the GPU's backend where there is one)."""
     out = Path(out)
+    check_demo_folder(out)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: torch sees no CUDA GPU here; use --device cpu (or auto)")
     if variant is None:
         variant = read_metadata(weights)["variant"] if weights is not None else "shrunk"
     weights = Path(weights) if weights is not None else default_weights(variant)
@@ -162,7 +182,8 @@ def main(argv=None) -> dict:
     if args.images is not None and args.images < 1:
         build_parser().error(f"--images must be at least 1, got {args.images}")
     start = time.perf_counter()
-    with exit_on(EngineError, WeightsError, BuildError, FileNotFoundError):
+    with exit_on(UsageError, EngineError, WeightsError, BuildError, FileNotFoundError), \
+            on_interrupt("every output the demo wrote is whole or absent; run it again (it starts over)"):
         check_output(args.out, "--out", folder=True)
         results = run_demo(Path(args.out), args.variant, args.weights, args.images, progress=not args.quiet,
                            device=args.device)

@@ -15,14 +15,13 @@ run, after Ctrl-C, say: each output is whole or absent).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .cli import UsageError, check_output, exit_on
+from .cli import UsageError, check_output, exit_on, on_interrupt
 from .data.datasets import IMAGE_SUFFIXES
 from .engines import EngineError
 from .images import load_image, save_labels, save_png
@@ -189,20 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextlib.contextmanager
-def _interrupt_says_how_to_continue(out: str):
-    """Ctrl-C: one line instead of a traceback, exit 130 (every output written is whole)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: the outputs in {out} are complete or absent; rerun the same command with "
-              "--skip-existing to continue", file=sys.stderr)
-        raise SystemExit(130) from None
-
-
 def main(argv=None) -> list[Path]:
     args = build_parser().parse_args(argv)
-    with exit_on(UsageError, EngineError, OSError), _interrupt_says_how_to_continue(args.out):
+    stopped = f"the outputs in {args.out} are complete or absent; rerun the same command with --skip-existing to continue"
+    with exit_on(UsageError, EngineError, OSError), on_interrupt(stopped):
         from .runtime import Runtime  # torch: seconds to import
 
         if not 0.0 <= args.alpha <= 1.0:

@@ -229,7 +229,8 @@ def read_checkpoint(path) -> dict[str, torch.Tensor]:
         # torch's message: the reason, among advice to load with weights_only=False (which runs
         # whatever the file holds), kept out
         lines = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(e).splitlines()]
-        unsafe = next((line.split(" Please use")[0] for line in lines if line.startswith("Unsupported global")), None)
+        unsafe = next((line.split(" Please use")[0] for line in lines
+                       if line.startswith(("Unsupported global", "Trying to load unsupported GLOBAL"))), None)
         if unsafe is not None:
             raise WeightsError(f"{path} holds Python objects besides tensors ({unsafe}); unpickling them would run "
                                "code from the file, which is not done: save its state dict of tensors") from e

@@ -68,3 +68,40 @@ def test_missing_bundled_weights_are_trained_first(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match="not found"):
         demo.run_demo(tmp_path / "demo", "shrunk", weights=tmp_path / "typo.safetensors", progress=False,
                       device="cpu")
+
+
+@pytest.mark.parametrize("plant, message", [
+    ("data/ADEChallengeData2016/images/real_photo.jpg", "is not synthetic data the demo wrote"),
+    ("overlays/my_notes.txt", "holds what the demo did not write (my_notes.txt)"),
+    ("engine/notes.txt", "holding other things than an engine"),
+])
+def test_the_demo_never_replaces_folders_it_did_not_write(tmp_path, capsys, plant, message):
+    """It replaces data/ADEChallengeData2016, overlays/ and engine/ whole: someone else's files there
+    (a real ADE20K tree, notes) make it stop before anything is written."""
+    out = tmp_path / "demo"
+    planted = out / plant
+    planted.parent.mkdir(parents=True)
+    planted.write_text("precious")
+    (out / "readme.txt").write_text("left alone")
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--out", str(out), "--quiet", "--device", "cpu"])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert planted.read_text() == "precious" and (out / "readme.txt").read_text() == "left alone"
+    assert sorted(p.name for p in out.iterdir()) == sorted({plant.split("/")[0], "readme.txt"})
+
+
+def test_the_demo_on_cuda_without_a_gpu_and_when_stopped(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--out", str(tmp_path / "a"), "--quiet", "--device", "cuda"])
+    assert exc.value.code == 2 and "torch sees no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "build_engine", stopped)
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--out", str(tmp_path / "b"), "--quiet", "--device", "cpu"])
+    assert exc.value.code == 130 and "interrupted: every output the demo wrote is whole or absent" in \
+        capsys.readouterr().err

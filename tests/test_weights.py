@@ -1,5 +1,6 @@
 """Weights I/O: our safetensors format, bad files, timm and official SegViT importers."""
 import json
+import os
 import pickle
 import re
 import zipfile
@@ -201,6 +202,21 @@ def test_pth_is_loaded_with_weights_only(tmp_path, tiny_shrunk, writer):
         weights.import_timm_vit(tiny_shrunk, path)
     assert RAN == [], "the checkpoint's code ran"
     assert "weights_only=False" not in str(err.value)  # no advice to load it unsafely
+
+
+def test_a_pickle_calling_a_blocked_module_is_named_as_python_objects(tmp_path, tiny_shrunk):
+    """torch words a call into a blocked module (``os.system``) differently from an unknown global."""
+    marker = tmp_path / "ran"
+
+    class Shell:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": tiny_shrunk.backbone.state_dict(), "meta": Shell()}, path)
+    with pytest.raises(WeightsError, match="holds Python objects besides tensors .*GLOBAL posix.system"):
+        weights.import_timm_vit(tiny_shrunk, path)
+    assert not marker.exists(), "the checkpoint's code ran"
 
 
 def test_a_run_folder_given_as_a_checkpoint_points_to_its_weights(tmp_path, tiny_shrunk):
