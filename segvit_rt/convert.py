@@ -10,6 +10,10 @@ error naming it, since such a model would segment without saying that it is wron
 Keys the model has no use for (an auxiliary head, a cls token) are listed and left
 out. The weights are written atomically with the preset's class names; then
 ``python -m segvit_rt.build --variant V --weights W.safetensors``.
+
+CKPT may also be a ``checkpoint.pt`` of our trainer (a run stopped before its end,
+say): its preset, variant, crop and class names come from the checkpoint, so
+``--preset``/``--variant`` may be left out (given, they must agree).
 """
 from __future__ import annotations
 
@@ -17,13 +21,45 @@ import argparse
 from pathlib import Path
 
 from .cli import check_output, exit_on
-from .config import PRESETS, VARIANTS
+from .config import PRESETS, VARIANTS, get_config
 from .models import SegViT
+from .training.checkpoint import CheckpointError, load_checkpoint
 from .weights import WeightsError, import_official_segvit, read_checkpoint, save_weights
 
 
+def training_checkpoint(path) -> dict | None:
+    """The state of ``path`` if it is a checkpoint of our trainer, else None (mapped, not read, to
+    tell: an official checkpoint is not read twice)."""
+    try:
+        return load_checkpoint(path, mmap=True)
+    except CheckpointError:
+        return None
+
+
+def convert_training_checkpoint(state: dict, checkpoint, out, preset: str | None = None,
+                                variant: str | None = None) -> tuple[Path, str]:
+    """Weights of a training run's checkpoint, as the run would write them at its end (without the
+    final evaluation's figures)."""
+    args, names = state["args"], state["extra"].get("class_names")
+    for flag, given, saved in (("--preset", preset, args["preset"]), ("--variant", variant, args["variant"])):
+        if given is not None and given != saved:
+            raise WeightsError(f"{checkpoint} is a training checkpoint of a {args['preset']} {args['variant']} run; "
+                               f"{flag} {given} was asked for")
+    if not names:
+        raise WeightsError(f"{checkpoint} records no class names (written before checkpoints kept them): finish "
+                           "the run with train --resume and build from its weights.safetensors")
+    cfg = get_config(args["preset"], num_classes=len(names), class_names=tuple(names), crop_size=args["crop"],
+                     slide_stride=args["stride"], decoder_dropout=args["dropout"],
+                     drop_path_rate=args.get("drop_path", 0.0))
+    model = SegViT(cfg, args["variant"])
+    model.load_state_dict(state["model"])
+    extra = {"converted_from": Path(checkpoint).name, "trained_iters": state["step"], "dataset": str(args["data"]),
+             "train_args": args}
+    return save_weights(out, model, extra=extra), f"training checkpoint at step {state['step']}"
+
+
 def convert(checkpoint, preset: str, variant: str, out) -> tuple[Path, str]:
-    """Write ``out`` from ``checkpoint``; returns the path and the import report."""
+    """Write ``out`` from an official ``checkpoint``; returns the path and the import report."""
     model = SegViT(PRESETS[preset], variant)
     state = read_checkpoint(checkpoint)
     question = f"is {Path(checkpoint).name} a {variant} SegViT checkpoint of preset {preset}?"
@@ -45,9 +81,11 @@ def convert(checkpoint, preset: str, variant: str, out) -> tuple[Path, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segvit_rt.convert", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="official SegViT checkpoint (.pth, or .safetensors in the same layout)")
-    p.add_argument("--preset", required=True, choices=sorted(PRESETS), help="the model the checkpoint is of")
-    p.add_argument("--variant", required=True, choices=VARIANTS)
+    p.add_argument("checkpoint", help="official SegViT checkpoint (.pth, or .safetensors in the same layout), or a "
+                                      "checkpoint.pt of segvit_rt.train")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="the model the checkpoint is of (from the checkpoint itself for a segvit_rt training run)")
+    p.add_argument("--variant", choices=VARIANTS, help="full or shrunk (likewise)")
     p.add_argument("--out", required=True, help="segvit_rt weights file to write (.safetensors)")
     return p
 
@@ -60,9 +98,19 @@ def main(argv=None) -> Path:
             raise WeightsError(f"--out {args.out}: the weights are written as safetensors; name the file *.safetensors")
         if Path(args.out).resolve() == Path(args.checkpoint).resolve():
             raise WeightsError(f"--out {args.out} is the checkpoint being converted: it would be overwritten")
-        path, report = convert(args.checkpoint, args.preset, args.variant, args.out)
+        state = training_checkpoint(args.checkpoint) if Path(args.checkpoint).is_file() else None
+        if state is not None:
+            path, report = convert_training_checkpoint(state, args.checkpoint, args.out, args.preset, args.variant)
+            variant = state["args"]["variant"]
+        else:
+            missing = [flag for flag, value in (("--preset", args.preset), ("--variant", args.variant)) if not value]
+            if missing:
+                raise WeightsError(f"{' and '.join(missing)} needed: {args.checkpoint} is not a segvit_rt training "
+                                   "checkpoint, so the model it holds must be named")
+            path, report = convert(args.checkpoint, args.preset, args.variant, args.out)
+            variant = args.variant
     print(f"{args.checkpoint}: {report}")
-    print(f"wrote {path}; build an engine with: python -m segvit_rt.build --variant {args.variant} --weights {path}")
+    print(f"wrote {path}; build an engine with: python -m segvit_rt.build --variant {variant} --weights {path}")
     return path
 
 

@@ -670,3 +670,29 @@ def test_cpu_runs_of_the_triton_kernels_switch_the_interpreter_on(monkeypatch):
     assert "TRITON_INTERPRET" not in os.environ
     use_interpreter_on_cpu("triton", torch.device("cpu"))
     assert os.environ["TRITON_INTERPRET"] == "1"
+
+
+def test_a_training_checkpoint_converts_to_the_runs_weights(synth, tmp_path, capsys):
+    """``convert`` on a run's checkpoint.pt (a run stopped early, say): the model, class names and
+    variant come from the checkpoint; at the run's end they are its weights.safetensors exactly."""
+    from safetensors.torch import load_file
+
+    from segvit_rt import convert
+
+    out = tmp_path / "run"
+    train_cli.main(["--data", str(synth), "--out", str(out), "--variant", "shrunk", "--iters", "2",
+                    "--eval-every", "0", *FAST])
+    capsys.readouterr()
+    converted = convert.main([str(out / "checkpoint.pt"), "--out", str(tmp_path / "w.safetensors")])
+    assert "build --variant shrunk --weights" in capsys.readouterr().out
+    got, want = load_file(str(converted)), load_file(str(out / "weights.safetensors"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    meta = read_metadata(converted)
+    assert meta["class_names"] == read_metadata(out / "weights.safetensors")["class_names"]
+    assert meta["trained_iters"] == 2 and meta["variant"] == "shrunk"
+    for args, message in ((["--variant", "full"], "a training checkpoint of a tiny shrunk run; --variant full"),
+                          ([], "--preset and --variant needed")):
+        source = out / "checkpoint.pt" if args else out / "weights.safetensors"
+        with pytest.raises(SystemExit):
+            convert.main([str(source), "--out", str(tmp_path / "x.safetensors"), *args])
+        assert message in capsys.readouterr().err
