@@ -98,6 +98,8 @@ def main(argv=None) -> Path:
             raise WeightsError(f"--out {args.out}: the weights are written as safetensors; name the file *.safetensors")
         if Path(args.out).resolve() == Path(args.checkpoint).resolve():
             raise WeightsError(f"--out {args.out} is the checkpoint being converted: it would be overwritten")
+        if not Path(args.checkpoint).exists():
+            raise WeightsError(f"checkpoint not found: {args.checkpoint}")
         state = training_checkpoint(args.checkpoint) if Path(args.checkpoint).is_file() else None
         if state is not None:
             path, report = convert_training_checkpoint(state, args.checkpoint, args.out, args.preset, args.variant)

@@ -690,9 +690,11 @@ def test_a_training_checkpoint_converts_to_the_runs_weights(synth, tmp_path, cap
     meta = read_metadata(converted)
     assert meta["class_names"] == read_metadata(out / "weights.safetensors")["class_names"]
     assert meta["trained_iters"] == 2 and meta["variant"] == "shrunk"
-    for args, message in ((["--variant", "full"], "a training checkpoint of a tiny shrunk run; --variant full"),
-                          ([], "--preset and --variant needed")):
-        source = out / "checkpoint.pt" if args else out / "weights.safetensors"
+    refused = [(out / "checkpoint.pt", ["--variant", "full"],
+                "a training checkpoint of a tiny shrunk run; --variant full"),
+               (out / "weights.safetensors", [], "--preset and --variant needed"),
+               (out / "gone.pt", ["--variant", "full"], "checkpoint not found")]
+    for source, args, message in refused:
         with pytest.raises(SystemExit):
             convert.main([str(source), "--out", str(tmp_path / "x.safetensors"), *args])
         assert message in capsys.readouterr().err
