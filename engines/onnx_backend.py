@@ -115,7 +115,9 @@ def load(path: Path, meta: dict, device: torch.device):
     else:
         providers = ["CPUExecutionProvider"]
     try:
-        session = ort.InferenceSession(str(path), providers=providers)
+        settings = ort.SessionOptions()
+        settings.log_severity_level = 3  # errors only: not its notes on fp16 ops it has no CPU kernel for
+        session = ort.InferenceSession(str(path), sess_options=settings, providers=providers)
     except Exception as e:  # onnxruntime raises its own pybind exception types
         built = meta.get("versions", {}).get("onnxruntime")
         raise EngineError(
