@@ -78,8 +78,7 @@ class SegViTConfig:
     def stride_at(self, crop: int | None = None) -> int:
         """The sliding-window stride for windows of ``crop`` (default: the preset's crop size), the
         slide stride scaled in proportion."""
-        crop = crop or self.crop_size
-        return self.slide_stride if crop == self.crop_size else max(1, round(self.slide_stride * crop / self.crop_size))
+        return max(1, round(self.slide_stride * (crop or self.crop_size) / self.crop_size))
 
     def names(self) -> tuple[str, ...]:
         """Class names: the preset's, else the dataset's list, else ``class_i``."""

@@ -21,8 +21,9 @@ import argparse
 from pathlib import Path
 
 from .cli import check_output, exit_on
-from .config import PRESETS, VARIANTS, get_config
+from .config import PRESETS, VARIANTS
 from .models import SegViT
+from .train import run_config
 from .training.checkpoint import CheckpointError, load_checkpoint
 from .weights import WeightsError, import_official_segvit, read_checkpoint, save_weights
 
@@ -48,10 +49,7 @@ def convert_training_checkpoint(state: dict, checkpoint, out, preset: str | None
     if not names:
         raise WeightsError(f"{checkpoint} records no class names (written before checkpoints kept them): finish "
                            "the run with train --resume and build from its weights.safetensors")
-    cfg = get_config(args["preset"], num_classes=len(names), class_names=tuple(names), crop_size=args["crop"],
-                     slide_stride=args["stride"], decoder_dropout=args["dropout"],
-                     drop_path_rate=args.get("drop_path", 0.0))
-    model = SegViT(cfg, args["variant"])
+    model = SegViT(run_config(args, names), args["variant"])
     model.load_state_dict(state["model"])
     extra = {"converted_from": Path(checkpoint).name, "trained_iters": state["step"], "dataset": str(args["data"]),
              "train_args": args}

@@ -38,8 +38,12 @@ def output_paths(image: Path, out: Path) -> tuple[Path, Path]:
     return labels, overlay
 
 
+def _plural(n: int, thing: str) -> str:
+    return f"{thing}{'s' * (n != 1)}"
+
+
 def _count(n: int, thing: str) -> str:
-    return f"{n} {thing}{'s' * (n != 1)}"
+    return f"{n} {_plural(n, thing)}"
 
 
 def expand_inputs(args: list[str], out: Path | None = None,
@@ -64,7 +68,7 @@ def expand_inputs(args: list[str], out: Path | None = None,
         broken = sorted(p.name for p in entries if p.is_symlink() and not p.exists())
         if note is not None and (folders or broken):
             skipped = [f"{_count(folders, 'subfolder')} (not searched: pass them too)"] if folders else []
-            skipped += [f"broken link{'s' * (len(broken) != 1)} {', '.join(broken[:5])}"] if broken else []
+            skipped += [f"{_plural(len(broken), 'broken link')} {', '.join(broken[:5])}"] if broken else []
             note(f"{arg}: skipped {' and '.join(skipped)}")
         if out is not None and out.is_dir() and arg.samefile(out):
             outputs = [p for p in found if p.name.lower().endswith(OUTPUT_SUFFIXES)]
@@ -213,9 +217,8 @@ def main(argv=None) -> list[Path]:
         segmented, unreadable = segment_files(runtime, paths, out, args.alpha, progress=not args.quiet,
                                               skip_existing=args.skip_existing, batch=args.batch, protected=earlier)
     done_before = len(paths) - len(plan)
-    print(f"segmented {len(segmented)} image{'s' * (len(segmented) != 1)} into {args.out}"
-          + (f" ({done_before} image{'s' * (done_before != 1)} already done there, left as they were)"
-             if done_before else ""))
+    print(f"segmented {_count(len(segmented), 'image')} into {args.out}"
+          + (f" ({_count(done_before, 'image')} already done there, left as they were)" if done_before else ""))
     if unreadable:
         print(f"error: {len(unreadable)} of {len(paths)} images could not be read:", file=sys.stderr)
         for reason in unreadable.values():

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .cli import UsageError, exit_on
-from .config import PRESETS, VARIANTS, get_config, input_multiple
+from .config import PRESETS, VARIANTS, SegViTConfig, get_config, input_multiple
 from .data import DatasetError, EvalTransform, TrainTransform, open_dataset
 from .evaluate import evaluate_model, use_interpreter_on_cpu
 from .inference import MODES
@@ -170,7 +170,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.crop is None:
         args.crop = preset.crop_size
     if args.stride is None:
-        args.stride = get_config(preset, crop_size=args.crop).slide_stride  # the preset's, scaled to the crop
+        args.stride = preset.stride_at(args.crop)  # the preset's, scaled to the crop
     if args.dropout is None:
         args.dropout = preset.decoder_dropout
     if args.drop_path is None:
@@ -262,6 +262,14 @@ def synth_metadata(dataset) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def run_config(args: dict, class_names) -> SegViTConfig:
+    """The model config of a run from its (resolved or checkpointed) arguments and its data's classes;
+    also how ``convert`` rebuilds a run's model from its checkpoint."""
+    return get_config(args["preset"], num_classes=len(class_names), class_names=tuple(class_names),
+                      crop_size=args["crop"], slide_stride=args["stride"], decoder_dropout=args["dropout"],
+                      drop_path_rate=args.get("drop_path", RUN_DEFINING_BEFORE["drop_path"]))
+
+
 def previous_state(args, world_size: int = 1) -> dict | None:
     """The checkpoint to continue from with ``--resume``, whose run's values fill the run-defining
     arguments and the run's settings left unset (so a resume needs only ``--data``, ``--out`` and
@@ -311,10 +319,7 @@ class Trainer:
         # Read the (small) validation split now: a bad file there would otherwise stop the run at its
         # first evaluation, hours in.
         self.val_set.verify(progress=info.is_main and not args.quiet, desc="checking the validation split")
-        self.cfg = get_config(
-            args.preset, num_classes=self.train_set.num_classes, class_names=tuple(self.train_set.classes),
-            crop_size=args.crop, slide_stride=args.stride, decoder_dropout=args.dropout, drop_path_rate=args.drop_path,
-        )
+        self.cfg = run_config(vars(args), self.train_set.classes)
         torch.manual_seed(args.seed)
         self.model = SegViT(self.cfg, args.variant, kernels=args.kernels)
         if args.init and state is None:
