@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from . import engines
-from .cli import OutputPathError, check_output, exit_on
 from .class_names import palette
+from .cli import OutputPathError, check_output, exit_on
 from .config import PRESETS, VARIANTS
 from .engines.format import FORMAT, META_FILE, PRECISIONS, EngineError, library_versions, write_engine_json
 from .engines.graph import DTYPES, LogitsGraph, example_input, output_shapes

@@ -33,7 +33,6 @@ from . import engines, images, ops
 from .inference import MODES, predict_image
 from .weights import WeightsError, config_from_metadata
 
-
 BATCH_PIXELS = 16_000_000  # a segment_batch group ends once its images reach this many pixels (~200 MB of floats)
 
 

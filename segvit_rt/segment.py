@@ -28,7 +28,6 @@ from .images import load_image, save_labels, save_png
 from .inference import MODES
 from .io_utils import sweep_folder
 
-
 OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png")
 
 

@@ -39,15 +39,18 @@ from .inference import MODES
 from .io_utils import LockedError, hold_lock
 from .models import SegViT
 from .training.checkpoint import CheckpointError, load_checkpoint, restore, rng_state, save_checkpoint
-from .training.distributed import (
-    DistInfo, all_reduce_mean, cleanup, gather_objects, init_distributed, replica_digests,
-)
+from .training.distributed import DistInfo, all_reduce_mean, cleanup, gather_objects, init_distributed, replica_digests
 from .training.logs import JsonlLog, plot_curves, write_json
 from .training.losses import ATMLoss
 from .training.optim import make_optimizer, make_scheduler
 from .training.sampler import ResumableSampler
 from .weights import (
-    WeightsError, import_full_into_shrunk, import_official_segvit, import_timm_vit, read_metadata, save_weights,
+    WeightsError,
+    import_full_into_shrunk,
+    import_official_segvit,
+    import_timm_vit,
+    read_metadata,
+    save_weights,
 )
 
 CHECKPOINT = "checkpoint.pt"

@@ -18,8 +18,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import PRESETS, SegViTConfig, get_config
-from .models.vit import resize_token_grid
 from .io_utils import atomic_path
+from .models.vit import resize_token_grid
 
 FORMAT = "segvit_rt.weights/1"
 _META_KEY = "segvit_rt"

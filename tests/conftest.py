@@ -1,8 +1,8 @@
 """Fixtures shared by the engine and runtime tests (built once per session: builds copy the model,
 and tests that change an engine work on a copy of it)."""
 import pytest
-from engine_helpers import sharp_model
 
+from engine_helpers import sharp_model
 from segvit_rt.build import build_engine
 
 

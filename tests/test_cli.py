@@ -11,8 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from segvit_rt import build, cli, convert, create_model, demo, evaluate, segment
 from segvit_rt import train as train_cli
 from segvit_rt.cli import OutputPathError, check_output, exit_on
-from segvit_rt.data import DatasetError
-from segvit_rt.data import synth
+from segvit_rt.data import DatasetError, synth
 from segvit_rt.engines import EngineError
 from segvit_rt.weights import WeightsError, read_metadata, save_weights
 

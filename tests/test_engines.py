@@ -17,8 +17,7 @@ from engine_helpers import SMALL, sharp_model
 from segvit_rt import engines
 from segvit_rt.build import TOLERANCES, BuildError, Parity, build_engine, check_parity
 from segvit_rt.data import normalize
-from segvit_rt.engines import Engine, EngineError, load_engine, read_engine
-from segvit_rt.engines import onnx_backend
+from segvit_rt.engines import Engine, EngineError, load_engine, onnx_backend, read_engine
 from segvit_rt.engines.graph import LogitsGraph, example_input
 from segvit_rt.io_utils import sha256_file
 from segvit_rt.ops.reference import segment_postprocess

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import segvit_rt
-from segvit_rt.inference import model_logits_fn, predict_labels, slide_scores, test_size as resize_for_test, whole_scores, window_starts
+from segvit_rt.inference import model_logits_fn, predict_labels, slide_scores, whole_scores, window_starts
+from segvit_rt.inference import test_size as resize_for_test
 from segvit_rt.ops.reference import semantic_logits
 
 

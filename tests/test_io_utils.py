@@ -13,8 +13,15 @@ import pytest
 import torch
 
 from segvit_rt import create_model
-from segvit_rt.io_utils import (LockedError, atomic_dir, atomic_path, hold_lock, sha256_file, sweep_folder,
-                                sweep_leftovers)
+from segvit_rt.io_utils import (
+    LockedError,
+    atomic_dir,
+    atomic_path,
+    hold_lock,
+    sha256_file,
+    sweep_folder,
+    sweep_leftovers,
+)
 from segvit_rt.training.checkpoint import save_checkpoint
 from segvit_rt.weights import save_weights
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segvit_rt.data import IGNORE_INDEX, ADE20KDataset, generate
-from segvit_rt.data import synth
+from segvit_rt.data import IGNORE_INDEX, ADE20KDataset, generate, synth
 
 
 def _files(root):

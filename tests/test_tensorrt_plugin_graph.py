@@ -15,8 +15,8 @@ from onnx.reference.op_run import OpRun
 from engine_helpers import sharp_model
 from segvit_rt.build import TOLERANCES, resolve_kernels
 from segvit_rt.engines import EngineError, onnx_backend, tensorrt_plugin
-from segvit_rt.engines.tensorrt_backend import check_plugin_driver
 from segvit_rt.engines.graph import DTYPES, LogitsGraph, example_input
+from segvit_rt.engines.tensorrt_backend import check_plugin_driver
 from segvit_rt.kernels import atm_attention_aot as plugin_kernel
 
 

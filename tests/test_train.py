@@ -24,7 +24,12 @@ from segvit_rt.data.synth import generate
 from segvit_rt.io_utils import hold_lock
 from segvit_rt.training.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from segvit_rt.training.checkpoint import (
-    CheckpointError, load_checkpoint, restore, rng_state, save_checkpoint, set_rng_state,
+    CheckpointError,
+    load_checkpoint,
+    restore,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
 from segvit_rt.training.optim import WarmupPoly, make_optimizer, make_scheduler, param_groups
 from segvit_rt.training.sampler import ResumableSampler

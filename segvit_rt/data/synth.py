@@ -31,7 +31,6 @@ from tqdm import tqdm
 
 from ..cli import check_output
 from ..io_utils import atomic_dir
-
 from .datasets import ADE_FOLDER
 
 __all__ = ["FAMILIES", "class_names", "generate", "render_sample"]

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-
 _collectives: dist.ProcessGroup | None = None  # the group every helper below runs on
 
 
