@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .format import BACKENDS, FORMAT, EngineError, artifact_path, read_engine
+from .format import BACKENDS, FORMAT, EngineError, artifact_path, engine_folder, read_engine
 
 __all__ = ["BACKENDS", "FORMAT", "Engine", "EngineError", "auto_backend", "backend_module", "load_engine", "read_engine"]
 
@@ -101,7 +101,7 @@ class Engine:
 def load_engine(directory, device=None, verify: bool = True) -> Engine:
     """Check and load an engine directory; ``device`` defaults to the backend's choice
     (onnx: CUDA where ONNX Runtime has the provider, else CPU; aoti: the device it was compiled for)."""
-    directory = Path(directory)
+    directory = engine_folder(directory)
     meta = read_engine(directory, verify=verify)
     backend = backend_module(meta["backend"])
     if device is None:

@@ -84,11 +84,19 @@ def write_engine_json(directory: Path, meta: dict) -> Path:
     return path
 
 
+def engine_folder(path) -> Path:
+    """The engine directory ``path`` names: itself, or the folder holding a file of an engine given
+    instead (its ``engine.json`` or artifact)."""
+    path = Path(path)
+    if path.is_file() and (path.parent / META_FILE).is_file():
+        return path.parent
+    return path
+
+
 def read_engine(directory, verify: bool = True) -> dict:
-    """``engine.json`` of an engine directory, after checking the record and (``verify``) the artifact."""
-    directory = Path(directory)
-    if directory.is_file() and directory.name == META_FILE:
-        directory = directory.parent
+    """``engine.json`` of an engine directory (see :func:`engine_folder`), after checking the record
+    and (``verify``) the artifact."""
+    directory = engine_folder(directory)
     if not directory.is_dir():
         raise EngineError(f"engine not found: {directory} is not a directory (build one with python -m segvit_rt.build)")
     meta_path = directory / META_FILE

@@ -231,8 +231,7 @@ def _impl(
     _check_inputs(class_logits, mask_logits)
     b = class_logits.shape[0]
     if not runs_triton(class_logits):
-        dtype = torch.promote_types(class_logits.dtype, mask_logits.dtype)  # the kernel takes mixed dtypes too
-        scores = reference.semantic_logits(class_logits.to(dtype), mask_logits.to(dtype), (out_h, out_w))
+        scores = reference.semantic_logits(class_logits, mask_logits, (out_h, out_w))  # mixed dtypes too
         best, labels = scores.max(dim=1)
         return labels, (best.float() if with_scores else best.new_empty((0,), dtype=torch.float32))
     check_grid_y(OP, b, "images")

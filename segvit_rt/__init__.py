@@ -27,3 +27,7 @@ def __getattr__(name):
 
         return Runtime
     raise AttributeError(f"module 'segvit_rt' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), "Runtime"])

@@ -58,6 +58,11 @@ class SegViTConfig:
     test_min_size: int | None = None
     class_names: tuple[str, ...] | None = field(default=None, compare=False)
 
+    def __post_init__(self):
+        problems = _config_problems(self)
+        if problems:
+            raise ValueError(f"config {self.name!r}: " + "; ".join(problems))
+
     @property
     def grid_size(self) -> int:
         """Tokens per side at the crop size (1/16 resolution)."""
@@ -93,6 +98,47 @@ class SegViTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _config_problems(c: SegViTConfig) -> list[str]:
+    """What makes a config unbuildable, field by field (empty when it is sound)."""
+    problems = []
+
+    def positive(*names):
+        problems.extend(f"{n} must be a positive integer, got {getattr(c, n)!r}" for n in names
+                        if not (isinstance(getattr(c, n), int) and getattr(c, n) >= 1))
+
+    positive("num_classes", "crop_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_dim",
+             "decoder_heads", "decoder_layers", "slide_stride")
+    if problems:
+        return problems
+    if c.crop_size % c.patch_size:
+        problems.append(f"crop_size {c.crop_size} is not a multiple of patch_size {c.patch_size}")
+    for dim, heads in (("embed_dim", "num_heads"), ("decoder_dim", "decoder_heads")):
+        if getattr(c, dim) % getattr(c, heads):
+            problems.append(f"{dim} {getattr(c, dim)} is not divisible by {heads} {getattr(c, heads)}")
+    blocks = list(c.out_indices)
+    if not blocks or any(not isinstance(i, int) or not 0 <= i < c.depth for i in blocks) or blocks != sorted(set(blocks)):
+        problems.append(f"out_indices {tuple(blocks)} must be increasing block numbers in 0..{c.depth - 1}")
+    if not (isinstance(c.shrink_idx, int) and 1 <= c.shrink_idx < c.depth):
+        problems.append(f"shrink_idx {c.shrink_idx!r} (the block QD replaces) must be in 1..{c.depth - 1}")
+    for name in ("mean", "std"):
+        if len(getattr(c, name)) != 3:
+            problems.append(f"{name} needs 3 values (R, G, B), got {tuple(getattr(c, name))}")
+    if any(v <= 0 for v in c.std):
+        problems.append(f"std values must be positive, got {tuple(c.std)}")
+    if not c.mlp_ratio > 0:
+        problems.append(f"mlp_ratio must be positive, got {c.mlp_ratio!r}")
+    for name in ("drop_path_rate", "decoder_dropout"):
+        if not 0 <= getattr(c, name) < 1:
+            problems.append(f"{name} must be in [0, 1), got {getattr(c, name)!r}")
+    if c.image_scale is not None and (len(c.image_scale) != 2 or min(c.image_scale) < 1):
+        problems.append(f"image_scale must be two positive sizes (long, short), got {c.image_scale!r}")
+    if c.test_min_size is not None and c.test_min_size < 1:
+        problems.append(f"test_min_size must be positive, got {c.test_min_size!r}")
+    if c.class_names is not None and len(c.class_names) != c.num_classes:
+        problems.append(f"{len(c.class_names)} class names for {c.num_classes} classes")
+    return problems
 
 
 _VIT_L = dict(

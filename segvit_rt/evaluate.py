@@ -67,8 +67,6 @@ def evaluate_model(
     stride = stride or cfg.stride_at(crop)
     scale, min_size = cfg.scales(crop)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     confusion = ConfusionMatrix(cfg.num_classes, device=device)
     logits_fn = model_logits_fn(model)
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
@@ -79,7 +77,6 @@ def evaluate_model(
             pred = predict_image(logits_fn, image[None].to(device), crop, stride, mode, scale, min_size,
                                  ratios=MS_RATIOS if tta else None, flip=tta)
         confusion.update(pred[0], label.to(device))
-    model.train(was_training)
     all_reduce_sum_(confusion.mat)
     metrics = confusion.compute()
     return {**metrics, "chance": chance_levels(confusion.mat.sum(1)), "images": len(dataset),

@@ -15,6 +15,8 @@ import torch
 from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .models import eval_mode
+
 aten = torch.ops.aten
 
 
@@ -133,15 +135,11 @@ def count_flops(
         name: torch.empty_like(t, device="meta")
         for name, t in [*wrapper.named_parameters(), *wrapper.named_buffers()]
     }
-    img = torch.empty(batch, 3, h, w, device="meta")
-    was_training = model.training
-    model.eval()
+    dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    img = torch.empty(batch, 3, h, w, device="meta", dtype=dtype)
     counter = FlopCounter()
-    try:
-        with torch.no_grad(), counter:
-            functional_call(wrapper, state, (img,), strict=True, tie_weights=False)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), counter:
+        functional_call(wrapper, state, (img,), strict=True, tie_weights=False)
     return counter
 
 

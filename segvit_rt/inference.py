@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import default_scale
+from .models import eval_mode
 from .ops import full_size
 from .ops.reference import semantic_logits
 
@@ -165,10 +166,11 @@ def predict_image(
 
 
 def model_logits_fn(model: torch.nn.Module) -> LogitsFn:
-    """Adapter: a SegViT model as a ``logits_fn``."""
+    """Adapter: a SegViT model as a ``logits_fn``, run in eval mode whatever mode the model is in."""
 
     def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = model(x)
+        with eval_mode(model):
+            out = model(x)
         return out["pred_logits"], out["pred_masks"]
 
     return run

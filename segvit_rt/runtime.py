@@ -54,11 +54,9 @@ class Runtime:
     """
 
     def __init__(self, engine, device=None, mode: str = "slide"):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
         self.engine = engines.load_engine(engine, device=device)
         self.meta = self.engine.meta
-        self.mode = mode
         self.device = self.engine.device
         try:
             self.cfg = config_from_metadata(self.meta)
@@ -79,6 +77,16 @@ class Runtime:
         """Pickled (for a process pool) as its engine's path, device and mode: the other process loads
         the engine again, checks included."""
         return type(self), (os.path.abspath(self.engine.path), str(self.device), self.mode)
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self._mode = mode
 
     @property
     def num_classes(self) -> int:

@@ -137,15 +137,16 @@ def _check_fits(path, meta: dict, model) -> None:
 
 
 def load_weights(path, model=None, kernels: str = "reference"):
-    """Load one of our weights files. Without ``model`` the model is built from the file's metadata;
-    with one, the file must describe the same architecture."""
+    """Load one of our weights files. Without ``model`` the model is built from the file's metadata
+    and returned in eval mode (call ``.train()`` to fine-tune it); with one, the file must describe
+    the same architecture, and the model keeps its mode."""
     from .models import SegViT
 
     path = Path(path)
     meta = read_metadata(path)
     if model is None:
         try:
-            model = SegViT(config_from_metadata(meta), variant=meta["variant"], kernels=kernels)
+            model = SegViT(config_from_metadata(meta), variant=meta["variant"], kernels=kernels).eval()
         except (TypeError, ValueError) as e:
             raise WeightsError(f"{path}: its metadata does not describe a model this version builds: {e}") from e
     else:
@@ -239,12 +240,22 @@ def read_checkpoint(path) -> dict[str, torch.Tensor]:
         reason = f"{type(e).__name__}: {reason}" if reason else type(e).__name__
         raise WeightsError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another format): "
                            f"{reason}") from e
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj, source) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint's ``state_dict``/``model``/``module`` entry (or itself)."""
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: expected a state dict of tensors")
+        raise WeightsError(f"{source}: expected a state dict of tensors")
     return obj
+
+
+def _checkpoint_state(checkpoint) -> dict[str, torch.Tensor]:
+    """An importer's ``checkpoint``: a file (:func:`read_checkpoint`) or a loaded dict, unwrapped alike."""
+    return _unwrap(checkpoint, "the checkpoint") if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
 
 
 # mmseg's VisionTransformer names -> timm names
@@ -277,8 +288,11 @@ def _resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.cat([cls, resize_token_grid(rest.float(), g, (grid, grid)).to(pos.dtype)], dim=1)
 
 
-def _load_partial(module: torch.nn.Module, state: dict, prefix: str, report: ImportReport, source) -> None:
+def _match_partial(module: torch.nn.Module, state: dict, prefix: str, report: ImportReport, source) -> list:
+    """Pair each of ``state``'s tensors with the tensor of ``module`` it loads into, checking every
+    shape; nothing is copied yet (see :func:`_copy_pairs`), so a refused checkpoint changes nothing."""
     own = module.state_dict()
+    pairs = []
     for k, v in state.items():
         if k not in own:
             report.unexpected.append(prefix + k)
@@ -289,10 +303,18 @@ def _load_partial(module: torch.nn.Module, state: dict, prefix: str, report: Imp
         if v.shape != own[k].shape:
             where = "" if isinstance(source, dict) else f"{source}: "
             raise WeightsError(f"{where}{prefix}{k}: checkpoint shape {tuple(state[k].shape)} != model shape "
-                               f"{tuple(own[k].shape)}")
-        own[k].copy_(v.to(own[k].dtype))
+                               f"{tuple(own[k].shape)} (a checkpoint of another preset, variant or class count?); "
+                               "the model was left unchanged")
+        pairs.append((own[k], v))
         report.loaded.append(prefix + k)
     report.missing.extend(prefix + k for k in own if k not in state)
+    return pairs
+
+
+@torch.no_grad()
+def _copy_pairs(pairs: list) -> None:
+    for dst, v in pairs:
+        dst.copy_(v.to(dst.dtype))
 
 
 def import_timm_vit(model, checkpoint) -> ImportReport:
@@ -302,15 +324,14 @@ def import_timm_vit(model, checkpoint) -> ImportReport:
     to the model's grid; cls_token, the final norm and the classifier are
     reported as unexpected (the backbone has no use for them).
     """
-    state = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    state = _checkpoint_state(checkpoint)
     if any(k.startswith("decode_head.") for k in state):
         source = "the checkpoint" if isinstance(checkpoint, dict) else checkpoint
         raise WeightsError(f"{source} holds a whole SegViT model (decode_head.* weights), not a ViT backbone: "
                            "import it with import_official_segvit (train --init-format official), which keeps its head")
     state = {_timm_name(k.removeprefix("backbone.")): v for k, v in state.items()}
     report = ImportReport()
-    with torch.no_grad():
-        _load_partial(model.backbone, state, "backbone.", report, checkpoint)
+    _copy_pairs(_match_partial(model.backbone, state, "backbone.", report, checkpoint))
     return report
 
 
@@ -321,7 +342,7 @@ def import_official_segvit(model, checkpoint) -> ImportReport:
     one to one, full (``input_proj_1``, ``decoder_1.layers.0.multihead_attn.q`` ...) and Shrunk
     (``q`` grid queries, ``decoder_1.layers.0.multihead_attn.in_proj_weight``, ``atm.decoder_1`` ...).
     """
-    state = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    state = _checkpoint_state(checkpoint)
     backbone, head, other = {}, {}, []
     for k, v in state.items():
         if k.startswith("backbone."):
@@ -333,9 +354,8 @@ def import_official_segvit(model, checkpoint) -> ImportReport:
     if not backbone and not head:
         raise WeightsError("checkpoint has no backbone.* or decode_head.* keys: not an mmseg SegViT checkpoint")
     report = ImportReport(unexpected=other)
-    with torch.no_grad():
-        _load_partial(model.backbone, backbone, "backbone.", report, checkpoint)
-        _load_partial(model.decode_head, head, "decode_head.", report, checkpoint)
+    pairs = _match_partial(model.backbone, backbone, "backbone.", report, checkpoint)
+    _copy_pairs(pairs + _match_partial(model.decode_head, head, "decode_head.", report, checkpoint))
     return report
 
 
@@ -372,7 +392,7 @@ def import_full_into_shrunk(model, checkpoint) -> ImportReport:
     """
     if model.variant != "shrunk":
         raise WeightsError("import_full_into_shrunk needs a Shrunk model")
-    state = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    state = _checkpoint_state(checkpoint)
     mapped, unused = {}, []
     for k, v in state.items():
         name = _full_to_shrunk_name(k)
@@ -381,6 +401,5 @@ def import_full_into_shrunk(model, checkpoint) -> ImportReport:
         else:
             mapped[name] = v
     report = ImportReport(unexpected=unused)
-    with torch.no_grad():
-        _load_partial(model, mapped, "", report, checkpoint)
+    _copy_pairs(_match_partial(model, mapped, "", report, checkpoint))
     return report

@@ -1,4 +1,5 @@
 """The FLOP counter's conventions (fvcore: one multiply-add = one FLOP) on hand-countable modules."""
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,6 +43,12 @@ def test_model_count_does_not_touch_weights_or_mode():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # the full-resolution class/mask mix is included: C·Q·H·W multiply-adds
     assert counter.by_op["aten::bmm"] >= 5 * 5 * 128 * 128
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_counts_as_its_float_twin(dtype):
+    model = segvit_rt.create_model("tiny", "shrunk")
+    assert count_flops(model.to(dtype), 128).by_op == count_flops(model.float(), 128).by_op
 
 
 def test_engine_graph_count_leaves_out_only_the_full_resolution_post_process():

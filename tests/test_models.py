@@ -172,6 +172,52 @@ def test_unknown_options_are_rejected():
         segvit_rt.create_model("tiny", kernels="cuda")
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("embed_dim", 130, "embed_dim 130 is not divisible by num_heads 4"),
+    ("decoder_heads", 3, "decoder_dim 64 is not divisible by decoder_heads 3"),
+    ("out_indices", (1, 3, 9), r"out_indices \(1, 3, 9\) must be increasing block numbers in 0..5"),
+    ("out_indices", (3, 1), "out_indices"),
+    ("shrink_idx", 6, "shrink_idx 6"),
+    ("num_classes", 0, "num_classes must be a positive integer, got 0"),
+    ("patch_size", 0, "patch_size must be a positive integer"),
+    ("crop_size", 100, "crop_size 100 is not a multiple of patch_size 16"),
+    ("mean", (1.0, 2.0), "mean needs 3 values"),
+    ("std", (1.0, 0.0, 1.0), "std values must be positive"),
+    ("decoder_dropout", 1.0, r"decoder_dropout must be in \[0, 1\)"),
+    ("class_names", ("a", "b"), "2 class names for 5 classes"),
+])
+def test_an_unbuildable_config_names_its_field(field, value, message):
+    with pytest.raises(ValueError, match=f"config 'tiny': .*{message}"):
+        segvit_rt.create_model("tiny", **{field: value})
+
+
+@pytest.mark.parametrize("dtype, message", [(torch.uint8, "normalised float image"),
+                                            (torch.float64, "float64 and the model's weights torch.float32")])
+def test_an_image_batch_of_another_dtype_is_named(dtype, message):
+    with pytest.raises(TypeError, match=message):
+        _tiny("full")(torch.zeros(1, 3, 128, 128, dtype=dtype))
+
+
+def test_autocast_takes_a_float32_batch():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _tiny("full")(torch.zeros(1, 3, 128, 128))["pred_logits"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("variant", ["full", "shrunk"])
+def test_predictions_come_from_the_eval_forward_in_any_mode(variant):
+    """Dropout and stochastic depth never reach predict/semantic_logits; each module keeps its mode."""
+    model = _tiny(variant, drop_path_rate=0.2)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        model.eval()
+        scores, labels = model.semantic_logits(x), model.predict(x)
+        model.train()
+        model.backbone.blocks[0].eval()  # a mixed state, as when part of a model is frozen
+        assert torch.equal(model.semantic_logits(x), scores) and torch.equal(model.predict(x), labels)
+    assert model.training and model.decode_head.training and not model.backbone.blocks[0].training
+    assert model.backbone.blocks[1].training
+
+
 def test_train_mode_backward_reaches_every_parameter():
     model = _tiny("shrunk").train()
     out = model(torch.randn(2, 3, 128, 128))

@@ -66,3 +66,25 @@ def test_unknown_impl_is_refused():
     q, k, v = _inputs()
     with pytest.raises(ValueError, match="kernels must be one of"):
         ops.atm_attention(q, k, v, 2, impl="cuda")
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_a_dropout_rate_outside_0_1_is_refused(calls, p):
+    q, k, v = _inputs()
+    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
+        ops.atm_attention(q, k, v, 2, impl="triton", dropout_p=p)
+    assert calls == []
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["whole", "bands"])
+def test_postprocess_takes_mixed_dtypes_and_names_logits_that_do_not_pair(monkeypatch, big):
+    """The reference defines the semantics for what the kernel takes: mixed float dtypes compute in
+    the wider one; class and mask logits of different query counts are named, on both CPU paths."""
+    if big:
+        monkeypatch.setattr(ops.full_size, "BUDGET", 1)
+    g = torch.Generator().manual_seed(0)
+    class_logits, mask_logits = torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 3, 3, generator=g)
+    labels = ops.segment_postprocess(class_logits, mask_logits.half(), (8, 8))
+    assert torch.equal(labels, ops.segment_postprocess(class_logits, mask_logits.half().float(), (8, 8)))
+    with pytest.raises(ValueError, match=r"must share B and Q .*got \(2, 5, 4\) and \(2, 6, 3, 3\)"):
+        ops.segment_postprocess(class_logits, torch.randn(2, 6, 3, 3), (8, 8))

@@ -106,6 +106,18 @@ def test_single_pixels_and_thin_strips(onnx_engine, mode):
         assert labels.shape == hw and labels.max() < runtime.num_classes
 
 
+@pytest.mark.parametrize("file", ["engine.json", "model.onnx"])
+def test_a_file_of_the_engine_loads_its_folder(runtime, onnx_engine, file):
+    img = image(70, 90)
+    given = segvit_rt.Runtime(onnx_engine / file)
+    assert given.engine.path == onnx_engine
+    assert np.array_equal(given.segment(img), runtime.segment(img))
+
+
+def test_runtime_is_listed_in_the_package(runtime):
+    assert "Runtime" in dir(segvit_rt) and segvit_rt.Runtime is type(runtime)
+
+
 def test_segment_batch_equals_one_by_one(runtime):
     imgs = [image(130, 130, seed=1), image(64, 200, seed=2), image(130, 130, seed=3)]
     batch = runtime.segment_batch(imgs)
@@ -185,6 +197,9 @@ def test_bad_inputs_are_clear_errors(runtime, onnx_engine, tmp_path):
         runtime.segment(np.full((10, 10, 3), 3.0, np.float32))
     with pytest.raises(ValueError, match="mode"):
         segvit_rt.Runtime(onnx_engine, mode="tiles")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        runtime.mode = "wholeimage"  # a typo set later is refused too, not run as the slide mode
+    assert runtime.mode == "slide"
     broken = shutil.copytree(onnx_engine, tmp_path / "broken")
     (broken / "model.onnx").write_bytes((broken / "model.onnx").read_bytes()[:1000])
     with pytest.raises(EngineError, match="truncated"):

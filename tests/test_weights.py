@@ -35,12 +35,13 @@ def test_round_trip_rebuilds_model_from_metadata(tmp_path, tiny_shrunk):
     loaded = weights.load_weights(path)
     assert loaded.variant == "shrunk" and loaded.cfg == tiny_shrunk.cfg
     assert _same_state(loaded, tiny_shrunk)
+    assert not any(m.training for m in loaded.modules())  # built for inference: no dropout
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
-        assert torch.equal(loaded.eval()(x)["pred_masks"], tiny_shrunk(x)["pred_masks"])
-    # into an existing model of the same architecture
-    other = segvit_rt.create_model("tiny", "shrunk")
-    assert _same_state(weights.load_weights(path, other), tiny_shrunk)
+        assert torch.equal(loaded(x)["pred_masks"], tiny_shrunk(x)["pred_masks"])
+    # into an existing model of the same architecture, which keeps its mode
+    other = segvit_rt.create_model("tiny", "shrunk").train()
+    assert _same_state(weights.load_weights(path, other), tiny_shrunk) and other.training
     assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
 
 
@@ -289,6 +290,30 @@ def test_a_warm_start_at_another_crop_resizes_the_position_embedding_and_names_i
     other = segvit_rt.create_model("tiny", "shrunk", num_classes=7)
     with pytest.raises(WeightsError, match=rf"{path}: decode_head.atm.class_embed.bias: checkpoint shape \(6,\)"):
         weights.import_full_into_shrunk(other, path)
+
+
+@pytest.mark.parametrize("variant, classes, message", [
+    ("full", 7, r"decode_head.q.weight: checkpoint shape \(5, 64\) != model shape \(7, 64\)"),
+    ("shrunk", 5, r"decode_head.q.weight: checkpoint shape \(5, 64\) != model shape \(64, 64\)"),
+])
+def test_a_checkpoint_that_does_not_fit_leaves_the_model_unchanged(variant, classes, message):
+    """Every shape is checked before anything is copied: a refused import changes no parameter
+    (the backbone, which would fit, included)."""
+    state = official_state(segvit_rt.create_model("tiny", "full"))
+    model = segvit_rt.create_model("tiny", variant, num_classes=classes)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(WeightsError, match=message + r" \(a checkpoint of another preset, variant or class count"):
+        weights.import_official_segvit(model, state)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_mmseg_checkpoint_loaded_in_memory_imports_as_its_file_does(tmp_path):
+    src = segvit_rt.create_model("tiny", "full")
+    model = segvit_rt.create_model("tiny", "full")
+    report = weights.import_official_segvit(model, {"meta": {"iter": 160000}, "state_dict": official_state(src)})
+    assert report.missing == [] and report.unexpected == [] and _same_state(model, src)
+    with pytest.raises(WeightsError, match="the checkpoint: expected a state dict of tensors"):
+        weights.import_timm_vit(model, {"meta": {"iter": 1}, "blocks.0.norm1.weight": torch.ones(128)})
 
 
 def test_files_from_before_presets_carried_scales_get_the_presets():

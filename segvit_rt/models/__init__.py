@@ -1,3 +1,3 @@
-from .segvit import SegViT, create_model
+from .segvit import SegViT, create_model, eval_mode
 
-__all__ = ["SegViT", "create_model"]
+__all__ = ["SegViT", "create_model", "eval_mode"]

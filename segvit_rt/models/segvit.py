@@ -1,6 +1,8 @@
 """SegViT: ViT backbone + ATM head (``variant="full"``) or QD backbone + QU/ATM head (``"shrunk"``)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 
@@ -54,6 +56,12 @@ class SegViT(nn.Module):
         if not isinstance(img, torch.Tensor) or img.dim() != 4 or img.shape[1] != 3:
             shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
             raise ValueError(f"SegViT expects an image batch [B, 3, H, W], got {shape}")
+        weight = self.backbone.patch_embed.proj.weight
+        if not img.is_floating_point():
+            raise TypeError(f"SegViT expects a normalised float image batch ((pixel - mean) / std), got {img.dtype}")
+        if img.dtype != weight.dtype and not torch.is_autocast_enabled(img.device.type):
+            raise TypeError(f"the image batch is {img.dtype} and the model's weights {weight.dtype}: "
+                            f"convert one to the other (or run under torch.autocast)")
         multiple = input_multiple(self.cfg, self.variant)
         h, w = img.shape[-2:]
         if h % multiple or w % multiple:
@@ -71,14 +79,29 @@ class SegViT(nn.Module):
         return final
 
     def semantic_logits(self, img: torch.Tensor) -> torch.Tensor:
-        """Per-class scores [B, C, H, W] at the image size (the paper's eval-mode forward)."""
-        out = self.forward(img)
+        """Per-class scores [B, C, H, W] at the image size, from the eval-mode forward (whatever
+        mode the model is in: dropout and stochastic depth never blur a prediction)."""
+        with eval_mode(self):
+            out = self.forward(img)
         return ops.reference.semantic_logits(out["pred_logits"], out["pred_masks"], img.shape[-2:])
 
     def predict(self, img: torch.Tensor) -> torch.Tensor:
-        """Label map [B, H, W] at the image size."""
-        out = self.forward(img)
+        """Label map [B, H, W] at the image size, from the eval-mode forward."""
+        with eval_mode(self):
+            out = self.forward(img)
         return ops.segment_postprocess(out["pred_logits"], out["pred_masks"], img.shape[-2:], impl=self.kernels)
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Run the block with every submodule of ``model`` in eval mode; each gets its own mode back."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def create_model(preset: str | SegViTConfig, variant: str = "full", kernels: str = "reference", **overrides) -> SegViT:

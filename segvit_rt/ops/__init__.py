@@ -21,6 +21,8 @@ def check_impl(impl: str) -> str:
 def atm_attention(q, k, v, num_heads, *, impl="reference", dropout_p=0.0, **kw):
     """ATM cross-attention. Attention dropout (training) always runs the reference:
     the fused kernel has no dropout, so ``dropout_p > 0`` selects the reference op."""
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"atm_attention: dropout_p must be in [0, 1), got {dropout_p!r}")
     if check_impl(impl) == "triton" and dropout_p == 0.0:
         from segvit_rt.kernels import atm_attention as fused
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .reference import check_logits
+
 BUDGET = 256 << 20  # about the float32 bytes of full-size planes (or full-width rows) held at once
 
 Taps = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -83,6 +85,7 @@ def segment_postprocess(
 ) -> torch.Tensor:
     """``ops.reference.segment_postprocess`` a band of rows at a time (budget shared by the upsampled
     masks and the class scores of a band)."""
+    check_logits(class_logits, mask_logits)
     probs = class_logits.float().softmax(dim=-1)[..., :-1]
     labels = torch.empty(mask_logits.shape[0], *out_hw, dtype=torch.long, device=mask_logits.device)
     per_band = budget * mask_logits.shape[1] // (mask_logits.shape[1] + probs.shape[-1])

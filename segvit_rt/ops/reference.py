@@ -94,16 +94,27 @@ def qd_attention(
     return _merge_heads(torch.matmul(attn, vh))
 
 
+def check_logits(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> None:
+    """A model's outputs as the post-process takes them: [B, Q, C+1] and [B, Q, h, w]."""
+    if (class_logits.dim() != 3 or mask_logits.dim() != 4 or class_logits.shape[-1] < 2
+            or class_logits.shape[:2] != mask_logits.shape[:2]):
+        raise ValueError("class_logits [B, Q, C+1] and mask_logits [B, Q, h, w] must share B and Q (C >= 1), "
+                         f"got {tuple(class_logits.shape)} and {tuple(mask_logits.shape)}")
+
+
 def semantic_logits(
     class_logits: torch.Tensor, mask_logits: torch.Tensor, out_hw: tuple[int, int]
 ) -> torch.Tensor:
     """Per-class scores [B, C, H, W] of the SegViT inference rule.
 
     softmax(class_logits)[..., :-1] (drop "no object") mixes the sigmoid of the
-    mask logits [B, Q, h, w] upsampled bilinearly (align_corners=False) to ``out_hw``.
+    mask logits [B, Q, h, w] upsampled bilinearly (align_corners=False) to ``out_hw``, in the
+    wider of the two inputs' dtypes.
     """
-    probs = class_logits.softmax(dim=-1)[..., :-1]
-    masks = F.interpolate(mask_logits, size=tuple(out_hw), mode="bilinear", align_corners=False).sigmoid()
+    check_logits(class_logits, mask_logits)
+    dtype = torch.promote_types(class_logits.dtype, mask_logits.dtype)
+    probs = class_logits.to(dtype).softmax(dim=-1)[..., :-1]
+    masks = F.interpolate(mask_logits.to(dtype), size=tuple(out_hw), mode="bilinear", align_corners=False).sigmoid()
     return torch.einsum("bqc,bqhw->bchw", probs, masks)
 
 
