@@ -130,6 +130,12 @@ def autotune_configs(blocks: Iterable[str], settings: Iterable[tuple], interpret
     return [triton.Config(dict(zip(blocks, s[:-2])), num_warps=s[-2], num_stages=s[-1]) for s in settings]
 
 
+def tuning_bucket(size: int) -> int:
+    """What an autotuning key holds for a size that changes from call to call (tokens of images of
+    many sizes): the power of two at or above it, so sizes of one range share a tuned config."""
+    return triton.next_power_of_2(size)
+
+
 def dot_options(dtype: torch.dtype) -> dict:
     """Constexpr arguments for :func:`dot` given the kernel's input dtype.
 

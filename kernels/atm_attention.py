@@ -29,8 +29,10 @@ log-sum-exp costs accuracy at very large logits, as in every flash-attention
 backward: the error is about one fp32 ulp of |lse| (dV in fp32 about 10x torch's
 at scaled logits near 200, 20x near 1000; within torch's at the models' ~±60).
 
-Launch configs are autotuned per (N, L, head_dim, dtype) on a GPU; a single
-small config runs under the Triton interpreter. Results are deterministic for
+Launch configs are autotuned on a GPU per (N, head_dim, dtype, mask or not) and
+per power-of-two range of L (``l_bucket``), so whole-image inference, whose L
+changes with every image size, tunes once per range instead of once per size;
+a single small config runs under the Triton interpreter. Results are deterministic for
 a given config (and so within a process once tuned).
 """
 
@@ -57,6 +59,7 @@ from ._common import (
     launcher,
     launches_on_input_device,
     runs_triton,
+    tuning_bucket,
 )
 
 OP = "atm_attention"
@@ -86,11 +89,11 @@ def _prune_fwd_configs(configs, named_args, **kwargs):
 # pipelining can exceed shared memory: single-stage configs are the fallback there.
 _FWD_CONFIGS = _configs([(16, 32), (16, 64), (32, 32), (32, 64), (64, 32)], [(4, 1), (8, 1), (8, 2)])
 _BWD_CONFIGS = _configs([(32, 64), (64, 64), (64, 128), (128, 64)], [(4, 2), (8, 2)])
-_KEY = ["N", "L", "HEAD_DIM"]  # triton's autotuner adds the tensor dtypes to the key
+_KEY = ["N", "l_bucket", "HEAD_DIM"]  # triton's autotuner adds the tensor dtypes to the key
 
 
 @triton.autotune(
-    configs=_FWD_CONFIGS, key=_KEY + ["HEADS_P2"], prune_configs_by={"early_config_prune": _prune_fwd_configs}
+    configs=_FWD_CONFIGS, key=_KEY + ["HEADS_P2", "NEED_MASK"], prune_configs_by={"early_config_prune": _prune_fwd_configs}
 )
 @triton.jit
 def _atm_fwd_kernel(
@@ -98,7 +101,7 @@ def _atm_fwd_kernel(
     stride_qb, stride_qn, stride_kb, stride_kl, stride_vb, stride_vl,
     stride_pb, stride_pn, stride_pl,
     stride_ob, stride_on, stride_mb, stride_mn,
-    N, L, qk_scale, mask_scale,
+    N, L, l_bucket, qk_scale, mask_scale,  # l_bucket: the autotuning key's L (see the module doc)
     NUM_HEADS: tl.constexpr, HEADS_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
     NEED_MASK: tl.constexpr, HAS_PREV: tl.constexpr, SIGMOID: tl.constexpr, STORE_LSE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
@@ -169,14 +172,14 @@ def _atm_fwd_kernel(
         tl.store(lse_ptr + (b * NUM_HEADS + offs_h[:, None]) * N + offs_n[None, :], lse, mask=row_ok)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY)
+@triton.autotune(configs=_BWD_CONFIGS, key=_KEY + ["HAS_DMASK"])
 @triton.jit
 def _atm_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, dout_ptr, dmask_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qn, stride_kb, stride_kl, stride_vb, stride_vl,
     stride_dob, stride_don, stride_dmb, stride_dmn, stride_dml,
     stride_dkb, stride_dkl, stride_dvb, stride_dvl,
-    N, L, scale, qk_scale, inv_heads,
+    N, L, l_bucket, scale, qk_scale, inv_heads,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_DMASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -232,14 +235,14 @@ def _atm_bwd_dkdv_kernel(
     )
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=_KEY)
+@triton.autotune(configs=_BWD_CONFIGS, key=_KEY + ["HAS_DMASK"])
 @triton.jit
 def _atm_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, dout_ptr, dmask_ptr, lse_ptr, delta_ptr, dq_ptr,
     stride_qb, stride_qn, stride_kb, stride_kl, stride_vb, stride_vl,
     stride_dob, stride_don, stride_dmb, stride_dmn, stride_dml,
     stride_dqb, stride_dqn,
-    N, L, scale, qk_scale, inv_heads,
+    N, L, l_bucket, scale, qk_scale, inv_heads,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_DMASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -307,7 +310,7 @@ def launch_forward(q, k, v, num_heads, scale, prev_mask, sigmoid_mask, out, mask
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         *prev_strides,
         out.stride(0), out.stride(1), *mask_strides,
-        n, length, scale * LOG2E, scale / num_heads,
+        n, length, tuning_bucket(length), scale * LOG2E, scale / num_heads,
         NUM_HEADS=num_heads, HEADS_P2=triton.next_power_of_2(num_heads), HEAD_DIM=head_dim,
         NEED_MASK=mask is not None, HAS_PREV=prev_mask is not None, SIGMOID=sigmoid_mask, STORE_LSE=True,
         **dot_options(q.dtype),
@@ -334,7 +337,7 @@ def launch_backward(dout, dmask, q, k, v, out, lse, num_heads, scale, dq, dk, dv
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         dout.stride(0), dout.stride(1), *dm_strides,
     )
-    scalars = (n, length, scale, scale * LOG2E, 1.0 / num_heads)
+    scalars = (n, length, tuning_bucket(length), scale, scale * LOG2E, 1.0 / num_heads)
     dmask_arg = dmask if dmask is not None else dout
 
     def grid_dkdv(meta):

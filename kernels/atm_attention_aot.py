@@ -60,7 +60,7 @@ def _atm_plugin_kernel(
         N * D, D, L * D, D, L * D, D,
         0, 0, 0,
         N * D, D, N * L, L,
-        N, L, QK_SCALE, MASK_SCALE,
+        N, L, L, QK_SCALE, MASK_SCALE,  # L again as the autotuning bucket, unused in a kernel
         NUM_HEADS=NUM_HEADS, HEADS_P2=HEADS_P2, HEAD_DIM=HEAD_DIM,
         NEED_MASK=True, HAS_PREV=False, SIGMOID=False, STORE_LSE=False,
         DOT_PRECISION=DOT_PRECISION, DOT_UPCAST=False, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L,

@@ -19,8 +19,9 @@ program per block of queries loops over all keys). Every gradient element is
 written by exactly one program (no atomics: deterministic); the dQ kernel also
 writes the zeros of the three unsampled tokens of each 2×2 cell of dx_q.
 
-Launch configs are autotuned per (L/4, L, head_dim, dtype) on a GPU; a single
-small config runs under the Triton interpreter.
+Launch configs are autotuned on a GPU per (head_dim, dtype) and per power-of-two
+range of L (``size_bucket``), so inputs of many sizes tune once per range; a
+single small config runs under the Triton interpreter.
 """
 
 import torch
@@ -47,6 +48,7 @@ from ._common import (
     launcher,
     launches_on_input_device,
     runs_triton,
+    tuning_bucket,
 )
 
 OP = "qd_attention"
@@ -67,7 +69,7 @@ _BWD_CONFIGS = _configs(
     [(m, n, w, 2) for m, n in ((32, 64), (64, 32), (64, 64)) for w in (4, 8)]
     + [(64, 128, 8, 2), (128, 64, 8, 2), (32, 32, 8, 2)]
 )
-_KEY = ["seq_q", "seq_k", "HEAD_DIM"]  # triton's autotuner adds the tensor dtypes to the key
+_KEY = ["size_bucket", "HEAD_DIM"]  # triton's autotuner adds the tensor dtypes to the key
 
 
 @triton.jit
@@ -114,7 +116,7 @@ def _qd_fwd_kernel(
     xq_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     stride_qb, stride_ql, stride_qd, stride_kb, stride_kl, stride_kd, stride_vb, stride_vl, stride_vd,
     stride_ob, stride_ol, stride_od,
-    num_heads, seq_q, seq_k, half_w, grid_w, qk_scale,
+    num_heads, seq_q, seq_k, half_w, grid_w, size_bucket, qk_scale,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -161,7 +163,7 @@ def _qd_bwd_dkdv_kernel(
     xq_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_ql, stride_qd, stride_kb, stride_kl, stride_kd, stride_vb, stride_vl, stride_vd,
     stride_dob, stride_dol, stride_dod, stride_gb, stride_gl,
-    num_heads, seq_q, seq_k, half_w, grid_w, qk_scale, scale,
+    num_heads, seq_q, seq_k, half_w, grid_w, size_bucket, qk_scale, scale,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -211,7 +213,7 @@ def _qd_bwd_dq_kernel(
     xq_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dxq_ptr,
     stride_qb, stride_ql, stride_qd, stride_kb, stride_kl, stride_kd, stride_vb, stride_vl, stride_vd,
     stride_dob, stride_dol, stride_dod, stride_gb, stride_gl,
-    num_heads, seq_q, seq_k, half_w, grid_w, qk_scale, scale,
+    num_heads, seq_q, seq_k, half_w, grid_w, size_bucket, qk_scale, scale,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -260,9 +262,10 @@ def _qd_bwd_dq_kernel(
 
 
 def _sizes(grid_hw):
-    """(queries, keys, half grid width, grid width): the kernels' size arguments."""
+    """(queries, keys, half grid width, grid width, autotuning bucket of the keys): the kernels'
+    size arguments."""
     h, w = grid_hw
-    return (h // 2) * (w // 2), h * w, w // 2, w
+    return (h // 2) * (w // 2), h * w, w // 2, w, tuning_bucket(h * w)
 
 
 @launches_on_input_device(OP)
@@ -325,7 +328,9 @@ def _check_inputs(x_q, k, v, grid_h, grid_w, num_heads, triton_path):
     check_num_heads(OP, num_heads)
     if d % num_heads:
         raise ValueError(f"{OP}: dim {d} is not divisible by num_heads={num_heads}")
-    if grid_h < 2 or grid_w < 2 or grid_h % 2 or grid_w % 2:
+    if grid_h < 1 or grid_w < 1:
+        raise ValueError(f"{OP}: grid_hw must be positive, got {grid_h}x{grid_w}")
+    if grid_h % 2 or grid_w % 2:
         raise ValueError(f"{OP}: query downsampling needs an even token grid, got {grid_h}x{grid_w}")
     if grid_h * grid_w != length:
         raise ValueError(f"{OP}: token count L={length} does not match the grid {grid_h}x{grid_w}")

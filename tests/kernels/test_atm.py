@@ -5,15 +5,20 @@ Without CUDA every test runs the real Triton kernels through the interpreter
 query/key tails and padded heads; ``@pytest.mark.gpu`` tests use the real
 ViT-B/ViT-L ADE20K-640 shapes.
 """
+import importlib
 import os
 import tempfile
 
 import pytest
 import torch
+import triton
+from tuning_keys import recorded_keys
 
 from segvit_rt import ops
 from segvit_rt.kernels.atm_attention import atm_attention, launch_backward, launch_forward
 from segvit_rt.ops import reference
+
+atm_module = importlib.import_module("segvit_rt.kernels.atm_attention")
 
 # (atol, rtol) against float64, by input dtype.
 TOL = {
@@ -24,7 +29,7 @@ TOL = {
 DTYPES = list(TOL)
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
 
-# (B, N, L, D, H): N in {1, 60, 150, 171} and L in {1, 37, 1600, 1601}; head_dim 32 and 64;
+# (B, N, L, D, H): N in {1, 60, 150, 171} and L in {1, 37, 1600, 1601}; head_dim 32, 64 and 128;
 # H=3 pads the head axis of the forward tile to 4. Big L only with small N (interpreter time).
 FWD_SHAPES = [
     (2, 1, 37, 64, 2),
@@ -34,12 +39,14 @@ FWD_SHAPES = [
     (1, 60, 33, 96, 3),
     (1, 1, 1600, 64, 1),
     (1, 2, 1601, 128, 2),
+    (1, 19, 37, 256, 2),
 ]
 BWD_SHAPES = [
     (2, 60, 37, 64, 2),
     (1, 1, 1, 32, 1),
     (1, 171, 37, 128, 2),
     (1, 17, 33, 96, 3),
+    (2, 19, 37, 256, 2),
 ]
 # (prev_mask, sigmoid_mask)
 MODES = [(False, False), (True, False), (True, True), (False, True)]
@@ -261,6 +268,45 @@ def test_backward_kernels_write_every_element(with_dmask, device):
         seeds.append(dmask.double())
     for name, grad, ref in zip("qkv", (dq, dk, dv), torch.autograd.grad(outs, inputs64, seeds)):
         assert_close64(grad, ref, torch.float16, f"d{name}")
+
+
+# ---------------------------------------------------------------------------- launch configs
+
+
+def test_tuned_configs_are_shared_by_sizes_of_one_power_of_two_range(monkeypatch):
+    """Whole-image inference changes L with every image size: the autotuning key holds L's
+    power-of-two range, so a GPU tunes once per range (and per mask or no mask), not per size."""
+    def keys(length, need_mask=True, dmask=True):
+        shape = (1, 5, length, 64, 2)
+        q, k, v, _ = make_inputs(shape, torch.float32, "cpu")
+        out, lse = torch.empty_like(q), torch.empty(1, 2, 5)
+        mask = torch.empty(1, 5, length) if need_mask else None
+
+        def launch():
+            launch_forward(q, k, v, 2, 0.2, None, False, out, mask, lse)
+            launch_backward(out, torch.ones(1, 5, length) if dmask else None, q, k, v, out, lse, 2, 0.2,
+                            *(torch.empty_like(t) for t in (q, k, v)))
+
+        return recorded_keys(monkeypatch, atm_module, launch)
+
+    assert set(keys(37)) == {"_atm_fwd_kernel", "_atm_bwd_dkdv_kernel", "_atm_bwd_dq_kernel"}
+    assert keys(37) == keys(50) == keys(64) != keys(65)
+    assert keys(37)["_atm_fwd_kernel"] != keys(37, need_mask=False)["_atm_fwd_kernel"]
+    assert keys(37)["_atm_bwd_dq_kernel"] != keys(37, dmask=False)["_atm_bwd_dq_kernel"]
+
+
+def test_forward_config_pruning_keeps_tiles_that_fit_in_registers():
+    """Only a GPU has several configs to prune (the interpreter runs one), so the rule is checked here."""
+    configs = [triton.Config({"BLOCK_N": n, "BLOCK_L": ln}) for n, ln in ((16, 32), (16, 64), (32, 32), (32, 64))]
+
+    def kept(heads, head_dim):
+        pruned = atm_module._prune_fwd_configs(configs, {"HEADS_P2": heads, "HEAD_DIM": head_dim})
+        return [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_L"]) for c in pruned]
+
+    assert kept(16, 32) == [(16, 32), (16, 64), (32, 32)]  # the ViT-L decoder
+    assert kept(2, 64) == [(16, 32), (16, 64), (32, 32), (32, 64)]
+    assert kept(16, 128) == [(16, 32)]
+    assert kept(32, 128) == [(16, 32)]  # none fits: the smallest runs
 
 
 # ---------------------------------------------------------------------------- integration

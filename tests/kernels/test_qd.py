@@ -9,6 +9,7 @@ import importlib
 
 import pytest
 import torch
+from tuning_keys import recorded_keys
 
 from segvit_rt.kernels.qd_attention import (
     _reference_backward,
@@ -29,7 +30,7 @@ TOL = {
     torch.bfloat16: ((2e-2, 2e-2), (5e-2, 5e-2)),
 }
 # (B, h, w, heads, head_dim): L/4 = 15 and 9 leave tails of the 16-row blocks, L = 60/36 of the key blocks.
-SHAPES = [(2, 6, 10, 2, 16), (1, 6, 6, 1, 32), (1, 8, 4, 2, 64)]
+SHAPES = [(2, 6, 10, 2, 16), (1, 6, 6, 1, 32), (1, 8, 4, 2, 64), (1, 4, 6, 1, 128)]
 
 
 def _fused_qkv(b, length, d, dtype, device, seed=0):
@@ -114,6 +115,24 @@ def test_poisoned_buffers_are_fully_written(device):
         torch.testing.assert_close(got.double(), ref, atol=1e-4, rtol=1e-3)
 
 
+def test_tuned_configs_are_shared_by_grids_of_one_power_of_two_range(monkeypatch):
+    """The autotuning key holds the token count's power-of-two range, not the grid: images of many
+    sizes tune once per range on a GPU."""
+    def keys(h, w):
+        d, heads = 32, 2
+        x_q, k, v = _fused_qkv(1, h * w, d, torch.float32, "cpu").split(d, -1)
+        out, lse = torch.empty(1, h * w // 4, d), torch.empty(1, heads, h * w // 4)
+
+        def launch():
+            launch_forward(x_q, k, v, (h, w), heads, 0.25, out, lse)
+            launch_backward(out, x_q, k, v, out, lse, (h, w), heads, 0.25, *(torch.empty_like(x_q) for _ in "qkv"))
+
+        return recorded_keys(monkeypatch, qd_module, launch)
+
+    assert set(keys(6, 10)) == {"_qd_fwd_kernel", "_qd_bwd_dkdv_kernel", "_qd_bwd_dq_kernel"}
+    assert keys(6, 10) == keys(10, 6) == keys(8, 8) != keys(8, 10)
+
+
 def test_backward_is_deterministic(device):
     b, h, w, heads, head_dim = 1, 6, 10, 2, 16
     d = heads * head_dim
@@ -175,6 +194,7 @@ def test_opcheck_and_export(device):
     "args, error, match",
     [
         (dict(grid_hw=(5, 4), shape=(1, 20, 32)), ValueError, "even token grid"),
+        (dict(grid_hw=(-4, -4)), ValueError, "grid_hw must be positive, got -4x-4"),
         (dict(grid_hw=(4, 4), shape=(1, 20, 32)), ValueError, "does not match the grid"),
         (dict(grid_hw=(4, 4), shape=(1, 16, 33)), ValueError, "not divisible by num_heads"),
         (dict(grid_hw=(4, 4), shape=(1, 16, 48)), ValueError, "power of two"),
