@@ -99,7 +99,8 @@ class Engine:
 
 
 def load_engine(directory, device=None, verify: bool = True) -> Engine:
-    """Check and load an engine directory; ``device`` defaults to the backend's choice
+    """Check and load an engine directory (or the one holding a file of it given instead: see
+    ``format.engine_folder``); ``device`` defaults to the backend's choice
     (onnx: CUDA where ONNX Runtime has the provider, else CPU; aoti: the device it was compiled for)."""
     directory = engine_folder(directory)
     meta = read_engine(directory, verify=verify)

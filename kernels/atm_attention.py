@@ -29,7 +29,7 @@ log-sum-exp costs accuracy at very large logits, as in every flash-attention
 backward: the error is about one fp32 ulp of |lse| (dV in fp32 about 10x torch's
 at scaled logits near 200, 20x near 1000; within torch's at the models' ~±60).
 
-Launch configs are autotuned on a GPU per (N, head_dim, dtype, mask or not) and
+Launch configs are autotuned on a GPU per (N, head_dim, padded head count, dtype, mask or not) and
 per power-of-two range of L (``l_bucket``), so whole-image inference, whose L
 changes with every image size, tunes once per range instead of once per size;
 a single small config runs under the Triton interpreter. Results are deterministic for

@@ -117,11 +117,12 @@ def _config_problems(c: SegViTConfig) -> list[str]:
     for dim, heads in (("embed_dim", "num_heads"), ("decoder_dim", "decoder_heads")):
         if getattr(c, dim) % getattr(c, heads):
             problems.append(f"{dim} {getattr(c, dim)} is not divisible by {heads} {getattr(c, heads)}")
-    blocks = list(c.out_indices)
-    if not blocks or any(not isinstance(i, int) or not 0 <= i < c.depth for i in blocks) or blocks != sorted(set(blocks)):
-        problems.append(f"out_indices {tuple(blocks)} must be increasing block numbers in 0..{c.depth - 1}")
-    if not (isinstance(c.shrink_idx, int) and 1 <= c.shrink_idx < c.depth):
-        problems.append(f"shrink_idx {c.shrink_idx!r} (the block QD replaces) must be in 1..{c.depth - 1}")
+    # out_indices (full) and shrink_idx (Shrunk) are checked against depth for the variant built: variant_problems
+    blocks = tuple(c.out_indices)
+    if not blocks or any(not isinstance(i, int) for i in blocks) or len(set(blocks)) != len(blocks):
+        problems.append(f"out_indices {blocks} must be distinct block numbers")
+    if not isinstance(c.shrink_idx, int):
+        problems.append(f"shrink_idx must be a block number, got {c.shrink_idx!r}")
     for name in ("mean", "std"):
         if len(getattr(c, name)) != 3:
             problems.append(f"{name} needs 3 values (R, G, B), got {tuple(getattr(c, name))}")
@@ -194,6 +195,19 @@ def check_variant(variant: str) -> str:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     return variant
+
+
+def check_blocks(cfg: SegViTConfig, variant: str) -> None:
+    """The blocks a variant takes features from must exist: the full model's ``out_indices``, the
+    Shrunk model's ``shrink_idx`` (QD's block; the one before it feeds the head). Each variant
+    ignores the other's field."""
+    last = cfg.depth - 1
+    if check_variant(variant) == "full" and not all(0 <= i <= last for i in cfg.out_indices):
+        raise ValueError(f"config {cfg.name!r}: out_indices {tuple(cfg.out_indices)} must be block numbers in 0..{last} "
+                         f"(depth {cfg.depth})")
+    if variant == "shrunk" and not 1 <= cfg.shrink_idx <= last:
+        raise ValueError(f"config {cfg.name!r}: shrink_idx {cfg.shrink_idx} (the block QD replaces) must be in 1..{last} "
+                         f"(depth {cfg.depth})")
 
 
 def input_multiple(cfg: SegViTConfig, variant: str) -> int:

@@ -25,7 +25,7 @@ from .config import PRESETS, VARIANTS
 from .models import SegViT
 from .train import run_config
 from .training.checkpoint import CheckpointError, load_checkpoint
-from .weights import WeightsError, import_official_segvit, read_checkpoint, save_weights
+from .weights import ShapeMismatchError, WeightsError, import_official_segvit, read_checkpoint, save_weights
 
 
 def training_checkpoint(path) -> dict | None:
@@ -49,7 +49,10 @@ def convert_training_checkpoint(state: dict, checkpoint, out, preset: str | None
     if not names:
         raise WeightsError(f"{checkpoint} records no class names (written before checkpoints kept them): finish "
                            "the run with train --resume and build from its weights.safetensors")
-    model = SegViT(run_config(args, names), args["variant"])
+    try:
+        model = SegViT(run_config(args, names), args["variant"])
+    except ValueError as e:
+        raise WeightsError(f"{checkpoint}: its run's arguments do not make a model this version builds: {e}") from e
     model.load_state_dict(state["model"])
     extra = {"converted_from": Path(checkpoint).name, "trained_iters": state["step"], "dataset": str(args["data"]),
              "train_args": args}
@@ -63,8 +66,8 @@ def convert(checkpoint, preset: str, variant: str, out) -> tuple[Path, str]:
     question = f"is {Path(checkpoint).name} a {variant} SegViT checkpoint of preset {preset}?"
     try:
         report = import_official_segvit(model, state)
-    except WeightsError as e:  # a tensor of another shape
-        raise WeightsError(f"{checkpoint}: {e}; {question}") from e
+    except ShapeMismatchError as e:
+        raise WeightsError(f"{checkpoint}: {e.detail}; {question}") from e
     if report.resized:  # trained at another crop size: not the model the preset describes
         raise WeightsError(f"{checkpoint}: {', '.join(report.resized)} is for another input size than the "
                            f"preset's crop ({PRESETS[preset].crop_size}); {question}")

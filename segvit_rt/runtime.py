@@ -48,7 +48,7 @@ def _with_context(error: Exception, where: str) -> Exception:
 class Runtime:
     """A loaded engine plus everything needed around it (see the module doc).
 
-    ``engine``: an engine directory (from ``python -m segvit_rt.build``).
+    ``engine``: an engine directory (from ``python -m segvit_rt.build``), or its ``engine.json`` or artifact.
     ``device``: where the engine runs (default: the backend's choice).
     ``mode``: ``"slide"`` or ``"whole"``.
     """

@@ -176,7 +176,7 @@ def segment_files(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segvit_rt.segment", description=__doc__.split("\n\n")[0])
     p.add_argument("images", nargs="+", help="image files, or folders of them")
-    p.add_argument("--engine", required=True, help="engine directory (python -m segvit_rt.build)")
+    p.add_argument("--engine", required=True, help="engine directory (python -m segvit_rt.build), or its engine.json")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--mode", choices=MODES, default="slide",
                    help="slide (default; the official evaluation's windows) or whole (the image resized to the crop)")

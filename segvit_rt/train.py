@@ -178,8 +178,9 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.dropout = preset.decoder_dropout
     if args.drop_path is None:
         args.drop_path = preset.drop_path_rate
-    if not 0.0 <= args.drop_path < 1.0:
-        raise UsageError(f"--drop-path must be in [0, 1), got {args.drop_path}")
+    for key in ("dropout", "drop_path"):
+        if not 0.0 <= getattr(args, key) < 1.0:
+            raise UsageError(f"--{key.replace('_', '-')} must be in [0, 1), got {getattr(args, key)}")
     for key in ("iters", "batch", "crop", "stride", "log_every"):
         if getattr(args, key) < 1:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")

@@ -176,6 +176,16 @@ def _load_exact(model, state: dict, source) -> None:
 # ---------------------------------------------------------------- importers
 
 
+class ShapeMismatchError(WeightsError):
+    """A checkpoint tensor of another shape than the model's; ``detail`` names it and both shapes."""
+
+    def __init__(self, detail: str, source):
+        self.detail = detail
+        where = "" if isinstance(source, dict) else f"{source}: "
+        super().__init__(f"{where}{detail} (a checkpoint of another preset, variant or class count?); "
+                         "the model was left unchanged")
+
+
 @dataclass
 class ImportReport:
     """What an importer loaded: keys the model lacks values for, keys of the file it did not use."""
@@ -301,10 +311,8 @@ def _match_partial(module: torch.nn.Module, state: dict, prefix: str, report: Im
             v = _resize_pos_embed(v, int(round((own[k].shape[1] - 1) ** 0.5)))
             report.resized.append(prefix + k)
         if v.shape != own[k].shape:
-            where = "" if isinstance(source, dict) else f"{source}: "
-            raise WeightsError(f"{where}{prefix}{k}: checkpoint shape {tuple(state[k].shape)} != model shape "
-                               f"{tuple(own[k].shape)} (a checkpoint of another preset, variant or class count?); "
-                               "the model was left unchanged")
+            raise ShapeMismatchError(
+                f"{prefix}{k}: checkpoint shape {tuple(state[k].shape)} != model shape {tuple(own[k].shape)}", source)
         pairs.append((own[k], v))
         report.loaded.append(prefix + k)
     report.missing.extend(prefix + k for k in own if k not in state)

@@ -175,9 +175,8 @@ def test_unknown_options_are_rejected():
 @pytest.mark.parametrize("field, value, message", [
     ("embed_dim", 130, "embed_dim 130 is not divisible by num_heads 4"),
     ("decoder_heads", 3, "decoder_dim 64 is not divisible by decoder_heads 3"),
-    ("out_indices", (1, 3, 9), r"out_indices \(1, 3, 9\) must be increasing block numbers in 0..5"),
-    ("out_indices", (3, 1), "out_indices"),
-    ("shrink_idx", 6, "shrink_idx 6"),
+    ("out_indices", (1, 1, 5), r"out_indices \(1, 1, 5\) must be distinct block numbers"),
+    ("out_indices", (), "out_indices"),
     ("num_classes", 0, "num_classes must be a positive integer, got 0"),
     ("patch_size", 0, "patch_size must be a positive integer"),
     ("crop_size", 100, "crop_size 100 is not a multiple of patch_size 16"),
@@ -191,6 +190,25 @@ def test_an_unbuildable_config_names_its_field(field, value, message):
         segvit_rt.create_model("tiny", **{field: value})
 
 
+@pytest.mark.parametrize("variant, field, value, message", [
+    ("full", "out_indices", (1, 3, 9), r"out_indices \(1, 3, 9\) must be block numbers in 0..5 \(depth 6\)"),
+    ("full", "depth", 3, r"out_indices \(1, 3, 5\) must be block numbers in 0..2"),
+    ("shrunk", "shrink_idx", 6, r"shrink_idx 6 \(the block QD replaces\) must be in 1..5"),
+    ("shrunk", "shrink_idx", 0, "shrink_idx 0"),
+])
+def test_the_blocks_a_variant_takes_features_from_must_exist(variant, field, value, message):
+    with pytest.raises(ValueError, match=f"config 'tiny': {message}"):
+        segvit_rt.create_model("tiny", variant, **{field: value})
+
+
+def test_each_variant_ignores_the_other_variants_block_field():
+    """A full model never uses shrink_idx, a Shrunk one never out_indices: models built before the
+    checks with such a field past a smaller depth still build."""
+    x = torch.randn(1, 3, 128, 128)
+    assert _tiny("full", depth=3, out_indices=(0, 1, 2)).eval()(x)["pred_masks"].shape == (1, 5, 8, 8)
+    assert _tiny("shrunk", depth=4).eval()(x)["pred_masks"].shape == (1, 5, 8, 8)
+
+
 @pytest.mark.parametrize("dtype, message", [(torch.uint8, "normalised float image"),
                                             (torch.float64, "float64 and the model's weights torch.float32")])
 def test_an_image_batch_of_another_dtype_is_named(dtype, message):
@@ -198,9 +216,12 @@ def test_an_image_batch_of_another_dtype_is_named(dtype, message):
         _tiny("full")(torch.zeros(1, 3, 128, 128, dtype=dtype))
 
 
-def test_autocast_takes_a_float32_batch():
+def test_autocast_takes_a_batch_of_its_dtype_into_a_float32_model():
+    model, batch = _tiny("full"), torch.zeros(1, 3, 128, 128, dtype=torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert _tiny("full")(torch.zeros(1, 3, 128, 128))["pred_logits"].dtype == torch.bfloat16
+        assert model(batch)["pred_logits"].dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="bfloat16 and the model's weights torch.float32"):
+        model(batch)
 
 
 @pytest.mark.parametrize("variant", ["full", "shrunk"])

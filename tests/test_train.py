@@ -469,7 +469,7 @@ def test_defaults_follow_preset_and_variant():
     assert [getattr(context, k) for k in recipe] == [80_000, 0.03, 1.0, 35.0, 0.0, 1500]
     tiny = resolved()
     assert [getattr(tiny, k) for k in recipe] == [1500, 0.01, 1.0, 1.0, 0.0, 100]
-    for bad in (["--drop-path", "1"], ["--weight-decay", "-0.1"], ["--clip-grad", "-1"], ["--stride", "200"],
+    for bad in (["--drop-path", "1"], ["--dropout", "1"], ["--dropout", "-0.1"], ["--weight-decay", "-0.1"], ["--clip-grad", "-1"], ["--stride", "200"],
                 ["--crop", "72"], ["--lr", "0"], ["--head-lr-mult", "-1"]):
         with pytest.raises(train_cli.UsageError, match=bad[0]):
             resolved(*bad)
@@ -699,6 +699,11 @@ def test_a_training_checkpoint_converts_to_the_runs_weights(synth, tmp_path, cap
                 "a training checkpoint of a tiny shrunk run; --variant full"),
                (out / "weights.safetensors", [], "--preset and --variant needed"),
                (out / "gone.pt", ["--variant", "full"], "checkpoint not found")]
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["args"]["dropout"] = 1.0  # a run this version would refuse to start
+    torch.save(state, tmp_path / "odd.pt")
+    refused.append((tmp_path / "odd.pt", [], "odd.pt: its run's arguments do not make a model this version builds: "
+                                             "config 'tiny': decoder_dropout must be in [0, 1), got 1.0"))
     for source, args, message in refused:
         with pytest.raises(SystemExit):
             convert.main([str(source), "--out", str(tmp_path / "x.safetensors"), *args])

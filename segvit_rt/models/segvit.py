@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from ..config import SegViTConfig, check_variant, get_config, input_multiple
+from ..config import SegViTConfig, check_blocks, get_config, input_multiple
 from .atm_head import ATMHead
 from .shrunk_head import ShrunkATMHead
 from .vit import VisionTransformer
@@ -20,8 +20,9 @@ class SegViT(nn.Module):
 
     def __init__(self, cfg: SegViTConfig, variant: str = "full", kernels: str = "reference"):
         super().__init__()
+        check_blocks(cfg, variant)
         self.cfg = cfg
-        self.variant = check_variant(variant)
+        self.variant = variant
         if variant == "full":
             self.backbone = VisionTransformer(cfg, cfg.out_indices)
             self.decode_head = ATMHead(cfg, cfg.embed_dim, num_stages=len(cfg.out_indices))
@@ -59,7 +60,8 @@ class SegViT(nn.Module):
         weight = self.backbone.patch_embed.proj.weight
         if not img.is_floating_point():
             raise TypeError(f"SegViT expects a normalised float image batch ((pixel - mean) / std), got {img.dtype}")
-        if img.dtype != weight.dtype and not torch.is_autocast_enabled(img.device.type):
+        autocast = torch.amp.is_autocast_available(img.device.type) and torch.is_autocast_enabled(img.device.type)
+        if img.dtype != weight.dtype and not autocast:
             raise TypeError(f"the image batch is {img.dtype} and the model's weights {weight.dtype}: "
                             f"convert one to the other (or run under torch.autocast)")
         multiple = input_multiple(self.cfg, self.variant)

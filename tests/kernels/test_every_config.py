@@ -1,6 +1,6 @@
 """Every autotune config of the kernels against the float64 reference, on shapes with tails.
 
-Autotuning runs one config per shape and GPU, so the other kernel tests check only the winners; a
+Autotuning runs one config per GPU and size range, so the other kernel tests check only the winners; a
 config that compiled into wrong code would give wrong answers wherever it wins. Under the
 interpreter each kernel has one config; on CUDA (``gpu_check.sh``'s config-sweep step) every config
 runs, each compiled on its own.
