@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
-    with exit_on(EngineError, WeightsError, BuildError):
+    with exit_on(EngineError, WeightsError, BuildError, OSError):
         if args.batch is not None and args.max_batch is not None:
             raise EngineError(f"--max-batch is for dynamic engines; --batch {args.batch} builds a static one")
         model, weights = load_build_model(args.variant, args.preset, args.weights)

@@ -22,6 +22,9 @@ def check_output(path: str | Path, flag: str, folder: bool) -> None:
     file is wanted (``folder=False``), a file where a folder is wanted, a path below a file, or one
     in a folder this process may not write (permissions, a read-only file system)."""
     path = Path(path)
+    if folder and path.is_symlink() and not path.exists():
+        raise OutputPathError(f"{flag} {path} is a broken symbolic link (to {os.readlink(path)}): the folder it "
+                              "names does not exist")
     if folder and path.exists() and not path.is_dir():
         raise OutputPathError(f"{flag} {path} is a file, not a folder")
     if not folder and path.is_dir():
@@ -36,9 +39,13 @@ def check_output(path: str | Path, flag: str, folder: bool) -> None:
             break
 
 
-def _user_message(error: BaseException) -> str:
+def user_message(error: BaseException) -> str:
     """The error's own message; for one re-raised from a DataLoader worker, without the worker's
-    traceback that torch puts in front of it."""
+    traceback that torch puts in front of it; for the system's own errors (a full disk, a name too
+    long), the file and the reason."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        also = f" -> {error.filename2}" if error.filename2 is not None else ""
+        return f"{error.filename}{also}: {error.strerror}"
     text = str(error)
     if text.startswith("Caught ") and "Original Traceback" in text:
         last = text.strip().splitlines()[-1]
@@ -73,7 +80,7 @@ def exit_on(*errors: type[BaseException], say: bool = True):
         yield
     except (OutputPathError, *errors) as e:
         if say:
-            print(f"error: {_user_message(e)}", file=sys.stderr)
+            print(f"error: {user_message(e)}", file=sys.stderr)
         raise SystemExit(2) from e
     finally:
         warnings.formatwarning = shown

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
-    with exit_on(WeightsError):
+    with exit_on(WeightsError, OSError):
         check_output(args.out, "--out", folder=False)
         if Path(args.out).suffix != ".safetensors":
             raise WeightsError(f"--out {args.out}: the weights are written as safetensors; name the file *.safetensors")

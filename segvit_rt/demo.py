@@ -89,11 +89,16 @@ def check_demo_folder(out: Path) -> None:
         raise UsageError(f"--out {out}: {data} is not synthetic data the demo wrote (no synth.json), and the demo "
                          "replaces it whole; choose another --out")
     overlays = out / "overlays"
+    if overlays.exists() and not overlays.is_dir():
+        raise UsageError(f"--out {out}: {overlays} is a file, where the demo writes a folder; choose another --out")
     if overlays.exists():
         foreign = [p.name for p in overlays.iterdir() if not (p.is_file() and p.name.endswith("_overlay.png"))]
-        if foreign or not overlays.is_dir():
+        if foreign:
             raise UsageError(f"--out {out}: {overlays} holds what the demo did not write ({', '.join(foreign[:3])}), "
                              "and the demo replaces that folder whole; choose another --out")
+    for name in ("grid.png", "results.json"):
+        if (out / name).is_dir():
+            raise UsageError(f"--out {out}: {out / name} is a folder, where the demo writes a file; choose another --out")
     check_out(out / "engine")
 
 
@@ -182,7 +187,7 @@ def main(argv=None) -> dict:
     if args.images is not None and args.images < 1:
         build_parser().error(f"--images must be at least 1, got {args.images}")
     start = time.perf_counter()
-    with exit_on(UsageError, EngineError, WeightsError, BuildError, FileNotFoundError), \
+    with exit_on(UsageError, EngineError, WeightsError, BuildError, OSError), \
             on_interrupt("every output the demo wrote is whole or absent; run it again (it starts over)"):
         check_output(args.out, "--out", folder=True)
         results = run_demo(Path(args.out), args.variant, args.weights, args.images, progress=not args.quiet,

@@ -141,12 +141,14 @@ def check_windows(cfg, variant: str, mode: str, crop: int, stride: int | None) -
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    with exit_on(UsageError, WeightsError, DatasetError, FileNotFoundError):
+    with exit_on(UsageError, WeightsError, DatasetError, OSError):
         outputs = [(flag, path) for flag, path in (("--json", args.json), ("--chart", args.chart)) if path]
         for flag, path in outputs:
             check_output(path, flag, folder=False)
             if Path(path).resolve() == Path(args.weights).resolve():
                 raise UsageError(f"{flag} {path} is the --weights file: it would be overwritten")
+        if args.chart and Path(args.chart).suffix.lower() != ".png":
+            raise UsageError(f"--chart {args.chart}: the chart is a PNG image; name it *.png")
         if len(outputs) == 2 and Path(args.json).resolve() == Path(args.chart).resolve():
             raise UsageError(f"--json and --chart name the same file {args.json}: one would overwrite the other")
         for flag, value in (("--crop", args.crop), ("--stride", args.stride)):
@@ -163,6 +165,8 @@ def main(argv=None) -> dict:
         split = None if args.split == "none" else args.split
         dataset = open_dataset(args.data, split, transform=EvalTransform(cfg.mean, cfg.std),
                                context_classes=59 if cfg.num_classes == 59 else 60)  # the model's protocol
+        for flag, path in outputs:
+            dataset.check_writes_outside(path, flag)
         metrics = evaluate_model(model, dataset, args.mode, args.crop, args.stride, progress=not args.quiet,
                                  tta=args.tta)
     if tuple(dataset.classes) != tuple(cfg.names()):
@@ -171,10 +175,11 @@ def main(argv=None) -> dict:
     metrics = {**metrics, "weights": str(args.weights), "data": str(args.data), "split": args.split,
                "class_names": list(cfg.names())}
     print(format_table(metrics, cfg.names()))
-    if args.json:
-        write_json(args.json, metrics)
-    if args.chart:
-        plot_class_iou(metrics, cfg.names(), args.chart)
+    with exit_on(OSError):  # a full disk, say
+        if args.json:
+            write_json(args.json, metrics)
+        if args.chart:
+            plot_class_iou(metrics, cfg.names(), args.chart)
     return metrics
 
 

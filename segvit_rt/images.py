@@ -87,6 +87,8 @@ def _from_path(path: Path, exif_turn: bool) -> np.ndarray:
         raise ValueError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read image {path}: the file is empty (0 bytes)")
     try:
         with Image.open(path) as im:
             im.load()

@@ -1,10 +1,10 @@
 """Atomic file writes: a crash or kill never leaves a half-written artifact behind.
 
 A writer of NAME works in ``.NAME.XXXXXXXX.tmp`` beside it (``.old`` holds a directory it moved
-aside) and holds an exclusive ``flock`` on that temporary while it lives (taken while it is still
-``.new``, a name sweepers ignore). A lock dies with its process, so the next writer of NAME can
-tell a killed writer's leftovers from a running one's, across containers and without trusting
-process ids. (On shared storage whose locks stay local to each client, e.g. NFS mounted with
+aside; NAME is shortened where the name would be too long) and holds an exclusive ``flock`` on
+that temporary while it lives (taken while it is still ``.new``, a name sweepers ignore). A lock
+dies with its process, so the next writer of NAME can tell a killed writer's leftovers from a
+running one's, across containers and without trusting process ids. (On shared storage whose locks stay local to each client, e.g. NFS mounted with
 ``local_lock=flock``, only writers on the same host are told apart.)
 """
 from __future__ import annotations
@@ -25,6 +25,21 @@ try:
     import fcntl
 except ImportError:  # Windows: no flock, so nothing is swept and runs are not locked
     fcntl = None
+
+
+NAME_MAX = 255  # bytes in one file name on the usual file systems (ext4, xfs, btrfs, APFS, NTFS)
+_TEMP_ROOM = NAME_MAX - len(".") - len(".XXXXXXXX.tmp")
+
+
+def _temp_name(name: str) -> str:
+    """NAME as its temporaries carry it: whole where ``.NAME.XXXXXXXX.tmp`` fits in a file name,
+    else its start, a digest of it and its last 32 characters (which keep the suffix sweepers match)."""
+    if len(name.encode()) <= _TEMP_ROOM:
+        return name
+    tail = name[-32:]
+    room = _TEMP_ROOM - len(tail.encode()) - len("~12345678")
+    head = name.encode()[:room].decode(errors="ignore")
+    return f"{head}~{hashlib.sha256(name.encode()).hexdigest()[:8]}{tail}"
 
 
 class LockedError(RuntimeError):
@@ -157,7 +172,7 @@ def sweep_leftovers(path: str | os.PathLike, stacklevel: int = 2) -> list[Path]:
     path = Path(path)
     if fcntl is None:
         return []
-    named = re.compile(rf"\.{re.escape(path.name)}\.([a-z0-9_]{{8}})\.(?:tmp|old)")
+    named = re.compile(rf"\.{re.escape(_temp_name(path.name))}\.([a-z0-9_]{{8}})\.(?:tmp|old)")
     try:
         stems = sorted({m[1] for m in map(named.fullmatch, os.listdir(path.parent)) if m})
     except OSError:
@@ -189,7 +204,7 @@ def sweep_folder(folder: str | os.PathLike, suffixes: tuple[str, ...], stackleve
 
 def _clear(path: Path, stem: str, stacklevel: int) -> list[Path]:
     """Clear one killed write's leftovers (see :func:`sweep_leftovers`)."""
-    tmp, old = (path.parent / f".{path.name}.{stem}.{kind}" for kind in ("tmp", "old"))
+    tmp, old = (path.parent / f".{_temp_name(path.name)}.{stem}.{kind}" for kind in ("tmp", "old"))
     had_tmp = os.path.lexists(tmp)
     fd = _claim(tmp) if had_tmp else None
     if had_tmp and fd is None:
@@ -229,7 +244,7 @@ def atomic_path(path: str | os.PathLike, sweep: bool = False):
     path.parent.mkdir(parents=True, exist_ok=True)
     if sweep:
         sweep_leftovers(path, stacklevel=4)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_temp_name(path.name)}.", suffix=".new", dir=path.parent)
     if fcntl is None:  # nothing to lock; and Windows renames no open file
         os.close(fd)
         fd = None
@@ -263,7 +278,7 @@ def atomic_dir(path: str | os.PathLike):
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(path, stacklevel=4)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{_temp_name(path.name)}.", suffix=".new", dir=path.parent))
     fd = None
     try:
         if fcntl is not None:

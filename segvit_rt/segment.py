@@ -7,8 +7,9 @@ class index; 16-bit past 256 classes) and ``DIR/<stem>_overlay.png`` (the image
 blended with the class colours), each atomically. A folder stands for the image
 files directly inside it (subfolders and broken links are named, not searched;
 when it is ``--out`` too, its ``*_labels.png``/``*_overlay.png`` files are an
-earlier run's outputs, not inputs). An image that cannot be read is reported and
-skipped: the others are still segmented, and the exit status is 1.
+earlier run's outputs, not inputs). An image that cannot be read, or whose output
+names would be too long for a file name, is reported and skipped: the others are
+still segmented, and the exit status is 1.
 ``--skip-existing`` writes only the outputs not there yet (to continue a stopped
 run, after Ctrl-C, say: each output is whole or absent).
 """
@@ -26,7 +27,7 @@ from .data.datasets import IMAGE_SUFFIXES
 from .engines import EngineError
 from .images import load_image, save_labels, save_png
 from .inference import MODES
-from .io_utils import sweep_folder
+from .io_utils import NAME_MAX, sweep_folder
 
 OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png")
 
@@ -137,24 +138,32 @@ def segment_files(
 ) -> tuple[list[Path], dict[Path, str]]:
     """Segment ``paths`` into ``out``, ``batch`` images per ``Runtime.segment_batch`` call (images of
     one size share engine calls); ``protected`` files are never overwritten. Returns the images
-    segmented, and those that could not be read with the reason (skipped, so one bad file in a
-    folder does not stop the rest)."""
+    segmented, and those skipped with the reason (unreadable, or with an output name too long for
+    a file system: one bad file in a folder does not stop the rest)."""
     if batch < 1:
         raise UsageError(f"--batch must be >= 1, got {batch}")
     plan = planned_writes(paths, out, skip_existing)
     check_inputs(paths, out, plan, protected)
     out.mkdir(parents=True, exist_ok=True)
     sweep_folder(out, OUTPUT_SUFFIXES)  # temporaries of a killed run's PNG writes
-    pending = list(plan)
-    segmented, unreadable = [], {}
+    segmented, skipped = [], {}
+    for path, outputs in plan.items():
+        longest = max(outputs, key=lambda o: len(o.name.encode()))
+        if len(longest.name.encode()) > NAME_MAX:
+            skipped[path] = (f"{path}: its output {longest.name[:40]}... would be a file name of "
+                                f"{len(longest.name.encode())} bytes, more than a file system takes ({NAME_MAX}); "
+                                "rename the image")
+    pending = [path for path in plan if path not in skipped]
     bar = tqdm(total=len(pending), desc="segment", unit="img", disable=not progress)
+    for reason in skipped.values():
+        bar.write(f"skipped: {reason}")
     for start in range(0, len(pending), batch):
         chunk, readable = pending[start : start + batch], {}
         for path in chunk:
             try:
                 readable[path] = load_image(path)  # decoded once for the labels and the overlay
             except ValueError as e:
-                unreadable[path] = str(e)
+                skipped[path] = str(e)
                 bar.write(f"skipped: {e}")
         for (path, rgb), labels in zip(readable.items(), runtime.segment_batch(list(readable.values()))):
             label_png, overlay_png = output_paths(path, out)
@@ -170,7 +179,7 @@ def segment_files(
             segmented.append(path)
         bar.update(len(chunk))
     bar.close()
-    return segmented, unreadable
+    return segmented, skipped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,14 +222,14 @@ def main(argv=None) -> list[Path]:
         plan = planned_writes(paths, out, args.skip_existing)
         check_inputs(paths, out, plan, earlier)
         runtime = Runtime(args.engine, device=args.device, mode=args.mode)
-        segmented, unreadable = segment_files(runtime, paths, out, args.alpha, progress=not args.quiet,
+        segmented, skipped = segment_files(runtime, paths, out, args.alpha, progress=not args.quiet,
                                               skip_existing=args.skip_existing, batch=args.batch, protected=earlier)
     done_before = len(paths) - len(plan)
     print(f"segmented {_count(len(segmented), 'image')} into {args.out}"
           + (f" ({_count(done_before, 'image')} already done there, left as they were)" if done_before else ""))
-    if unreadable:
-        print(f"error: {len(unreadable)} of {len(paths)} images could not be read:", file=sys.stderr)
-        for reason in unreadable.values():
+    if skipped:
+        print(f"error: {len(skipped)} of {len(paths)} images could not be segmented:", file=sys.stderr)
+        for reason in skipped.values():
             print(f"  {reason}", file=sys.stderr)
         raise SystemExit(1)
     return [output_paths(p, out)[0] for p in segmented]

@@ -55,6 +55,7 @@ from .weights import (
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.safetensors"
+SUMMARY = "summary.json"
 
 # The official SegViT recipe (its ADE20K config: 160k iterations, batch 16, AdamW 2e-5 with weight decay
 # 0.01, 1500 warm-up steps, poly decay of power 1, gradients clipped at norm 35), the changes of its
@@ -296,6 +297,10 @@ def previous_state(args, world_size: int = 1) -> dict | None:
     if path.exists():
         raise UsageError(f"{args.out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
                          "or choose another --out")
+    finished = [name for name in (WEIGHTS, SUMMARY) if os.path.lexists(Path(args.out) / name)]
+    if finished:
+        raise UsageError(f"{args.out} holds an earlier run's {' and '.join(finished)} (and no {CHECKPOINT} to "
+                         "continue from): choose another --out, or move them away to start over there")
     return None
 
 
@@ -320,6 +325,8 @@ class Trainer:
         self.amp_dtype = autocast_dtype(args.amp, self.device)
 
         self.train_set, self.val_set = open_datasets(args)
+        for dataset in (self.train_set, self.val_set):
+            dataset.check_writes_outside(self.out, "--out")
         # Read the (small) validation split now: a bad file there would otherwise stop the run at its
         # first evaluation, hours in.
         self.val_set.verify(progress=info.is_main and not args.quiet, desc="checking the validation split")
@@ -480,7 +487,7 @@ class Trainer:
                 extra["synth"] = synth
             save_weights(self.out / WEIGHTS, self.model, extra=extra, dtype=dtype)
             plot_curves(self.log.records(), self.out / "curves.png")
-            write_json(self.out / "summary.json", summary)
+            write_json(self.out / SUMMARY, summary)
             chance = metrics["chance"]
             against = (f"chance: constant mIoU {100 * chance['constant_mIoU']:.2f}, random {100 * chance['random_mIoU']:.2f}"
                        if chance else "the validation split has no labelled pixel")
@@ -552,7 +559,7 @@ def lock_run_folder(out: Path, stack: ExitStack) -> None:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     try:
-        with exit_on(UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError,
+        with exit_on(UsageError, DatasetError, CheckpointError, WeightsError, OSError,
                      say=os.environ.get("RANK", "0") == "0"):  # under torchrun every replica fails alike
             return train(args)
     except KeyboardInterrupt:  # under torchrun every replica gets it: one says where the run stands

@@ -71,7 +71,10 @@ def save_weights(path, model, class_names=None, extra: dict | None = None, dtype
         for k, v in model.state_dict().items()
     }
     with atomic_path(path, sweep=True) as tmp:
-        save_file(state, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+        try:
+            save_file(state, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+        except SafetensorError as e:  # its writer's I/O errors (a full disk) as the OSError they are
+            raise OSError(f"{path} could not be written: {e}") from e
     return path
 
 

@@ -1,5 +1,6 @@
 """What the command-line tools share: bad output paths and wrapped worker errors reported as
 one line, exit status 2, before any work."""
+import errno
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from segvit_rt import build, cli, convert, create_model, demo, evaluate, segment
+from segvit_rt import build, cli, convert, create_model, demo, evaluate, io_utils, segment
 from segvit_rt import train as train_cli
 from segvit_rt.cli import OutputPathError, check_output, exit_on
 from segvit_rt.data import DatasetError, synth
@@ -89,6 +90,45 @@ def test_clis_refuse_an_unwritable_output_before_any_work(command, args, tmp_pat
     err = capsys.readouterr().err
     assert "is a folder; a file path is needed" in err or "notes.txt is a file, not a folder" in err, err
     assert a_file.read_text() == "mine"
+
+
+def test_an_output_that_is_a_broken_link_is_named(tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    with pytest.raises(OutputPathError, match=r"--out .*out is a broken symbolic link \(to .*gone\)"):
+        check_output(tmp_path / "out", "--out", folder=True)
+
+
+def test_system_errors_read_as_the_file_and_the_reason():
+    assert cli.user_message(OSError(errno.ENOSPC, "No space left on device", "/data/w.safetensors")) == (
+        "/data/w.safetensors: No space left on device")
+    assert cli.user_message(OSError(errno.EXDEV, "Invalid cross-device link", "a", None, "b")) == (
+        "a -> b: Invalid cross-device link")
+    assert cli.user_message(FileNotFoundError("image(s) not found: x.png")) == "image(s) not found: x.png"
+
+
+def fill_disk(monkeypatch):
+    """Make every atomic write fail as on a full disk, when it makes its temporary."""
+    def no_space(*args, dir=None, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dir))
+
+    monkeypatch.setattr(io_utils.tempfile, "mkstemp", no_space)
+    monkeypatch.setattr(io_utils.tempfile, "mkdtemp", no_space)
+
+
+@pytest.mark.parametrize("command", ["build", "synth", "train"])
+def test_a_full_disk_is_one_line_naming_the_folder(command, tmp_path, capsys, monkeypatch):
+    data = synth.generate(tmp_path / "data", classes=3, train=4, val=1, size=64, progress=False).parent
+    run = {"build": lambda: build.main(["--variant", "shrunk", "--out", str(tmp_path / "disk" / "eng")]),
+           "synth": lambda: synth.main([str(tmp_path / "disk"), "--classes", "3", "--train", "1", "--val", "1",
+                                        "--quiet"]),
+           "train": lambda: train_cli.main(["--data", str(data), "--out", str(tmp_path / "disk"), "--iters", "1",
+                                            "--crop", "64", "--batch", "2", "--eval-every", "0", "--quiet"])}
+    (tmp_path / "disk").mkdir()
+    fill_disk(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        run[command]()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {tmp_path / 'disk'}: No space left on device"
 
 
 class Unreadable(Dataset):

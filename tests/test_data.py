@@ -1,5 +1,6 @@
 """Datasets (the ADE20K, COCO-Stuff 10k, PASCAL-Context and generic layouts, errors) and the train/eval transforms."""
 import colorsys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,6 +255,31 @@ def test_unreadable_image_names_the_file(tmp_path, damage):
         ds[1]
     with pytest.raises(DatasetError, match=r"img_1\.jpg"):
         ds.verify()
+
+
+def test_empty_files_are_named_as_empty(tmp_path):
+    base = make_ade(tmp_path, [np.ones((8, 8))] * 2)
+    (base / "images" / "training" / "img_0.jpg").write_bytes(b"")
+    (base / "annotations" / "training" / "img_1.png").write_bytes(b"")
+    ds = ADE20KDataset(tmp_path)
+    with pytest.raises(DatasetError, match=r"cannot read image .*img_0\.jpg: the file is empty \(0 bytes\)"):
+        ds[0]
+    with pytest.raises(DatasetError, match=r"cannot read mask .*img_1\.png: the file is empty \(0 bytes\)"):
+        ds[1]
+
+
+@pytest.mark.parametrize("broken", ["image", "mask", "both"])
+def test_a_broken_link_among_the_samples_is_named(tmp_path, broken):
+    """A sample whose file is a dangling link is an error (was: the pair silently dropped, or a
+    mask reported missing although its name is there)."""
+    base = make_ade(tmp_path, [np.ones((8, 8))] * 2)
+    targets = {"image": ["images/training/img_1.jpg"], "mask": ["annotations/training/img_1.png"]}
+    targets["both"] = targets["image"] + targets["mask"]
+    for name in targets[broken]:
+        (base / name).unlink()
+        (base / name).symlink_to(tmp_path / "moved" / Path(name).name)
+    with pytest.raises(DatasetError, match=r"img_1\.(jpg|png) is a broken link \(to .*moved"):
+        ADE20KDataset(tmp_path)
 
 
 def test_exif_tags_and_16_bit_images(tmp_path):

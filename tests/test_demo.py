@@ -74,6 +74,9 @@ def test_missing_bundled_weights_are_trained_first(tmp_path, monkeypatch):
     ("data/ADEChallengeData2016/images/real_photo.jpg", "is not synthetic data the demo wrote"),
     ("overlays/my_notes.txt", "holds what the demo did not write (my_notes.txt)"),
     ("engine/notes.txt", "holding other things than an engine"),
+    ("overlays", "overlays is a file, where the demo writes a folder"),
+    ("grid.png/notes.txt", "grid.png is a folder, where the demo writes a file"),
+    ("results.json/notes.txt", "results.json is a folder, where the demo writes a file"),
 ])
 def test_the_demo_never_replaces_folders_it_did_not_write(tmp_path, capsys, plant, message):
     """It replaces data/ADEChallengeData2016, overlays/ and engine/ whole: someone else's files there

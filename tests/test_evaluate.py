@@ -1,5 +1,6 @@
 """``python -m segvit_rt.evaluate`` against metrics computed here from the model's own forward pass."""
 import json
+import os
 import re
 
 import numpy as np
@@ -91,8 +92,13 @@ def test_split_none_evaluates_a_generic_folder_without_split_folders(setup, tmp_
 def test_outputs_that_would_overwrite_an_input_or_each_other_and_zero_windows_are_refused(setup, capsys):
     root, ade, model, weights = setup
     before = weights.read_bytes()
+    mask = ade / "annotations" / "validation" / sorted(os.listdir(ade / "annotations" / "validation"))[0]
+    mask_bytes = mask.read_bytes()
     cases = [(["--json", str(weights)], "--json .* is the --weights file"),
              (["--chart", str(weights)], "--chart .* is the --weights file"),
+             (["--chart", str(mask)], "--chart .* is inside .*annotations/validation, a folder of the data set's samples"),
+             (["--json", str(ade / "images" / "validation" / "m.json")], "--json .* is inside .*images/validation"),
+             (["--chart", str(root / "iou.jpg")], r"--chart .*iou.jpg: the chart is a PNG image; name it \*.png"),
              (["--json", str(root / "x.png"), "--chart", str(root / "x.png")], "name the same file"),
              (["--stride", "0"], "--stride must be >= 1, got 0"),
              (["--crop", "0"], "--crop must be >= 1, got 0")]
@@ -101,7 +107,8 @@ def test_outputs_that_would_overwrite_an_input_or_each_other_and_zero_windows_ar
             evaluate.main(["--weights", str(weights), "--data", str(ade.parent), "--quiet", *extra])
         assert exc.value.code == 2
         assert re.search(message, capsys.readouterr().err)
-    assert weights.read_bytes() == before
+    assert weights.read_bytes() == before and mask.read_bytes() == mask_bytes
+    assert not (root / "iou.jpg").exists() and not (ade / "images" / "validation" / "m.json").exists()
 
 
 def test_predictions_come_back_at_the_original_size():

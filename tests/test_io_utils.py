@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
+import segvit_rt.training.checkpoint as checkpoint_module
+import segvit_rt.weights as weights_module
 from segvit_rt import create_model
 from segvit_rt.io_utils import (
     LockedError,
@@ -200,6 +203,30 @@ def test_a_killed_file_write_is_cleared_by_the_next_save(tmp_path, save):
     assert os.listdir(tmp_path / "out") == ["artifact"]
 
 
+def test_a_full_disk_under_torch_and_safetensors_writers_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
+    """Their writers report a failed write as RuntimeError / SafetensorError; the CLIs report OSErrors
+    as one line, so these are turned into OSErrors naming the file (and the target keeps its old bytes)."""
+    target = tmp_path / "checkpoint.pt"
+    save_a_checkpoint(target)
+    before = target.read_bytes()
+
+    def torch_full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", torch_full)
+    with pytest.raises(OSError, match=rf"{target} could not be written \(is the disk full\?\): \[enforce fail"):
+        save_a_checkpoint(target)
+    assert target.read_bytes() == before and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+    def safetensors_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(weights_module, "save_file", safetensors_full)
+    with pytest.raises(OSError, match=r"w.safetensors could not be written: Error while serializing.*StorageFull"):
+        save_weights(tmp_path / "w.safetensors", create_model("tiny", "full"))
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
 def test_a_folder_of_small_outputs_is_swept_at_once(tmp_path):
     """Small outputs (label PNGs) do not sweep at each write; their writer sweeps the folder once,
     clearing only dead temporaries of the outputs it names: the folder may hold the user's files."""
@@ -221,6 +248,27 @@ def test_a_folder_of_small_outputs_is_swept_at_once(tmp_path):
         assert (out / "notes.txt").read_text() == "the user's"
     finally:
         os.close(fd)
+
+
+def test_names_near_the_file_name_limit_are_written_and_their_leftovers_swept(tmp_path):
+    """A legal 250-byte name leaves no room for ``.NAME.XXXXXXXX.tmp``: its temporaries carry a
+    shortened NAME (still ending as NAME does), and sweepers find them by it."""
+    label = "ü" * 120 + "_labels.png"  # 251 bytes
+    engine = "e" * 250
+    for name in (label, engine):
+        assert len(name.encode()) > 255 - 14
+    out = tmp_path / "out"
+    kill_a_writer(tmp_path, out / label, "file")
+    kill_a_writer(tmp_path, out / engine, "while writing")
+    dead = leftovers(out)
+    assert len(dead) == 2 and all(len(n.encode()) <= 255 for n in dead)
+    assert any(n.endswith("_labels.png." + n.split(".")[-2] + ".tmp") for n in dead)
+    assert len(sweep_folder(out, ("_labels.png",))) == 1
+    with atomic_dir(out / engine) as tmp:
+        (tmp / "a").write_text("1")
+    with atomic_path(out / label) as tmp:
+        tmp.write_text("2")
+    assert sorted(os.listdir(out)) == sorted([label, engine]) and (out / label).read_text() == "2"
 
 
 def test_leftovers_of_live_writers_are_kept(tmp_path):

@@ -257,7 +257,7 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
     assert exc.value.code == 1
     assert f"note: {photos}: skipped 1 subfolder (not searched: pass them too) and broken link gone.png" in captured.err
     assert f"segmented 3 images into {out}" in captured.out
-    assert "1 of 4 images could not be read" in captured.err and "b.jpg" in captured.err
+    assert "1 of 4 images could not be segmented" in captured.err and "b.jpg" in captured.err
     assert sorted(p.name for p in out.iterdir()) == [
         f"{stem}_{kind}.png" for stem in "acd" for kind in ("labels", "overlay")
     ]
@@ -269,6 +269,23 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
     assert f"segmented 1 image into {out} (1 image already done there" in capsys.readouterr().out
     assert (out / "a_overlay.png").is_file()  # only what was missing is written
     assert {name: (out / name).stat().st_mtime_ns for name in written} == written
+
+
+def test_an_image_whose_output_names_would_be_too_long_is_skipped_and_named(onnx_engine, tmp_path, capsys):
+    """A 246-byte stem is a legal image name, but ``<stem>_overlay.png`` is not: that image is skipped
+    (and reported) as an unreadable one is, the others segmented; a 235-byte one is written whole."""
+    long_stem, near_stem = "x" * 246, "n" * 235
+    paths = [tmp_path / f"{stem}.png" for stem in ("a", long_stem, near_stem)]
+    for path in paths:
+        Image.fromarray(image(40, 40)).save(path)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        segment.main([*map(str, paths), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert exc.value.code == 1 and f"segmented 2 images into {out}" in captured.out
+    assert "would be a file name of 258 bytes, more than a file system takes (255); rename the image" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}_{kind}.png" for stem in ("a", near_stem) for kind in ("labels", "overlay"))
 
 
 def test_segment_cli_on_its_own_output_folder_and_when_stopped(onnx_engine, tmp_path, capsys, monkeypatch):

@@ -231,6 +231,28 @@ def test_out_that_is_a_file_is_refused(synth, tmp_path, capsys):
     assert "is a file; the run folder must be a folder" in capsys.readouterr().err
 
 
+def test_a_finished_run_without_its_checkpoint_is_not_overwritten(synth, tmp_path, capsys):
+    """Deleting checkpoint.pt (to save space) must not let a new run replace the weights."""
+    out = tmp_path / "run"
+    train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "1", "--eval-every", "0", *FAST])
+    (out / "checkpoint.pt").unlink()
+    before = (out / "weights.safetensors").read_bytes()
+    with pytest.raises(SystemExit) as exit_:
+        train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "1", "--eval-every", "0", *FAST])
+    assert exit_.value.code == 2 and (out / "weights.safetensors").read_bytes() == before
+    assert (f"{out} holds an earlier run's weights.safetensors and summary.json (and no checkpoint.pt to continue "
+            "from)") in capsys.readouterr().err
+
+
+def test_a_run_folder_inside_the_data_sets_sample_folders_is_refused(synth, tmp_path, capsys):
+    for split in ("training", "validation"):
+        out = synth / "ADEChallengeData2016" / "annotations" / split / "run"
+        with pytest.raises(SystemExit) as exit_:
+            train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "1", "--eval-every", "0", *FAST])
+        assert exit_.value.code == 2 and not out.exists()
+        assert f"annotations/{split}, a folder of the data set's samples" in capsys.readouterr().err
+
+
 def test_a_refused_run_leaves_no_run_folder_behind(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_cli.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--iters", "1", *FAST])

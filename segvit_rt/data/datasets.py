@@ -67,6 +67,8 @@ def read_image(path: str | os.PathLike, exif_turn: bool = False) -> np.ndarray:
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """A single-channel mask file as an ``HxW`` int64 array of its stored values (no EXIF turn)."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise DatasetError(f"cannot read mask {path}: the file is empty (0 bytes)")
     try:
         with Image.open(path) as img:
             img.load()
@@ -94,9 +96,12 @@ def _files_by_stem(folder: Path, suffixes: tuple[str, ...], name_end: str = "") 
         raise FileNotFoundError(f"dataset folder not found: {folder}")
     found: dict[str, Path] = {}
     for path in folder.iterdir():
-        if (path.name.startswith(".") or path.suffix.lower() not in suffixes or not path.stem.endswith(name_end)
-                or not path.is_file()):
+        if path.name.startswith(".") or path.suffix.lower() not in suffixes or not path.stem.endswith(name_end):
             continue  # hidden files too: macOS copies leave "._name.jpg" beside each image
+        if not path.is_file():
+            if path.is_symlink() and not path.exists():  # a sample gone missing, not a stray name
+                raise DatasetError(f"{path} is a broken link (to {os.readlink(path)}): restore its target or remove it")
+            continue
         stem = path.stem[: len(path.stem) - len(name_end)]
         if stem in found:
             raise DatasetError(f"two files share the stem {stem!r} in {folder}: "
@@ -194,6 +199,16 @@ class SegDataset(Dataset):
         if self.transform is None:
             return image, label
         return self.transform(image, label, rng=sample_rng(self.seed, self.epoch, index))
+
+    def check_writes_outside(self, path, flag: str) -> None:
+        """Refuse ``path`` (an output) inside a folder this split reads samples from: what a run
+        writes there would be read as data next time, or replace a sample."""
+        target = Path(path).resolve()
+        for folder in sorted({p.parent for sample in self.samples for p in sample}):
+            folder = folder.resolve()
+            if target == folder or folder in target.parents:
+                raise DatasetError(f"{flag} {path} is inside {folder}, a folder of the data set's samples: what is "
+                                   "written there would be read as data (or replace a sample); choose a path outside it")
 
     def verify(self, progress: bool = False, desc: str = "checking") -> None:
         """Read every sample, raising the first problem found."""

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..cli import check_output
+from ..cli import check_output, user_message
 from ..io_utils import atomic_dir
 from .datasets import ADE_FOLDER
 
@@ -229,6 +229,8 @@ def main(argv=None) -> None:
                         overwrite=args.overwrite, progress=not args.quiet)
     except (ValueError, FileExistsError) as exc:  # OutputPathError is a ValueError
         parser.error(str(exc))
+    except OSError as exc:  # a full disk, a name too long, ...
+        parser.exit(2, f"error: {user_message(exc)}\n")
     print(root)
 
 

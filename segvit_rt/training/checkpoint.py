@@ -64,7 +64,12 @@ def save_checkpoint(path, *, model, optimizer, scheduler, step: int, args: dict,
         "extra": extra or {},
     }
     with atomic_path(path, sweep=True) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) this way
+            if "PytorchStreamWriter" not in str(e) and "unexpected pos" not in str(e):
+                raise
+            raise OSError(f"{path} could not be written (is the disk full?): {str(e).splitlines()[0]}") from e
     return path
 
 
