@@ -69,18 +69,19 @@ def on_interrupt(message: str):
 
 
 @contextmanager
-def exit_on(*errors: type[BaseException], say: bool = True):
+def exit_on(*errors: type[BaseException], say: bool = True, prefix: str = ""):
     """Report ``errors`` (the problems a user can fix: bad input, bad files), and bad output
     paths, as one ``error: ...`` line on stderr and exit with status 2, without a traceback;
     warnings meanwhile print as one ``warning: ...`` line, without Python's source location.
-    ``say=False`` exits without the line (the replicas of a torchrun other than rank 0)."""
+    ``say=False`` exits without the line (the replicas of a torchrun other than rank 0);
+    ``prefix`` goes before the message (which replica says it)."""
     shown = warnings.formatwarning
     warnings.formatwarning = _warning_line
     try:
         yield
     except (OutputPathError, *errors) as e:
         if say:
-            print(f"error: {user_message(e)}", file=sys.stderr)
+            print(f"error: {prefix}{user_message(e)}", file=sys.stderr)
         raise SystemExit(2) from e
     finally:
         warnings.formatwarning = shown

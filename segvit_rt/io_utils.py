@@ -34,12 +34,18 @@ _TEMP_ROOM = NAME_MAX - len(".") - len(".XXXXXXXX.tmp")
 def _temp_name(name: str) -> str:
     """NAME as its temporaries carry it: whole where ``.NAME.XXXXXXXX.tmp`` fits in a file name,
     else its start, a digest of it and its last 32 characters (which keep the suffix sweepers match)."""
-    if len(name.encode()) <= _TEMP_ROOM:
+    raw = os.fsencode(name)  # the bytes on disk (a name that is not UTF-8 carries surrogates in Python)
+    if len(raw) <= _TEMP_ROOM:
         return name
     tail = name[-32:]
-    room = _TEMP_ROOM - len(tail.encode()) - len("~12345678")
-    head = name.encode()[:room].decode(errors="ignore")
-    return f"{head}~{hashlib.sha256(name.encode()).hexdigest()[:8]}{tail}"
+    head = raw[: _TEMP_ROOM - len(os.fsencode(tail)) - len("~12345678")]
+    while head:  # not cut inside a UTF-8 character
+        try:
+            head.decode()
+            break
+        except UnicodeDecodeError:
+            head = head[:-1]
+    return f"{os.fsdecode(head)}~{hashlib.sha256(raw).hexdigest()[:8]}{tail}"
 
 
 class LockedError(RuntimeError):

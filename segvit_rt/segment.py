@@ -16,6 +16,7 @@ run, after Ctrl-C, say: each output is whole or absent).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -120,7 +121,8 @@ def planned_writes(paths: list[Path], out: Path, skip_existing: bool) -> dict[Pa
     yet (existing ones are left as they are; an input with none left is not segmented again)."""
     plan = {}
     for p in paths:
-        todo = [o for o in output_paths(p, out) if not (skip_existing and o.is_file())]
+        # os.path.isfile: False for a name too long (segment_files skips that image), not an error
+        todo = [o for o in output_paths(p, out) if not (skip_existing and os.path.isfile(o))]
         if todo:
             plan[p] = todo
     return plan
@@ -148,11 +150,10 @@ def segment_files(
     sweep_folder(out, OUTPUT_SUFFIXES)  # temporaries of a killed run's PNG writes
     segmented, skipped = [], {}
     for path, outputs in plan.items():
-        longest = max(outputs, key=lambda o: len(o.name.encode()))
-        if len(longest.name.encode()) > NAME_MAX:
-            skipped[path] = (f"{path}: its output {longest.name[:40]}... would be a file name of "
-                                f"{len(longest.name.encode())} bytes, more than a file system takes ({NAME_MAX}); "
-                                "rename the image")
+        size, longest = max((len(os.fsencode(o.name)), o.name) for o in outputs)
+        if size > NAME_MAX:
+            skipped[path] = (f"{path}: its output {longest[:40]}... would be a file name of {size} bytes, more "
+                             f"than a file system takes ({NAME_MAX}); rename the image")
     pending = [path for path in plan if path not in skipped]
     bar = tqdm(total=len(pending), desc="segment", unit="img", disable=not progress)
     for reason in skipped.values():
@@ -223,7 +224,7 @@ def main(argv=None) -> list[Path]:
         check_inputs(paths, out, plan, earlier)
         runtime = Runtime(args.engine, device=args.device, mode=args.mode)
         segmented, skipped = segment_files(runtime, paths, out, args.alpha, progress=not args.quiet,
-                                              skip_existing=args.skip_existing, batch=args.batch, protected=earlier)
+                                           skip_existing=args.skip_existing, batch=args.batch, protected=earlier)
     done_before = len(paths) - len(plan)
     print(f"segmented {_count(len(segmented), 'image')} into {args.out}"
           + (f" ({_count(done_before, 'image')} already done there, left as they were)" if done_before else ""))

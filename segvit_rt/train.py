@@ -280,7 +280,11 @@ def previous_state(args, world_size: int = 1) -> dict | None:
     arguments and the run's settings left unset (so a resume needs only ``--data``, ``--out`` and
     ``--resume``, whatever the defaults have become since); without it, refuse to overwrite a run."""
     path = Path(args.out) / CHECKPOINT
+    finished = [name for name in (WEIGHTS, SUMMARY) if os.path.lexists(Path(args.out) / name)]
     if args.resume:
+        if not os.path.lexists(path) and finished:
+            raise UsageError(f"--resume: no {CHECKPOINT} in {args.out}, which holds a finished run's "
+                             f"{' and '.join(finished)}: nothing to continue; start a new run in another --out")
         if not os.path.lexists(path):
             raise UsageError(f"--resume: no {CHECKPOINT} in {args.out} (a run stopped before its first checkpoint "
                              "has nothing to continue): start it again without --resume")
@@ -297,7 +301,6 @@ def previous_state(args, world_size: int = 1) -> dict | None:
     if path.exists():
         raise UsageError(f"{args.out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
                          "or choose another --out")
-    finished = [name for name in (WEIGHTS, SUMMARY) if os.path.lexists(Path(args.out) / name)]
     if finished:
         raise UsageError(f"{args.out} holds an earlier run's {' and '.join(finished)} (and no {CHECKPOINT} to "
                          "continue from): choose another --out, or move them away to start over there")
@@ -519,9 +522,11 @@ def train(args: argparse.Namespace) -> dict:
 def run_lock(out: Path, info: DistInfo):
     """Hold ``OUT/.lock`` (the main process) while this run writes to OUT: a second run there (a
     ``--resume`` while the replicas of a killed ``torchrun`` still run, say) is refused instead of
-    interleaving, by every process of the run. An OUT made here and left holding only the lock
-    (the run refused its arguments) is removed."""
-    made = not out.exists()
+    interleaving, by every process of the run. What the lock made is removed if the run fails
+    before writing anything else (it refused its arguments): the lock file, and the folders made
+    for OUT (left only where they hold something)."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # OUT's folders this run makes, deepest first
+    lock_made = not os.path.lexists(out / ".lock")
     with ExitStack() as stack:
         problem = None
         if info.is_main:
@@ -535,11 +540,12 @@ def run_lock(out: Path, info: DistInfo):
         try:
             yield
         except BaseException:
-            if info.is_main and made:
+            if info.is_main and lock_made:
                 stack.close()  # release the lock first
                 with suppress(OSError):
                     (out / ".lock").unlink()
-                    out.rmdir()  # only if nothing else was written
+                    for folder in made:
+                        folder.rmdir()  # only an empty one: stops at the first that holds something
             raise
 
 
@@ -558,12 +564,15 @@ def lock_run_folder(out: Path, stack: ExitStack) -> None:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    rank, replicas = os.environ.get("RANK", "0"), int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        with exit_on(UsageError, DatasetError, CheckpointError, WeightsError, OSError,
-                     say=os.environ.get("RANK", "0") == "0"):  # under torchrun every replica fails alike
+        # A system error (a full /dev/shm, an I/O error) may be one replica's own: each says it.
+        with exit_on(OSError, prefix=f"rank {rank}: " if replicas > 1 else ""), \
+                exit_on(UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError,
+                        say=rank == "0"):  # under torchrun every replica fails alike
             return train(args)
     except KeyboardInterrupt:  # under torchrun every replica gets it: one says where the run stands
-        if os.environ.get("RANK", "0") == "0":
+        if rank == "0":
             print(f"\ninterrupted: {interrupted_at(Path(args.out))}", file=sys.stderr)
         raise SystemExit(130) from None
 

@@ -227,6 +227,46 @@ def test_a_full_disk_under_torch_and_safetensors_writers_is_an_oserror_naming_th
     assert os.listdir(tmp_path) == ["checkpoint.pt"]
 
 
+FILE_SIZE_LIMITED = """
+import resource, signal, sys
+import torch
+from segvit_rt import create_model
+from segvit_rt.training.checkpoint import save_checkpoint
+from segvit_rt.weights import save_weights
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+model = create_model("tiny", "full")
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+saves = {
+    "checkpoint": lambda: save_checkpoint(sys.argv[1] + "/checkpoint.pt", model=model, optimizer=optimizer,
+                                          scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                                          step=1, args={}, rng=[]),
+    "weights": lambda: save_weights(sys.argv[1] + "/w.safetensors", model),
+}
+for name, save in saves.items():
+    try:
+        save()
+        print(name, "written")
+    except OSError as e:
+        print(name, "OSError:", e)
+"""
+
+
+def test_torch_and_safetensors_writes_that_really_fail_are_oserrors(tmp_path):
+    """A real failed write (the file-size limit standing in for a full disk) through this torch and
+    safetensors: each writer's own error type is recognised and turned into an OSError naming the file."""
+    script = tmp_path / "limited.py"
+    script.write_text(FILE_SIZE_LIMITED)
+    run = subprocess.run([sys.executable, str(script), str(tmp_path)], env={**os.environ, "PYTHONPATH": REPO},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith(f"checkpoint OSError: {tmp_path}/checkpoint.pt could not be written"), lines
+    assert lines[1].startswith(f"weights OSError: {tmp_path}/w.safetensors could not be written"), lines
+    assert sorted(os.listdir(tmp_path)) == ["limited.py"]  # no half-written file or temporary left
+
+
 def test_a_folder_of_small_outputs_is_swept_at_once(tmp_path):
     """Small outputs (label PNGs) do not sweep at each write; their writer sweeps the folder once,
     clearing only dead temporaries of the outputs it names: the folder may hold the user's files."""
@@ -254,21 +294,24 @@ def test_names_near_the_file_name_limit_are_written_and_their_leftovers_swept(tm
     """A legal 250-byte name leaves no room for ``.NAME.XXXXXXXX.tmp``: its temporaries carry a
     shortened NAME (still ending as NAME does), and sweepers find them by it."""
     label = "ü" * 120 + "_labels.png"  # 251 bytes
+    latin1 = os.fsdecode(b"\xe9" * 235 + b"_labels.png")  # 246 bytes, not UTF-8
     engine = "e" * 250
-    for name in (label, engine):
-        assert len(name.encode()) > 255 - 14
+    for name in (label, latin1, engine):
+        assert len(os.fsencode(name)) > 255 - 14
     out = tmp_path / "out"
-    kill_a_writer(tmp_path, out / label, "file")
+    for name in (label, latin1):
+        kill_a_writer(tmp_path, out / name, "file")
     kill_a_writer(tmp_path, out / engine, "while writing")
     dead = leftovers(out)
-    assert len(dead) == 2 and all(len(n.encode()) <= 255 for n in dead)
-    assert any(n.endswith("_labels.png." + n.split(".")[-2] + ".tmp") for n in dead)
-    assert len(sweep_folder(out, ("_labels.png",))) == 1
+    assert len(dead) == 3 and all(len(os.fsencode(n)) <= 255 for n in dead)
+    assert sum(n.endswith("_labels.png." + n.split(".")[-2] + ".tmp") for n in dead) == 2
+    assert len(sweep_folder(out, ("_labels.png",))) == 2
     with atomic_dir(out / engine) as tmp:
         (tmp / "a").write_text("1")
-    with atomic_path(out / label) as tmp:
-        tmp.write_text("2")
-    assert sorted(os.listdir(out)) == sorted([label, engine]) and (out / label).read_text() == "2"
+    for name in (label, latin1):
+        with atomic_path(out / name) as tmp:
+            tmp.write_text("2")
+    assert sorted(os.listdir(out)) == sorted([label, latin1, engine]) and (out / latin1).read_text() == "2"
 
 
 def test_leftovers_of_live_writers_are_kept(tmp_path):

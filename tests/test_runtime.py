@@ -274,18 +274,19 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
 def test_an_image_whose_output_names_would_be_too_long_is_skipped_and_named(onnx_engine, tmp_path, capsys):
     """A 246-byte stem is a legal image name, but ``<stem>_overlay.png`` is not: that image is skipped
     (and reported) as an unreadable one is, the others segmented; a 235-byte one is written whole."""
-    long_stem, near_stem = "x" * 246, "n" * 235
-    paths = [tmp_path / f"{stem}.png" for stem in ("a", long_stem, near_stem)]
+    long_stem, near_stem, latin1 = "x" * 246, "n" * 235, os.fsdecode(b"caf\xe9")  # the last: not UTF-8
+    paths = [tmp_path / f"{stem}.png" for stem in (latin1, long_stem, near_stem)]
     for path in paths:
         Image.fromarray(image(40, 40)).save(path)
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:
-        segment.main([*map(str, paths), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
-    captured = capsys.readouterr()
-    assert exc.value.code == 1 and f"segmented 2 images into {out}" in captured.out
-    assert "would be a file name of 258 bytes, more than a file system takes (255); rename the image" in captured.err
+    for extra, done in (([], 2), (["--skip-existing"], 0)):  # a second run skips it again, not stopping
+        with pytest.raises(SystemExit) as exc:
+            segment.main([*map(str, paths), "--engine", str(onnx_engine), "--out", str(out), "--quiet", *extra])
+        captured = capsys.readouterr()
+        assert exc.value.code == 1 and f"segmented {done} images into {out}" in captured.out
+        assert "would be a file name of 258 bytes, more than a file system takes (255); rename the image" in captured.err
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{stem}_{kind}.png" for stem in ("a", near_stem) for kind in ("labels", "overlay"))
+        f"{stem}_{kind}.png" for stem in (latin1, near_stem) for kind in ("labels", "overlay"))
 
 
 def test_segment_cli_on_its_own_output_folder_and_when_stopped(onnx_engine, tmp_path, capsys, monkeypatch):

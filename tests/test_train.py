@@ -242,15 +242,40 @@ def test_a_finished_run_without_its_checkpoint_is_not_overwritten(synth, tmp_pat
     assert exit_.value.code == 2 and (out / "weights.safetensors").read_bytes() == before
     assert (f"{out} holds an earlier run's weights.safetensors and summary.json (and no checkpoint.pt to continue "
             "from)") in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_cli.main(["--data", str(synth), "--out", str(out), "--resume", *FAST])
+    assert (f"--resume: no checkpoint.pt in {out}, which holds a finished run's weights.safetensors and "
+            "summary.json: nothing to continue") in capsys.readouterr().err
+
+
+def test_replicas_report_their_own_system_errors_and_rank_0_the_shared_ones(monkeypatch, capsys):
+    """Under torchrun a bad argument is every replica's (rank 0 says it), a system error may be one
+    replica's own (each says it, naming its rank)."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for error, printed in ((train_cli.UsageError("--iters must be >= 1"), ""),
+                           (OSError(28, "No space left on device", "/dev/shm/x"),
+                            "error: rank 1: /dev/shm/x: No space left on device\n")):
+        def fail(args, error=error):
+            raise error
+
+        monkeypatch.setattr(train_cli, "train", fail)
+        with pytest.raises(SystemExit) as exit_:
+            train_cli.main(["--data", "d", "--out", "o"])
+        assert exit_.value.code == 2 and capsys.readouterr().err == printed
 
 
 def test_a_run_folder_inside_the_data_sets_sample_folders_is_refused(synth, tmp_path, capsys):
-    for split in ("training", "validation"):
-        out = synth / "ADEChallengeData2016" / "annotations" / split / "run"
+    """Refused before anything is left there: no lock file, no folder made for OUT."""
+    ade = synth / "ADEChallengeData2016"
+    before = sorted(str(p.relative_to(ade)) for p in ade.rglob("*"))
+    for out in (ade / "annotations" / "training", ade / "annotations" / "validation" / "runs" / "a",
+                ade / "images" / "training" / "run"):
         with pytest.raises(SystemExit) as exit_:
             train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "1", "--eval-every", "0", *FAST])
-        assert exit_.value.code == 2 and not out.exists()
-        assert f"annotations/{split}, a folder of the data set's samples" in capsys.readouterr().err
+        split = out.relative_to(ade).parts[1]
+        assert exit_.value.code == 2 and f"/{split}, a folder of the data set's samples" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(ade)) for p in ade.rglob("*")) == before
 
 
 def test_a_refused_run_leaves_no_run_folder_behind(tmp_path, capsys):
