@@ -130,7 +130,8 @@ def assert_near(got: torch.Tensor, want: torch.Tensor, rel: float = 0.05) -> Non
 
 
 def device_name() -> str:
-    return torch.cuda.get_device_name() if ON_CUDA else "cpu (Triton interpreter)"
+    """The card's name, or ``cpu`` (where the Triton kernels run through the interpreter)."""
+    return torch.cuda.get_device_name() if ON_CUDA else "cpu"
 
 
 def tensor_bytes(*tensors) -> int:

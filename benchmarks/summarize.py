@@ -1,13 +1,16 @@
-"""Print a short table from pytest-benchmark JSON files.
+"""Print a short table, and the issue's goals met or not, from pytest-benchmark JSON files.
 
     python benchmarks/summarize.py OUT/bench_*.json [--device OUT/device.json] [--chart OUT/throughput.png]
 
-One row per benchmark: group, variant, per-call median (ms), achieved GB/s and
-TFLOP/s, and speedups over the baselines recorded by ``benchmarks/harness.py``
-(recomputed from the group's medians when the baseline ran later; files may
-come from separate runs). Model throughput rows also get their shrunk/full time
-ratio. With ``--device`` (the JSON ``gpu_check.sh`` writes: measured copy GB/s
-and matmul TFLOP/s) it adds the fraction of the card's copy bandwidth;
+One row per benchmark: the run (its JSON file), group, variant, per-call median
+(ms), achieved GB/s and TFLOP/s, and speedups over the baselines recorded by
+``benchmarks/harness.py``. A speedup the run could not record (its baseline ran
+later) is recomputed from the medians, from the same run where it has the
+baseline, else from another run on the same device, marked "(other run)".
+Model throughput rows also get their shrunk/full time ratio. With ``--device``
+(the JSON ``gpu_check.sh`` writes: measured copy GB/s and matmul TFLOP/s) kernel
+rows get the fraction of the card's copy bandwidth. Then each goal of the
+device kind measured (GPU or CPU) is listed as met, NOT met or not measured.
 ``--chart`` draws the model throughput rows as a bar chart.
 """
 from __future__ import annotations
@@ -28,48 +31,68 @@ def load_rows(paths):
         except (OSError, json.JSONDecodeError) as err:
             print(f"summarize: left out {path}, not readable benchmark JSON: {err}", file=sys.stderr)
             continue
+        run = Path(path).stem.removeprefix("bench_")
         for bench in data.get("benchmarks", []):
             info = bench.get("extra_info", {})
             median_ms = info.get("median_ms")
             if median_ms is None:  # the harness's per-call median was not recorded: the round's, per call
                 median_ms = bench["stats"]["median"] * 1e3 / info.get("calls_per_round", 1)
-            rows.append(row(bench.get("group") or "", info.get("variant", bench["name"]), info, median_ms))
+            rows.append(row(bench.get("group") or "", info.get("variant", bench["name"]), info, median_ms, run))
     return rows
 
 
-def row(group: str, name: str, info: dict, median_ms: float) -> dict:
+def row(group: str, name: str, info: dict, median_ms: float, run: str = "") -> dict:
     """One table row from a benchmark's ``extra_info`` (as ``benchmarks/harness.py`` records it)."""
     return {
+        "run": run,
         "group": group,
         "name": name,
+        "device": info.get("device"),
         "median_ms": median_ms,
         "gbps": info.get("gbps"),
         "tflops": info.get("tflops"),
         "baseline": info.get("baseline"),
         "speedup_vs": dict(info.get("speedup_vs", {})),
+        "other_run": set(),  # baselines whose ratio comes from another run
         "model_variant": info.get("model_variant"),
         "images_per_s": info.get("images_per_s"),
+        "fraction_of_matmul_peak": info.get("fraction_of_matmul_peak"),
+        "peak_memory_vs_reference": info.get("peak_memory_vs_reference"),
         "title": " ".join(str(info[k]) for k in ("preset", "precision") if k in info)
         + (f" batch {info['batch']} on {info.get('device')}" if "batch" in info else ""),
     }
 
 
-def fill_shrunk_over_full(rows):
-    """Shrunk/full median ratio of each runner measured on both variants of a model."""
-    medians = {(r["title"], r["model_variant"], r["name"]): r["median_ms"] for r in rows if r["model_variant"]}
-    for r in rows:
-        full = medians.get((r["title"], "full", r["name"]))
-        if r["model_variant"] == "shrunk" and full:
-            r["shrunk_over_full"] = r["median_ms"] / full
+def _match(rows, r, **want):
+    """The row for ``want`` measured with ``r``: from ``r``'s run if there is one, else another run's
+    (same device); ``(row, from_another_run)``, or ``(None, False)``."""
+    found = [c for c in rows if c["device"] == r["device"] and all(c[k] == v for k, v in want.items())]
+    same = [c for c in found if c["run"] == r["run"]]
+    if same:
+        return same[-1], False
+    return (found[-1], True) if found else (None, False)
 
 
 def fill_speedups(rows):
     """Add the speedup over ``baseline`` where the run could not record it (baseline measured later)."""
-    medians = {(r["group"], r["name"]): r["median_ms"] for r in rows}
     for r in rows:
         base = r["baseline"]
-        if base and base not in r["speedup_vs"] and (r["group"], base) in medians:
-            r["speedup_vs"][base] = medians[(r["group"], base)] / r["median_ms"]
+        if base and base not in r["speedup_vs"]:
+            other, across = _match(rows, r, group=r["group"], name=base)
+            if other is not None:
+                r["speedup_vs"][base] = other["median_ms"] / r["median_ms"]
+                if across:
+                    r["other_run"].add(base)
+
+
+def fill_shrunk_over_full(rows):
+    """Shrunk/full median ratio of each runner measured on both variants of a model."""
+    for r in rows:
+        if r["model_variant"] == "shrunk":
+            full, across = _match(rows, r, title=r["title"], model_variant="full", name=r["name"])
+            if full is not None:
+                r["shrunk_over_full"] = r["median_ms"] / full["median_ms"]
+                r["shrunk_over_full_other_run"] = across
 
 
 def fmt(value, spec):
@@ -77,22 +100,90 @@ def fmt(value, spec):
 
 
 def table(rows, copy_gbps=None):
-    header = ["group", "variant", "median ms", "GB/s", "TFLOP/s"]
+    header = ["run", "group", "variant", "median ms", "GB/s", "TFLOP/s"]
     if copy_gbps:
         header.append("% copy BW")
     header.append("speedup")
     lines = [header]
     for r in rows:
-        line = [r["group"], r["name"], fmt(r["median_ms"], ".4f"), fmt(r["gbps"], ".1f"), fmt(r["tflops"], ".2f")]
+        kernel = not r["model_variant"]  # a model's GB/s counts only its input image: no bandwidth figure
+        line = [r["run"] or "-", r["group"], r["name"], fmt(r["median_ms"], ".4f"),
+                fmt(r["gbps"] if kernel else None, ".1f"), fmt(r["tflops"], ".2f")]
         if copy_gbps:
-            line.append(fmt(r["gbps"] and 100 * r["gbps"] / copy_gbps, ".0f"))
-        notes = [f"{v:.2f}x vs {k}" for k, v in r["speedup_vs"].items()]
+            line.append(fmt(100 * r["gbps"] / copy_gbps if kernel and r["gbps"] else None, ".0f"))
+        notes = [f"{v:.2f}x vs {k}" + (" (other run)" if k in r["other_run"] else "")
+                 for k, v in r["speedup_vs"].items()]
         if "shrunk_over_full" in r:
-            notes.append(f"shrunk/full {r['shrunk_over_full']:.2f}")
+            notes.append(f"shrunk/full {r['shrunk_over_full']:.2f}"
+                         + (" (other run)" if r["shrunk_over_full_other_run"] else ""))
         line.append(", ".join(notes) or "-")
         lines.append(line)
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+# The issues' goals: (device kind, goal, group, variant, figure, at least / at most, threshold); a figure
+# is ("speedup", baseline), ("copy_bw",), ("matmul_peak",), ("peak_memory",) or ("shrunk_over_full",).
+GOALS = [
+    ("cuda", "ATM forward fused >= 2x eager reference (ViT-L)", "atm-fwd-vit-l", "fused",
+     ("speedup", "reference"), ">=", 2.0),
+    ("cuda", "ATM forward fused >= 1.3x SDPA + matmul (ViT-L)", "atm-fwd-vit-l", "fused",
+     ("speedup", "sdpa+matmul"), ">=", 1.3),
+    ("cuda", "ATM forward >= 60% of copy bandwidth (ViT-L)", "atm-fwd-vit-l", "fused", ("copy_bw",), ">=", 0.6),
+    ("cuda", "ATM backward fused >= 1.5x reference autograd (ViT-L)", "atm-bwd-vit-l", "fused",
+     ("speedup", "reference"), ">=", 1.5),
+    ("cuda", "QD forward fused >= 1.15x gather + flash SDPA", "qd-attention-fwd", "fused",
+     ("speedup", "gather+sdpa"), ">=", 1.15),
+    ("cuda", "QD forward >= 50% of measured fp16 matmul throughput", "qd-attention-fwd", "fused",
+     ("matmul_peak",), ">=", 0.5),
+    ("cuda", "post-process fused >= 5x reference", "segment-postprocess", "fused", ("speedup", "reference"), ">=", 5.0),
+    ("cuda", "post-process peak extra memory <= 1/10 of the reference's", "segment-postprocess", "fused",
+     ("peak_memory",), "<=", 0.1),
+    ("cuda", "Shrunk ViT-L 640 fp16 aoti >= 1.3x eager at batch 8", "throughput-vit_l16_ade20k_640-shrunk", "aoti",
+     ("speedup", "eager"), ">=", 1.3),
+    ("cuda", "Shrunk/full time <= 0.65 (ViT-L 640 fp16 aoti)", "throughput-vit_l16_ade20k_640-shrunk", "aoti",
+     ("shrunk_over_full",), "<=", 0.65),
+    ("cpu", "onnx engine >= 1.3x eager fp32 (tiny, full)", "throughput-tiny-full", "onnx", ("speedup", "eager"), ">=", 1.3),
+    ("cpu", "onnx engine >= 1.3x eager fp32 (tiny, Shrunk)", "throughput-tiny-shrunk", "onnx",
+     ("speedup", "eager"), ">=", 1.3),
+]
+
+
+def goal_figure(spec: tuple, r: dict, device: dict) -> tuple[float | None, bool]:
+    """A goal's figure of row ``r`` (None: not measured) and whether it comes from two runs."""
+    kind = spec[0]
+    if kind == "speedup":
+        return r["speedup_vs"].get(spec[1]), spec[1] in r["other_run"]
+    if kind == "shrunk_over_full":
+        return r.get("shrunk_over_full"), r.get("shrunk_over_full_other_run", False)
+    if kind == "copy_bw":
+        return (r["gbps"] / device["copy_gbps"] if r["gbps"] and device.get("copy_gbps") else None), False
+    if kind == "matmul_peak":
+        if r["fraction_of_matmul_peak"] is not None:
+            return r["fraction_of_matmul_peak"], False
+        return (r["tflops"] / device["matmul_tflops"] if r["tflops"] and device.get("matmul_tflops") else None), False
+    return r["peak_memory_vs_reference"], False  # peak_memory
+
+
+def goal_lines(rows, device: dict | None = None) -> list[str]:
+    """Each goal of the device kind the rows were measured on: its figure and met / NOT met, or not
+    measured (no row, or the row lacks the figure)."""
+    if not rows:
+        return []
+    device = device or {}
+    kind = "cpu" if all(r["device"] in (None, "cpu") for r in rows) else "cuda"
+    lines = []
+    for goal_kind, goal, group, name, spec, sense, threshold in GOALS:
+        if goal_kind != kind:
+            continue
+        found = [r for r in rows if r["group"] == group and r["name"] == name]
+        value, across = goal_figure(spec, found[-1], device) if found else (None, False)
+        if value is None:
+            lines.append(f"{'not measured':<12}  {goal}")
+            continue
+        met = value >= threshold if sense == ">=" else value <= threshold
+        lines.append(f"{'met' if met else 'NOT met':<12}  {goal}: {value:.2f}" + (" (from two runs)" if across else ""))
+    return lines
 
 
 def throughput_chart(rows, path) -> None:
@@ -107,6 +198,8 @@ def throughput_chart(rows, path) -> None:
     rows = [r for r in rows if r.get("model_variant") and r.get("images_per_s")]
     if not rows:
         return
+    titles = list(dict.fromkeys(r["title"] for r in rows))
+    rows = [r for r in rows if r["title"] == titles[-1]]  # one setting (device, preset, precision) per chart
     runners = list(dict.fromkeys(r["name"] for r in rows))
     variants = [v for v in ("full", "shrunk") if any(r["model_variant"] == v for r in rows)]
     by_key = {(r["model_variant"], r["name"]): r for r in rows}
@@ -125,7 +218,7 @@ def throughput_chart(rows, path) -> None:
         ax.bar_label(bars, labels=labels, fontsize=7)
     ax.set_xticks(range(len(variants)), variants)
     ax.set_ylabel("images / s")
-    ax.set_title(rows[0]["title"], fontsize=9)
+    ax.set_title(titles[-1], fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
@@ -139,11 +232,10 @@ def main(argv=None):
     parser.add_argument("--device", help="device.json with copy_gbps / matmul_tflops (from gpu_check.sh)")
     parser.add_argument("--chart", help="write the model throughput rows as a PNG bar chart here")
     args = parser.parse_args(argv)
-    copy_gbps = None
+    device = {}
     if args.device:
         device = json.loads(Path(args.device).read_text())
-        copy_gbps = device.get("copy_gbps")
-        print(f"device: {device.get('name')}  copy {fmt(copy_gbps, '.0f')} GB/s  "
+        print(f"device: {device.get('name')}  copy {fmt(device.get('copy_gbps'), '.0f')} GB/s  "
               f"fp16 matmul {fmt(device.get('matmul_tflops'), '.0f')} TFLOP/s")
     rows = load_rows(args.json)
     if not rows:
@@ -151,7 +243,9 @@ def main(argv=None):
         return 1
     fill_speedups(rows)
     fill_shrunk_over_full(rows)
-    print(table(rows, copy_gbps))
+    print(table(rows, device.get("copy_gbps")))
+    print("\ngoals:")
+    print("\n".join(f"  {line}" for line in goal_lines(rows, device)))
     if args.chart:
         throughput_chart(rows, args.chart)
     return 0

@@ -10,11 +10,18 @@ import torch
 import segvit_rt
 from segvit_rt.flops import count_params, gflops
 
+# The paper's figures, and those of the official code's README (zbwxp/SegVit) for its other data sets.
 PAPER_GFLOPS = {
     ("vit_l16_ade20k_640", "full"): 637.9,
     ("vit_l16_ade20k_640", "shrunk"): 373.5,
     ("vit_b16_ade20k_512", "full"): 120.9,
+    ("vit_l16_cocostuff10k_512", "full"): 383.9,
+    ("vit_l16_cocostuff10k_512", "shrunk"): 224.8,
+    ("vit_l16_pcontext_480", "full"): 321.6,
+    ("vit_l16_pcontext_480", "shrunk"): 186.9,
 }
+# Our counts agree within 0.3 %; 0.5 % still catches a count without the full-size post-process (1.5 %).
+REL = 0.005
 
 
 def _meta_model(preset, variant):
@@ -28,13 +35,13 @@ def test_gflops_match_paper(benchmark, preset, variant):
     got = benchmark(gflops, model, model.cfg.crop_size)
     expected = PAPER_GFLOPS[(preset, variant)]
     benchmark.extra_info.update(gflops=got, paper_gflops=expected, rel_diff=got / expected - 1)
-    assert got == pytest.approx(expected, rel=0.03)
+    assert got == pytest.approx(expected, rel=REL)
 
 
 def test_shrunk_saves_about_40_percent():
     full = gflops(_meta_model("vit_l16_ade20k_640", "full"), 640)
     shrunk = gflops(_meta_model("vit_l16_ade20k_640", "shrunk"), 640)
-    assert shrunk / full == pytest.approx(373.5 / 637.9, rel=0.03)  # 0.585
+    assert shrunk / full == pytest.approx(373.5 / 637.9, rel=2 * REL)  # 0.585
 
 
 def test_attention_is_counted_whatever_its_kernel():

@@ -1,5 +1,6 @@
 """benchmarks/summarize.py: the table and chart gpu_check.sh prints from pytest-benchmark JSON."""
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -7,10 +8,10 @@ from PIL import Image
 from benchmarks import summarize
 
 
-def _bench(group, runner, median_ms, variant=None, baseline=None, speedups=None):
-    info = {"variant": runner, "median_ms": median_ms, "gbps": 1.0, "tflops": 2.0}
+def _bench(group, runner, median_ms, variant=None, baseline=None, speedups=None, device="GPU", **extra):
+    info = {"variant": runner, "median_ms": median_ms, "gbps": 100.0, "tflops": 2.0, "device": device, **extra}
     if variant:
-        info.update(preset="vit_l16_ade20k_640", precision="fp16", batch=8, device="GPU", model_variant=variant,
+        info.update(preset="vit_l16_ade20k_640", precision="fp16", batch=8, model_variant=variant,
                     images_per_s=8 / (median_ms / 1e3))
     if baseline:
         info["baseline"] = baseline
@@ -19,25 +20,81 @@ def _bench(group, runner, median_ms, variant=None, baseline=None, speedups=None)
     return {"group": group, "name": f"test[{runner}]", "stats": {"median": median_ms / 1e3}, "extra_info": info}
 
 
-def test_separate_runs_give_speedups_shrunk_over_full_and_a_chart(tmp_path, capsys):
-    full = [_bench("throughput-vit-full", "eager", 40.0, "full"),
-            _bench("throughput-vit-full", "aoti", 20.0, "full", "eager", {"eager": 2.0})]
-    shrunk = [_bench("throughput-vit-shrunk", "aoti", 12.0, "shrunk", "eager"),  # its baseline ran later
-              _bench("throughput-vit-shrunk", "eager", 30.0, "shrunk")]
-    kernels = [_bench("atm-fwd", "fused", 1.0, baseline="reference")]
+def _write(tmp_path, runs: dict) -> list[str]:
     paths = []
-    for name, benches in (("full", full), ("shrunk", shrunk), ("kernels", kernels)):
-        paths.append(tmp_path / f"bench_{name}.json")
-        paths[-1].write_text(json.dumps({"benchmarks": benches}))
+    for name, benches in runs.items():
+        paths.append(str(tmp_path / f"bench_{name}.json"))
+        Path(paths[-1]).write_text(json.dumps({"benchmarks": benches}))
+    return paths
+
+
+def _goals(printed: str) -> list[str]:
+    """The goal lines, spaces collapsed."""
+    return [" ".join(line.split()) for line in printed.split("goals:")[1].strip().splitlines()]
+
+
+SHRUNK, FULL = "throughput-vit_l16_ade20k_640-shrunk", "throughput-vit_l16_ade20k_640-full"
+
+
+def test_speedups_and_shrunk_over_full_prefer_the_same_run_and_say_when_they_cross_runs(tmp_path, capsys):
+    runs = {
+        "aoti_full": [_bench(FULL, "eager", 40.0, "full"),
+                      _bench(FULL, "aoti", 20.0, "full", "eager", {"eager": 2.0})],
+        "aoti_shrunk": [_bench(SHRUNK, "aoti", 12.0, "shrunk", "eager"),  # its baseline ran later in its run
+                        _bench(SHRUNK, "eager", 30.0, "shrunk")],
+        "eager": [_bench(SHRUNK, "eager", 24.0, "shrunk"),  # the same runner in another run: not used for aoti
+                  _bench(SHRUNK, "eager+triton", 20.0, "shrunk", "eager", {"eager": 1.2})],
+        "kernels": [_bench("atm-fwd-vit-l", "fused", 1.0, baseline="reference"),
+                    _bench("qd-attention-fwd", "fused", 1.0, baseline="gather+sdpa")],
+        "other_card": [_bench("qd-attention-fwd", "gather+sdpa", 3.0, device="another GPU")],
+    }
     chart = tmp_path / "throughput.png"
-    assert summarize.main([*map(str, paths), "--chart", str(chart)]) == 0
-    rows = {tuple(line.split()[:2]): line for line in capsys.readouterr().out.splitlines()}
-    assert "2.50x vs eager, shrunk/full 0.60" in rows["throughput-vit-shrunk", "aoti"]
-    assert rows["throughput-vit-shrunk", "eager"].endswith("shrunk/full 0.75")
-    assert rows["throughput-vit-full", "aoti"].endswith("2.00x vs eager")
-    assert rows["atm-fwd", "fused"].endswith("-")  # its baseline was not measured
+    assert summarize.main([*_write(tmp_path, runs), "--chart", str(chart)]) == 0
+    out = capsys.readouterr().out
+    rows = {tuple(line.split()[:3]): line for line in out.splitlines()}
+    # gpu_check.sh times the variants in separate steps: shrunk/full always crosses runs, and says so
+    assert rows["aoti_shrunk", SHRUNK, "aoti"].endswith("2.50x vs eager, shrunk/full 0.60 (other run)")
+    assert rows["aoti_shrunk", SHRUNK, "eager"].endswith("shrunk/full 0.75 (other run)")
+    assert rows["eager", SHRUNK, "eager"].endswith("shrunk/full 0.60 (other run)")
+    assert rows["aoti_full", FULL, "aoti"].endswith("2.00x vs eager")
+    assert rows["kernels", "atm-fwd-vit-l", "fused"].endswith("-")  # its baseline was not measured
+    assert rows["kernels", "qd-attention-fwd", "fused"].endswith("-")  # measured only on another card
+    goals = _goals(out)
+    assert "met Shrunk ViT-L 640 fp16 aoti >= 1.3x eager at batch 8: 2.50" in goals
+    assert "met Shrunk/full time <= 0.65 (ViT-L 640 fp16 aoti): 0.60 (from two runs)" in goals
+    assert "not measured ATM forward fused >= 2x eager reference (ViT-L)" in goals
+    assert not any("onnx" in goal for goal in goals)  # the CPU goals, on a GPU run
     with Image.open(chart) as img:
         assert img.format == "PNG" and img.width > 200
+
+
+def test_goals_not_met_and_figures_from_the_device_probe(tmp_path, capsys):
+    runs = {"kernels": [
+        _bench("atm-fwd-vit-l", "reference", 3.0), _bench("atm-fwd-vit-l", "sdpa+matmul", 1.2),
+        _bench("atm-fwd-vit-l", "fused", 1.0, baseline="reference",
+               speedups={"reference": 3.0, "sdpa+matmul": 1.2}),
+        _bench("segment-postprocess", "fused", 1.0, baseline="reference", speedups={"reference": 6.0},
+               peak_memory_vs_reference=0.25),
+    ]}
+    device = tmp_path / "device.json"
+    device.write_text(json.dumps({"name": "GPU", "copy_gbps": 200.0, "matmul_tflops": 10.0}))
+    assert summarize.main([*_write(tmp_path, runs), "--device", str(device)]) == 0
+    goals = _goals(capsys.readouterr().out)
+    assert "met ATM forward fused >= 2x eager reference (ViT-L): 3.00" in goals
+    assert "NOT met ATM forward fused >= 1.3x SDPA + matmul (ViT-L): 1.20" in goals
+    assert "NOT met ATM forward >= 60% of copy bandwidth (ViT-L): 0.50" in goals
+    assert "met post-process fused >= 5x reference: 6.00" in goals
+    assert "NOT met post-process peak extra memory <= 1/10 of the reference's: 0.25" in goals
+    assert "not measured QD forward fused >= 1.15x gather + flash SDPA" in goals
+
+
+def test_a_cpu_run_is_held_to_the_cpu_goal(tmp_path, capsys):
+    runs = {"cpu": [_bench("throughput-tiny-full", "eager", 10.0, device="cpu"),
+                    _bench("throughput-tiny-full", "onnx", 8.0, device="cpu", baseline="eager",
+                           speedups={"eager": 1.25})]}
+    assert summarize.main(_write(tmp_path, runs)) == 0
+    assert _goals(capsys.readouterr().out) == ["NOT met onnx engine >= 1.3x eager fp32 (tiny, full): 1.25",
+                     "not measured onnx engine >= 1.3x eager fp32 (tiny, Shrunk)"]
 
 
 def test_unreadable_json_is_named_and_left_out(tmp_path, capsys):
