@@ -6,7 +6,7 @@
 # STEP: probe gpu-tests kernel-bench throughput-eager throughput-aoti-shrunk throughput-aoti-full aoti-tests
 # config-sweep kernel-tests (default: all, in that order, most important first).
 #
-# Time: each step has its own limit, 25+95+65+55+80+80+50+30+20 = 500 s, and 10 s more to stop after
+# Time: each step has its own limit, 25+95+65+60+80+80+50+30+15 = 500 s, and 10 s more to stop after
 # its interrupt, which leaves a 600 s call little but enough to summarise. One step alone fits in what
 # is left of a 15-minute lease for a rerun (kernel-bench alone on a fresh machine autotunes from a
 # cold cache: KERNEL_BENCH_LIMIT=150 gives it more). The aoti engine builds (ViT-L, Triton kernels
@@ -141,17 +141,17 @@ for s in $STEPS; do
         gpu-tests) step gpu-tests 95 pytest_run "${PARALLEL[@]}" -m gpu -k "not aoti" tests/ ;;
         kernel-bench) step kernel-bench "${KERNEL_BENCH_LIMIT:-65}" bench kernels 40 benchmarks/test_kernels.py benchmarks/test_kernels_qd.py benchmarks/test_kernels_postprocess.py benchmarks/test_labels_full_size.py ;;
         # Eager ViT-L (plain ops, and our Triton kernels), both variants, plus ONNX Runtime/TensorRT where present.
-        throughput-eager) step throughput-eager 55 bench throughput_eager 40 benchmarks/test_throughput.py -k "not aoti" ;;
+        throughput-eager) step throughput-eager 60 bench throughput_eager 40 benchmarks/test_throughput.py -k "not aoti" ;;
         # Eager again (plain ops, "not triton"): the aoti speedup over it from the same process.
-        throughput-aoti-shrunk) step throughput-aoti-shrunk 80 bench throughput_aoti_shrunk 70 benchmarks/test_throughput.py -k "shrunk and (aoti or eager) and not triton" ;;
-        throughput-aoti-full) step throughput-aoti-full 80 bench throughput_aoti_full 70 benchmarks/test_throughput.py -k "full and (aoti or eager) and not triton" ;;
+        throughput-aoti-shrunk) step throughput-aoti-shrunk 80 bench throughput_aoti_shrunk 60 benchmarks/test_throughput.py -k "shrunk and (aoti or eager) and not triton" ;;
+        throughput-aoti-full) step throughput-aoti-full 80 bench throughput_aoti_full 60 benchmarks/test_throughput.py -k "full and (aoti or eager) and not triton" ;;
         aoti-tests) step aoti-tests 50 pytest_run -m gpu -k aoti tests/ ;;
         # Every autotune config of the kernels against the reference (the other tests see only the
         # winners), as many as fit.
         config-sweep) step config-sweep 30 pytest_run "${PARALLEL[@]}" tests/kernels/test_every_config.py ;;
         # The kernel tests without the gpu mark (tails, padded heads, poisoned outputs, opcheck, export,
         # torch.compile) at small shapes, on CUDA: as many as fit.
-        kernel-tests) step kernel-tests 20 pytest_run "${PARALLEL[@]}" -m "not gpu" --ignore=tests/kernels/test_every_config.py tests/kernels ;;
+        kernel-tests) step kernel-tests 15 pytest_run "${PARALLEL[@]}" -m "not gpu" --ignore=tests/kernels/test_every_config.py tests/kernels ;;
         *) echo "gpu_check: unknown step $s" | tee -a "$LOG"; status=1 ;;
     esac
 done

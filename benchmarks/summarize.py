@@ -28,16 +28,23 @@ def load_rows(paths):
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            print(f"summarize: left out {path}, not readable benchmark JSON: {err}", file=sys.stderr)
+            benches = data["benchmarks"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            print(f"summarize: left out {path}, not readable benchmark JSON: {err!r}", file=sys.stderr)
             continue
         run = Path(path).stem.removeprefix("bench_")
-        for bench in data.get("benchmarks", []):
-            info = bench.get("extra_info", {})
+        for bench in benches:
+            info, stats = bench.get("extra_info", {}), bench.get("stats") or {}
             median_ms = info.get("median_ms")
-            if median_ms is None:  # the harness's per-call median was not recorded: the round's, per call
-                median_ms = bench["stats"]["median"] * 1e3 / info.get("calls_per_round", 1)
-            rows.append(row(bench.get("group") or "", info.get("variant", bench["name"]), info, median_ms, run))
+            if median_ms is None and stats.get("median") is not None:  # the round's median, per call
+                median_ms = stats["median"] * 1e3 / info.get("calls_per_round", 1)
+            if median_ms is None:
+                print(f"summarize: left out {bench.get('name')} of {path}: no timings", file=sys.stderr)
+                continue
+            r = row(bench.get("group") or "", info.get("variant", bench.get("name", "?")), info, median_ms, run)
+            if stats.get("iqr") is not None and stats.get("median"):
+                r["spread"] = stats["iqr"] / stats["median"]  # of the rounds: how steady the timing was
+            rows.append(r)
     return rows
 
 
@@ -51,7 +58,8 @@ def row(group: str, name: str, info: dict, median_ms: float, run: str = "") -> d
         "median_ms": median_ms,
         "gbps": info.get("gbps"),
         "tflops": info.get("tflops"),
-        "baseline": info.get("baseline"),
+        "baseline": (info.get("baseline") or [None])[0] if isinstance(info.get("baseline"), list)
+        else info.get("baseline"),
         "speedup_vs": dict(info.get("speedup_vs", {})),
         "other_run": set(),  # baselines whose ratio comes from another run
         "model_variant": info.get("model_variant"),
@@ -99,18 +107,42 @@ def fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-def table(rows, copy_gbps=None):
-    header = ["run", "group", "variant", "median ms", "GB/s", "TFLOP/s"]
-    if copy_gbps:
+def is_cpu(device_name) -> bool:
+    return device_name is None or str(device_name).startswith("cpu")
+
+
+def judged_device(rows, device: dict) -> str:
+    """The device whose rows the goals are judged on: the probed card (device.json), else the one GPU
+    the rows were measured on (the commonest, if several), else the CPU."""
+    if device.get("name"):
+        return device["name"]
+    gpus = [r["device"] for r in rows if not is_cpu(r["device"])]
+    return max(set(gpus), key=gpus.count) if gpus else "cpu"
+
+
+def copy_fraction(r, device: dict):
+    """A kernel row's GB/s over the card's measured copy GB/s (only for rows of the probed card; a
+    model's GB/s counts only its input image, so it has none)."""
+    if r["model_variant"] or not r["gbps"] or not device.get("copy_gbps") or r["device"] != device.get("name"):
+        return None
+    return r["gbps"] / device["copy_gbps"]
+
+
+def table(rows, device: dict | None = None):
+    device = device or {}
+    header = ["run", "group", "variant", "median ms", "spread", "GB/s", "TFLOP/s"]
+    if device.get("copy_gbps"):
         header.append("% copy BW")
     header.append("speedup")
     lines = [header]
     for r in rows:
-        kernel = not r["model_variant"]  # a model's GB/s counts only its input image: no bandwidth figure
+        kernel = not r["model_variant"]
         line = [r["run"] or "-", r["group"], r["name"], fmt(r["median_ms"], ".4f"),
+                "-" if r.get("spread") is None else f"{100 * r['spread']:.0f}%",
                 fmt(r["gbps"] if kernel else None, ".1f"), fmt(r["tflops"], ".2f")]
-        if copy_gbps:
-            line.append(fmt(100 * r["gbps"] / copy_gbps if kernel and r["gbps"] else None, ".0f"))
+        if device.get("copy_gbps"):
+            fraction = copy_fraction(r, device)
+            line.append(fmt(fraction and 100 * fraction, ".0f"))
         notes = [f"{v:.2f}x vs {k}" + (" (other run)" if k in r["other_run"] else "")
                  for k, v in r["speedup_vs"].items()]
         if "shrunk_over_full" in r:
@@ -157,32 +189,43 @@ def goal_figure(spec: tuple, r: dict, device: dict) -> tuple[float | None, bool]
     if kind == "shrunk_over_full":
         return r.get("shrunk_over_full"), r.get("shrunk_over_full_other_run", False)
     if kind == "copy_bw":
-        return (r["gbps"] / device["copy_gbps"] if r["gbps"] and device.get("copy_gbps") else None), False
+        return copy_fraction(r, device), False
     if kind == "matmul_peak":
         if r["fraction_of_matmul_peak"] is not None:
             return r["fraction_of_matmul_peak"], False
-        return (r["tflops"] / device["matmul_tflops"] if r["tflops"] and device.get("matmul_tflops") else None), False
+        probed = device.get("matmul_tflops") and r["device"] == device.get("name")
+        return (r["tflops"] / device["matmul_tflops"] if r["tflops"] and probed else None), False
     return r["peak_memory_vs_reference"], False  # peak_memory
 
 
+NOISY = 0.25  # a timing whose rounds spread (IQR) this much of its median is flagged in the goals
+
+
 def goal_lines(rows, device: dict | None = None) -> list[str]:
-    """Each goal of the device kind the rows were measured on: its figure and met / NOT met, or not
-    measured (no row, or the row lacks the figure)."""
+    """Each goal of the judged device's kind (:func:`judged_device`), from that device's rows only:
+    its figure and met / NOT met, or not measured (no row, or the row lacks the figure). A figure
+    from two runs, or from a timing whose rounds spread widely, says so."""
     if not rows:
         return []
     device = device or {}
-    kind = "cpu" if all(r["device"] in (None, "cpu") for r in rows) else "cuda"
+    judged = judged_device(rows, device)
+    kind = "cpu" if is_cpu(judged) else "cuda"
+    mine = [r for r in rows if (is_cpu(r["device"]) if kind == "cpu" else r["device"] == judged)]
     lines = []
     for goal_kind, goal, group, name, spec, sense, threshold in GOALS:
         if goal_kind != kind:
             continue
-        found = [r for r in rows if r["group"] == group and r["name"] == name]
+        found = [r for r in mine if r["group"] == group and r["name"] == name]
         value, across = goal_figure(spec, found[-1], device) if found else (None, False)
         if value is None:
             lines.append(f"{'not measured':<12}  {goal}")
             continue
         met = value >= threshold if sense == ">=" else value <= threshold
-        lines.append(f"{'met' if met else 'NOT met':<12}  {goal}: {value:.2f}" + (" (from two runs)" if across else ""))
+        notes = ["from two runs"] if across else []
+        spreads = [r.get("spread") or 0 for r in mine if r["group"] == group and r["run"] == found[-1]["run"]]
+        if max(spreads) > NOISY:
+            notes.append(f"noisy: a timing's rounds spread {100 * max(spreads):.0f}% of its median")
+        lines.append(f"{'met' if met else 'NOT met':<12}  {goal}: {value:.2f}" + "".join(f" ({n})" for n in notes))
     return lines
 
 
@@ -212,8 +255,8 @@ def throughput_chart(rows, path) -> None:
             if r is not None:
                 xs.append(j + (i - (len(runners) - 1) / 2) * width)
                 ys.append(r["images_per_s"])
-                speedup = r["speedup_vs"].get("eager")
-                labels.append(f"{speedup:.2f}x" if speedup else "")
+                eager = by_key.get((variant, "eager"))  # the ratio of the bars drawn, whatever their runs
+                labels.append(f"{r['images_per_s'] / eager['images_per_s']:.2f}x" if eager and r is not eager else "")
         bars = ax.bar(xs, ys, width, label=runner)
         ax.bar_label(bars, labels=labels, fontsize=7)
     ax.set_xticks(range(len(variants)), variants)
@@ -243,8 +286,8 @@ def main(argv=None):
         return 1
     fill_speedups(rows)
     fill_shrunk_over_full(rows)
-    print(table(rows, device.get("copy_gbps")))
-    print("\ngoals:")
+    print(table(rows, device))
+    print(f"\ngoals ({judged_device(rows, device)}):")
     print("\n".join(f"  {line}" for line in goal_lines(rows, device)))
     if args.chart:
         throughput_chart(rows, args.chart)

@@ -30,7 +30,7 @@ def _write(tmp_path, runs: dict) -> list[str]:
 
 def _goals(printed: str) -> list[str]:
     """The goal lines, spaces collapsed."""
-    return [" ".join(line.split()) for line in printed.split("goals:")[1].strip().splitlines()]
+    return [" ".join(line.split()) for line in printed.split("\ngoals (")[1].strip().splitlines()[1:]]
 
 
 SHRUNK, FULL = "throughput-vit_l16_ade20k_640-shrunk", "throughput-vit_l16_ade20k_640-full"
@@ -135,3 +135,46 @@ def test_a_benchmark_stopped_mid_warmup_is_marked_failed(benchmark):
     with pytest.raises(_Stopped):
         measure(benchmark, stop, group="harness", name="stopped", bytes_moved=0, flops=0)
     assert benchmark.has_error
+
+
+def test_goals_are_judged_on_one_device_only(tmp_path, capsys):
+    """CPU rows (the interpreter's, same group names) and another card's rows never decide a GPU goal,
+    and a card's copy bandwidth divides only its own rows."""
+    runs = {"cpu": [_bench("segment-postprocess", "fused", 9.0, device="cpu", baseline="reference",
+                           speedups={"reference": 9.0}, peak_memory_vs_reference=0.05)],
+            "h200": [_bench("atm-fwd-vit-l", "fused", 1.0, device="H200", gbps=3000.0)],
+            "h100": [_bench("segment-postprocess", "fused", 1.0, device="H100", baseline="reference",
+                            speedups={"reference": 4.0}, peak_memory_vs_reference=0.5)]}
+    device = tmp_path / "device.json"
+    device.write_text(json.dumps({"name": "H100", "copy_gbps": 2000.0}))
+    assert summarize.main([*_write(tmp_path, runs), "--device", str(device)]) == 0
+    out = capsys.readouterr().out
+    assert "goals (H100):" in out
+    goals = _goals(out)
+    assert "NOT met post-process fused >= 5x reference: 4.00" in goals
+    assert "NOT met post-process peak extra memory <= 1/10 of the reference's: 0.50" in goals
+    assert "not measured ATM forward >= 60% of copy bandwidth (ViT-L)" in goals  # its row is the H200's
+
+
+def test_a_timing_whose_rounds_spread_widely_is_flagged(tmp_path, capsys):
+    eager = _bench("throughput-tiny-full", "eager", 10.0, device="cpu")
+    eager["stats"]["iqr"] = 0.004  # 40 % of its 10 ms median
+    runs = {"cpu": [eager, _bench("throughput-tiny-full", "onnx", 5.0, device="cpu", baseline="eager",
+                                  speedups={"eager": 2.0})]}
+    assert summarize.main(_write(tmp_path, runs)) == 0
+    assert _goals(capsys.readouterr().out)[0] == (
+        "met onnx engine >= 1.3x eager fp32 (tiny, full): 2.00 (noisy: a timing's rounds spread 40% of its median)")
+
+
+def test_odd_json_is_left_out_not_a_crash(tmp_path, capsys):
+    no_median = _bench("atm-fwd", "fused", 1.0)
+    del no_median["extra_info"]["median_ms"], no_median["stats"]["median"]
+    listed = _bench("atm-fwd", "sdpa+matmul", 2.0)
+    listed["extra_info"]["baseline"] = ["fused", "reference"]
+    (tmp_path / "bench_list.json").write_text("[]")
+    paths = [*_write(tmp_path, {"odd": [no_median, listed, _bench("atm-fwd", "fused", 1.0)]}),
+             str(tmp_path / "bench_list.json")]
+    assert summarize.main(paths) == 0
+    printed = capsys.readouterr()
+    assert "left out test[fused]" in printed.err and "bench_list.json" in printed.err
+    assert "0.50x vs fused" in printed.out
