@@ -21,13 +21,24 @@ from .models import create_model  # noqa: E402
 __all__ = ["PRESETS", "SegViTConfig", "get_config", "create_model", "Runtime"]
 
 
+# Submodules ``segvit_rt.X`` reaches after a bare ``import segvit_rt``, imported on first use (the
+# engines and kernels need their libraries only then).
+_SUBMODULES = ("build", "class_names", "cli", "config", "convert", "data", "demo", "engines", "evaluate", "flops",
+               "images", "inference", "io_utils", "kernels", "metrics", "models", "ops", "runtime", "segment",
+               "train", "training", "weights")
+
+
 def __getattr__(name):
     if name == "Runtime":
         from .runtime import Runtime
 
         return Runtime
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'segvit_rt' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), "Runtime"])
+    return sorted({*globals(), "Runtime", *_SUBMODULES})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -213,6 +214,7 @@ def build_engine(
         raise EngineError(f"{len(names)} class names for a model with {cfg.num_classes} classes")
     out = Path(out) if out is not None else default_out(cfg.name, variant, backend, precision)
     check_out(out)
+    replaced = earlier_engine(out)
 
     reference = copy.deepcopy(model).float().eval().to(device).set_kernels("reference")
     # ONNX export traces on the CPU (the graph is device-free); aoti compiles for its device.
@@ -271,8 +273,20 @@ def build_engine(
         meta["parity"] = {**asdict(parity), "min_label_agreement": MIN_LABEL_AGREEMENT,
                           "tolerance": asdict(TOLERANCES[precision])}
         write_engine_json(tmp, meta)
-    log(f"engine written to {out}")
+    log(f"engine written to {out}" + (f" (replacing {replaced})" if replaced else ""))
     return out
+
+
+def earlier_engine(out: Path) -> str | None:
+    """What engine ``out`` holds, in a few words (a build replaces it: worth saying), or None."""
+    if not (out / META_FILE).is_file():
+        return None
+    try:
+        meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+        weights = (meta.get("weights") or {}).get("path") or "weights not recorded"
+        return f"the engine built there on {meta.get('built_at', '?')} from {weights}"
+    except (OSError, ValueError, AttributeError):
+        return "the engine there"
 
 
 def default_weights(variant: str) -> Path:

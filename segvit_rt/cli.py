@@ -23,8 +23,8 @@ def check_output(path: str | Path, flag: str, folder: bool) -> None:
     in a folder this process may not write (permissions, a read-only file system)."""
     path = Path(path)
     if folder and path.is_symlink() and not path.exists():
-        raise OutputPathError(f"{flag} {path} is a broken symbolic link (to {os.readlink(path)}): the folder it "
-                              "names does not exist")
+        raise OutputPathError(f"{flag} {path} is a broken link (to {os.readlink(path)}): the folder it names "
+                              "does not exist")
     if folder and path.exists() and not path.is_dir():
         raise OutputPathError(f"{flag} {path} is a file, not a folder")
     if not folder and path.is_dir():

@@ -117,7 +117,7 @@ def _config_problems(c: SegViTConfig) -> list[str]:
     for dim, heads in (("embed_dim", "num_heads"), ("decoder_dim", "decoder_heads")):
         if getattr(c, dim) % getattr(c, heads):
             problems.append(f"{dim} {getattr(c, dim)} is not divisible by {heads} {getattr(c, heads)}")
-    # out_indices (full) and shrink_idx (Shrunk) are checked against depth for the variant built: variant_problems
+    # out_indices (full) and shrink_idx (Shrunk) are checked against depth for the variant built: check_blocks
     blocks = tuple(c.out_indices)
     if not blocks or any(not isinstance(i, int) for i in blocks) or len(set(blocks)) != len(blocks):
         problems.append(f"out_indices {blocks} must be distinct block numbers")
@@ -203,11 +203,11 @@ def check_blocks(cfg: SegViTConfig, variant: str) -> None:
     ignores the other's field."""
     last = cfg.depth - 1
     if check_variant(variant) == "full" and not all(0 <= i <= last for i in cfg.out_indices):
-        raise ValueError(f"config {cfg.name!r}: out_indices {tuple(cfg.out_indices)} must be block numbers in 0..{last} "
-                         f"(depth {cfg.depth})")
+        raise ValueError(f"config {cfg.name!r}: out_indices {tuple(cfg.out_indices)} must be block numbers in "
+                         f"0..{last} (depth {cfg.depth})")
     if variant == "shrunk" and not 1 <= cfg.shrink_idx <= last:
-        raise ValueError(f"config {cfg.name!r}: shrink_idx {cfg.shrink_idx} (the block QD replaces) must be in 1..{last} "
-                         f"(depth {cfg.depth})")
+        raise ValueError(f"config {cfg.name!r}: shrink_idx {cfg.shrink_idx} (the block QD replaces) must be in "
+                         f"1..{last} (depth {cfg.depth})")
 
 
 def input_multiple(cfg: SegViTConfig, variant: str) -> int:

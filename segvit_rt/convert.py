@@ -113,7 +113,7 @@ def main(argv=None) -> Path:
             path, report = convert(args.checkpoint, args.preset, args.variant, args.out)
             variant = args.variant
     print(f"{args.checkpoint}: {report}")
-    print(f"wrote {path}; build an engine with: python -m segvit_rt.build --variant {variant} --weights {path}")
+    print(f"wrote {path} ({variant}); build an engine with: python -m segvit_rt.build --weights {path}")
     return path
 
 

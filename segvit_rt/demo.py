@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .build import DEMO_DATA, BuildError, build_engine, check_out, default_weights, load_build_model
 from .cli import UsageError, check_output, exit_on, on_interrupt
-from .data import IGNORE_INDEX, open_dataset
+from .data import IGNORE_INDEX, DatasetError, open_dataset
 from .data.synth import generate
 from .engines import EngineError
 from .evaluate import format_table
@@ -98,7 +98,8 @@ def check_demo_folder(out: Path) -> None:
                              "and the demo replaces that folder whole; choose another --out")
     for name in ("grid.png", "results.json"):
         if (out / name).is_dir():
-            raise UsageError(f"--out {out}: {out / name} is a folder, where the demo writes a file; choose another --out")
+            raise UsageError(f"--out {out}: {out / name} is a folder, where the demo writes a file; "
+                             "choose another --out")
     check_out(out / "engine")
 
 
@@ -187,7 +188,7 @@ def main(argv=None) -> dict:
     if args.images is not None and args.images < 1:
         build_parser().error(f"--images must be at least 1, got {args.images}")
     start = time.perf_counter()
-    with exit_on(UsageError, EngineError, WeightsError, BuildError, OSError), \
+    with exit_on(UsageError, EngineError, WeightsError, BuildError, DatasetError, OSError), \
             on_interrupt("every output the demo wrote is whole or absent; run it again (it starts over)"):
         check_output(args.out, "--out", folder=True)
         results = run_demo(Path(args.out), args.variant, args.weights, args.images, progress=not args.quiet,

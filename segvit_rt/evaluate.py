@@ -178,8 +178,10 @@ def main(argv=None) -> dict:
     with exit_on(OSError):  # a full disk, say
         if args.json:
             write_json(args.json, metrics)
+            print(f"wrote {args.json}")
         if args.chart:
             plot_class_iou(metrics, cfg.names(), args.chart)
+            print(f"wrote {args.chart}")
     return metrics
 
 

@@ -4,8 +4,9 @@ A writer of NAME works in ``.NAME.XXXXXXXX.tmp`` beside it (``.old`` holds a dir
 aside; NAME is shortened where the name would be too long) and holds an exclusive ``flock`` on
 that temporary while it lives (taken while it is still ``.new``, a name sweepers ignore). A lock
 dies with its process, so the next writer of NAME can tell a killed writer's leftovers from a
-running one's, across containers and without trusting process ids. (On shared storage whose locks stay local to each client, e.g. NFS mounted with
-``local_lock=flock``, only writers on the same host are told apart.)
+running one's, across containers and without trusting process ids. (On shared storage whose locks
+stay local to each client, e.g. NFS mounted with ``local_lock=flock``, only writers on the same host
+are told apart.)
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ except ImportError:  # Windows: no flock, so nothing is swept and runs are not l
     fcntl = None
 
 
-NAME_MAX = 255  # bytes in one file name on the usual file systems (ext4, xfs, btrfs, APFS, NTFS)
+NAME_MAX = 255  # the longest file name: bytes on ext4, xfs, btrfs (characters on APFS and NTFS)
 _TEMP_ROOM = NAME_MAX - len(".") - len(".XXXXXXXX.tmp")
 
 

@@ -47,6 +47,10 @@ def _count(n: int, thing: str) -> str:
     return f"{n} {_plural(n, thing)}"
 
 
+def _few(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" (+{len(names) - shown} more)" if len(names) > shown else "")
+
+
 def expand_inputs(args: list[str], out: Path | None = None,
                   note: Callable[[str], None] | None = None) -> tuple[list[Path], list[Path]]:
     """Command-line inputs as image paths: a folder becomes the image files directly inside it, sorted
@@ -62,14 +66,16 @@ def expand_inputs(args: list[str], out: Path | None = None,
             continue
         entries = [p for p in arg.iterdir() if not p.name.startswith(".")]
         found = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        folders = sum(p.is_dir() for p in entries)
+        folders = sorted(p.name for p in entries if p.is_dir())
         if not found:
-            inside = f" ({_count(folders, 'subfolder')} not searched: pass them too)" if folders else ""
+            inside = (f" ({_plural(len(folders), 'subfolder')} {_few(folders)} not searched: pass them too)"
+                      if folders else "")
             raise FileNotFoundError(f"no image files ({'/'.join(IMAGE_SUFFIXES)}) in folder {arg}{inside}")
         broken = sorted(p.name for p in entries if p.is_symlink() and not p.exists())
         if note is not None and (folders or broken):
-            skipped = [f"{_count(folders, 'subfolder')} (not searched: pass them too)"] if folders else []
-            skipped += [f"{_plural(len(broken), 'broken link')} {', '.join(broken[:5])}"] if broken else []
+            skipped = ([f"{_plural(len(folders), 'subfolder')} {_few(folders)} (not searched: pass them too)"]
+                       if folders else [])
+            skipped += [f"{_plural(len(broken), 'broken link')} {_few(broken)}"] if broken else []
             note(f"{arg}: skipped {' and '.join(skipped)}")
         if out is not None and out.is_dir() and arg.samefile(out):
             outputs = [p for p in found if p.name.lower().endswith(OUTPUT_SUFFIXES)]
@@ -186,7 +192,7 @@ def segment_files(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segvit_rt.segment", description=__doc__.split("\n\n")[0])
     p.add_argument("images", nargs="+", help="image files, or folders of them")
-    p.add_argument("--engine", required=True, help="engine directory (python -m segvit_rt.build), or its engine.json")
+    p.add_argument("--engine", required=True, help="engine directory (python -m segvit_rt.build), or a file in it")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--mode", choices=MODES, default="slide",
                    help="slide (default; the official evaluation's windows) or whole (the image resized to the crop)")

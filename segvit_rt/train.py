@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .cli import UsageError, exit_on
+from .cli import UsageError, exit_on, user_message
 from .config import PRESETS, VARIANTS, SegViTConfig, get_config, input_multiple
 from .data import DatasetError, EvalTransform, TrainTransform, open_dataset
 from .evaluate import evaluate_model, use_interpreter_on_cpu
@@ -52,6 +52,11 @@ from .weights import (
     read_metadata,
     save_weights,
 )
+
+
+class ReplicaError(RuntimeError):
+    """A problem of one training process's own (a sample it read, its disk): every replica reports its own."""
+
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.safetensors"
@@ -123,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backbone learning rate (default 2e-5, tiny 1e-4; the head's is --head-lr-mult times it)")
     p.add_argument("--head-lr-mult", type=float, help="decode-head learning-rate factor (default 10)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: per preset, as the official configs)")
-    p.add_argument("--warmup", type=int, help="linear warm-up steps")
+    p.add_argument("--warmup", type=int, help="linear warm-up steps (default 1500, tiny 100)")
     p.add_argument("--poly-power", type=float, help="power of the poly learning-rate decay (default: per preset)")
     p.add_argument("--clip-grad", type=float, help="max gradient norm, 0: no clipping (default: 35, tiny 1)")
     p.add_argument("--crop", type=int, help="training crop (default: the preset's)")
@@ -146,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "workers within the free cores: oversubscribed OpenMP threads stall each other. A resumed "
                         "run keeps the thread count it had: CPU sums round differently with another")
     p.add_argument("--mode", choices=MODES, help="evaluation inference mode (default slide)")
-    p.add_argument("--eval-every", type=int, help="evaluate every K steps (0: only at the end)")
-    p.add_argument("--ckpt-every", type=int, help="checkpoint every K steps (and at the end)")
+    p.add_argument("--eval-every", type=int,
+                   help="evaluate every K steps, 0: only at the end (default 16000, COCO-Stuff and PASCAL-Context "
+                        "8000, tiny 500, tiny Shrunk 1250)")
+    p.add_argument("--ckpt-every", type=int, help="checkpoint every K steps, and at the end (default 4000, tiny 500)")
     p.add_argument("--log-every", type=int, help="log the mean loss every K steps (default 10)")
     p.add_argument("--resume", action="store_true",
                    help=f"continue from OUT/{CHECKPOINT}; arguments left unset take the run's values from it")
@@ -351,6 +358,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.log = JsonlLog(self.out / "log.jsonl")
         self.step, self.elapsed = self.start(state)
+        if info.is_main and state is None and args.warmup >= args.iters:
+            print(f"note: --warmup {args.warmup} is at least --iters {args.iters}: the learning rate never reaches "
+                  f"--lr {args.lr:g} (a short trial of the preset's recipe? pass a shorter --warmup)", file=sys.stderr)
+        if info.is_main and self.step >= args.iters:
+            print(f"note: the run had already reached its last step ({self.step}); its outputs are written again "
+                  "from the checkpoint", file=sys.stderr)
         self.net = (DistributedDataParallel(self.model, device_ids=[info.local_rank] if self.device.type == "cuda"
                                             else None) if info.distributed else self.model)
         self.sampler = ResumableSampler(self.train_set, info.world_size, info.rank, seed=args.seed)
@@ -386,7 +399,8 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def batches(self):
-        """(images, labels) from the current step on, epoch after epoch."""
+        """(images, labels) from the current step on, epoch after epoch. A sample that cannot be read
+        is this replica's own problem (each reads its share): a :class:`ReplicaError`."""
         local_batch = self.args.batch // self.info.world_size
         while True:
             epoch, position = divmod(self.step, self.steps_per_epoch)
@@ -397,7 +411,10 @@ class Trainer:
                 num_workers=self.args.workers, pin_memory=self.device.type == "cuda",
                 generator=torch.Generator().manual_seed(self.args.seed),  # keeps the global RNG untouched
             )
-            yield from loader
+            try:
+                yield from loader
+            except (DatasetError, OSError) as e:
+                raise ReplicaError(user_message(e)) from e
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One optimizer step; returns the detached [loss, ce, focal, dice, grad_norm] of this replica."""
@@ -550,6 +567,8 @@ def run_lock(out: Path, info: DistInfo):
 
 
 def lock_run_folder(out: Path, stack: ExitStack) -> None:
+    if out.is_symlink() and not out.exists():
+        raise UsageError(f"--out {out} is a broken link (to {os.readlink(out)}): the folder it names does not exist")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; the run folder must be a folder")
     try:
@@ -566,10 +585,11 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     rank, replicas = os.environ.get("RANK", "0"), int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        # A system error (a full /dev/shm, an I/O error) may be one replica's own: each says it.
-        with exit_on(OSError, prefix=f"rank {rank}: " if replicas > 1 else ""), \
+        # Under torchrun every replica fails alike on arguments and data sets: rank 0 says it. A system
+        # error (a full /dev/shm) or a sample that cannot be read may be one replica's own: each says it.
+        with exit_on(OSError, ReplicaError, prefix=f"rank {rank}: " if replicas > 1 else ""), \
                 exit_on(UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError,
-                        say=rank == "0"):  # under torchrun every replica fails alike
+                        say=rank == "0"):
             return train(args)
     except KeyboardInterrupt:  # under torchrun every replica gets it: one says where the run stands
         if rank == "0":

@@ -169,6 +169,17 @@ def test_a_crashed_build_keeps_the_previous_engine(tmp_path, shrunk, onnx_engine
     assert [p.name for p in tmp_path.iterdir()] == ["engine"], "no temporary directories left behind"
 
 
+def test_a_build_says_which_engine_it_replaced(tmp_path, shrunk, onnx_engine):
+    out = shutil.copytree(onnx_engine, tmp_path / "engine")
+    built_at = json.loads((out / "engine.json").read_text())["built_at"]
+    said = []
+    build_engine(shrunk, backend="onnx", precision="fp32", out=out, weights=None, log=said.append)
+    assert said[-1] == f"engine written to {out} (replacing the engine built there on {built_at} from weights not recorded)"
+    said.clear()
+    build_engine(shrunk, backend="onnx", precision="fp32", out=tmp_path / "new", log=said.append)
+    assert said[-1] == f"engine written to {tmp_path / 'new'}"
+
+
 def test_check_parity_measures_both_logits_and_labels(shrunk):
     class Echo:
         """A stand-in engine: the model itself, with chosen offsets added to its outputs."""

@@ -67,6 +67,7 @@ def test_cli_metrics_match_a_hand_computation(setup, mode, capsys):
     assert len(metrics["IoU"]) == K and metrics["class_names"] == (ade / "classes.txt").read_text().split()
     assert f"mIoU {100 * metrics['mIoU']:6.2f}" in printed
     assert all(name in printed for name in metrics["class_names"])
+    assert printed.endswith(f"wrote {out_json}\nwrote {chart}\n")
     with Image.open(chart) as png:
         assert png.format == "PNG" and png.width >= 500 and png.height >= 100
 
@@ -93,12 +94,14 @@ def test_outputs_that_would_overwrite_an_input_or_each_other_and_zero_windows_ar
     root, ade, model, weights = setup
     before = weights.read_bytes()
     mask = ade / "annotations" / "validation" / sorted(os.listdir(ade / "annotations" / "validation"))[0]
-    mask_bytes = mask.read_bytes()
+    mask_bytes, classes = mask.read_bytes(), (ade / "classes.txt").read_text()
     cases = [(["--json", str(weights)], "--json .* is the --weights file"),
              (["--chart", str(weights)], "--chart .* is the --weights file"),
              (["--chart", str(mask)], "--chart .* is inside .*annotations/validation, a folder of the data set's samples"),
              (["--json", str(ade / "images" / "validation" / "m.json")], "--json .* is inside .*images/validation"),
              (["--chart", str(root / "iou.jpg")], r"--chart .*iou.jpg: the chart is a PNG image; name it \*.png"),
+             (["--json", str(ade / "classes.txt")], r"--json .*classes.txt is a file of the data set in .*: it would be "
+                                                    "replaced"),
              (["--json", str(root / "x.png"), "--chart", str(root / "x.png")], "name the same file"),
              (["--stride", "0"], "--stride must be >= 1, got 0"),
              (["--crop", "0"], "--crop must be >= 1, got 0")]
@@ -108,6 +111,7 @@ def test_outputs_that_would_overwrite_an_input_or_each_other_and_zero_windows_ar
         assert exc.value.code == 2
         assert re.search(message, capsys.readouterr().err)
     assert weights.read_bytes() == before and mask.read_bytes() == mask_bytes
+    assert (ade / "classes.txt").read_text() == classes
     assert not (root / "iou.jpg").exists() and not (ade / "images" / "validation" / "m.json").exists()
 
 

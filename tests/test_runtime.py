@@ -2,8 +2,11 @@
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import zlib
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +119,18 @@ def test_a_file_of_the_engine_loads_its_folder(runtime, onnx_engine, file):
 
 def test_runtime_is_listed_in_the_package(runtime):
     assert "Runtime" in dir(segvit_rt) and segvit_rt.Runtime is type(runtime)
+
+
+def test_a_bare_import_reaches_every_submodule_the_readme_names():
+    """As the README writes them, in a fresh interpreter (here they are imported already)."""
+    script = ("import segvit_rt\n"
+              "assert {'weights', 'flops', 'kernels', 'engines', 'ops'} <= set(dir(segvit_rt))\n"
+              "print(segvit_rt.weights.load_weights.__name__, segvit_rt.flops.gflops.__name__, "
+              "segvit_rt.kernels.atm_attention.__name__, segvit_rt.engines.load_engine.__name__)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(segvit_rt.__file__).parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["load_weights", "gflops", "atm_attention", "load_engine"]
 
 
 def test_segment_batch_equals_one_by_one(runtime):
@@ -255,7 +270,7 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
         segment.main([str(photos), str(single), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
     captured = capsys.readouterr()
     assert exc.value.code == 1
-    assert f"note: {photos}: skipped 1 subfolder (not searched: pass them too) and broken link gone.png" in captured.err
+    assert f"note: {photos}: skipped subfolder more (not searched: pass them too) and broken link gone.png" in captured.err
     assert f"segmented 3 images into {out}" in captured.out
     assert "1 of 4 images could not be segmented" in captured.err and "b.jpg" in captured.err
     assert sorted(p.name for p in out.iterdir()) == [

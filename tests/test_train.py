@@ -248,6 +248,17 @@ def test_a_finished_run_without_its_checkpoint_is_not_overwritten(synth, tmp_pat
             "summary.json: nothing to continue") in capsys.readouterr().err
 
 
+def test_a_short_trial_and_a_resume_of_a_finished_run_are_told_what_they_do(synth, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", *FAST])
+    assert ("note: --warmup 100 is at least --iters 2: the learning rate never reaches --lr 0.0001"
+            in capsys.readouterr().err)
+    train_cli.main(["--data", str(synth), "--out", str(out), "--resume", *FAST])
+    err = capsys.readouterr().err
+    assert "the run had already reached its last step (2); its outputs are written again" in err
+    assert "--warmup" not in err
+
+
 def test_replicas_report_their_own_system_errors_and_rank_0_the_shared_ones(monkeypatch, capsys):
     """Under torchrun a bad argument is every replica's (rank 0 says it), a system error may be one
     replica's own (each says it, naming its rank)."""
@@ -255,7 +266,9 @@ def test_replicas_report_their_own_system_errors_and_rank_0_the_shared_ones(monk
     monkeypatch.setenv("WORLD_SIZE", "2")
     for error, printed in ((train_cli.UsageError("--iters must be >= 1"), ""),
                            (OSError(28, "No space left on device", "/dev/shm/x"),
-                            "error: rank 1: /dev/shm/x: No space left on device\n")):
+                            "error: rank 1: /dev/shm/x: No space left on device\n"),
+                           (train_cli.ReplicaError("cannot read image a.jpg: truncated"),  # a sample of its share
+                            "error: rank 1: cannot read image a.jpg: truncated\n")):
         def fail(args, error=error):
             raise error
 
@@ -736,7 +749,7 @@ def test_a_training_checkpoint_converts_to_the_runs_weights(synth, tmp_path, cap
                     "--eval-every", "0", *FAST])
     capsys.readouterr()
     converted = convert.main([str(out / "checkpoint.pt"), "--out", str(tmp_path / "w.safetensors")])
-    assert "build --variant shrunk --weights" in capsys.readouterr().out
+    assert "(shrunk); build an engine with: python -m segvit_rt.build --weights" in capsys.readouterr().out
     got, want = load_file(str(converted)), load_file(str(out / "weights.safetensors"))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
     meta = read_metadata(converted)

@@ -339,7 +339,7 @@ def test_convert_cli_writes_weights_the_builder_takes(tmp_path, capsys):
     out = convert.main([str(tmp_path / "official.pth"), "--preset", "tiny", "--variant", "shrunk",
                         "--out", str(tmp_path / "w.safetensors")])
     printed = capsys.readouterr().out
-    assert "unexpected (1): auxiliary_head.conv.weight" in printed and "segvit_rt.build --variant shrunk" in printed
+    assert "unexpected (1): auxiliary_head.conv.weight" in printed and "(shrunk); build an engine with: python -m segvit_rt.build --weights" in printed
     model = weights.load_weights(out)
     assert all(torch.equal(v, src.state_dict()[k]) for k, v in model.state_dict().items())
     assert weights.read_metadata(out)["converted_from"] == "official.pth"

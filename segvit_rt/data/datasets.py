@@ -201,14 +201,19 @@ class SegDataset(Dataset):
         return self.transform(image, label, rng=sample_rng(self.seed, self.epoch, index))
 
     def check_writes_outside(self, path, flag: str) -> None:
-        """Refuse ``path`` (an output) inside a folder this split reads samples from: what a run
-        writes there would be read as data next time, or replace a sample."""
+        """Refuse ``path`` (an output) inside a folder this split reads samples from (what a run writes
+        there would be read as data next time, or replace a sample), or an existing file of the data
+        set (its class list, split lists)."""
         target = Path(path).resolve()
         for folder in sorted({p.parent for sample in self.samples for p in sample}):
             folder = folder.resolve()
             if target == folder or folder in target.parents:
                 raise DatasetError(f"{flag} {path} is inside {folder}, a folder of the data set's samples: what is "
                                    "written there would be read as data (or replace a sample); choose a path outside it")
+        root = Path(getattr(self, "root", target)).resolve()
+        if root in target.parents and target.is_file():  # its classes.txt, split lists, synth.json ...
+            raise DatasetError(f"{flag} {path} is a file of the data set in {root}: it would be replaced; "
+                               "choose a path outside it")
 
     def verify(self, progress: bool = False, desc: str = "checking") -> None:
         """Read every sample, raising the first problem found."""
