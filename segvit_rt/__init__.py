@@ -41,4 +41,6 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted({*globals(), "Runtime", *_SUBMODULES})
+    # Not kernels: listing it would let help() or tab completion import triton, which fixes the Triton
+    # interpreter on or off before train/evaluate --kernels triton can turn it on for a CPU.
+    return sorted({*globals(), "Runtime", *_SUBMODULES} - {"kernels"})

@@ -283,7 +283,7 @@ def earlier_engine(out: Path) -> str | None:
         return None
     try:
         meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
-        weights = (meta.get("weights") or {}).get("path") or "weights not recorded"
+        weights = (meta.get("weights") or {}).get("path") or "unrecorded weights"
         return f"the engine built there on {meta.get('built_at', '?')} from {weights}"
     except (OSError, ValueError, AttributeError):
         return "the engine there"

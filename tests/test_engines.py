@@ -174,7 +174,7 @@ def test_a_build_says_which_engine_it_replaced(tmp_path, shrunk, onnx_engine):
     built_at = json.loads((out / "engine.json").read_text())["built_at"]
     said = []
     build_engine(shrunk, backend="onnx", precision="fp32", out=out, weights=None, log=said.append)
-    assert said[-1] == f"engine written to {out} (replacing the engine built there on {built_at} from weights not recorded)"
+    assert said[-1] == f"engine written to {out} (replacing the engine built there on {built_at} from unrecorded weights)"
     said.clear()
     build_engine(shrunk, backend="onnx", precision="fp32", out=tmp_path / "new", log=said.append)
     assert said[-1] == f"engine written to {tmp_path / 'new'}"

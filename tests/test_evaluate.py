@@ -100,8 +100,8 @@ def test_outputs_that_would_overwrite_an_input_or_each_other_and_zero_windows_ar
              (["--chart", str(mask)], "--chart .* is inside .*annotations/validation, a folder of the data set's samples"),
              (["--json", str(ade / "images" / "validation" / "m.json")], "--json .* is inside .*images/validation"),
              (["--chart", str(root / "iou.jpg")], r"--chart .*iou.jpg: the chart is a PNG image; name it \*.png"),
-             (["--json", str(ade / "classes.txt")], r"--json .*classes.txt is a file of the data set in .*: it would be "
-                                                    "replaced"),
+             (["--json", str(ade / "classes.txt")], r"--json .*classes.txt is a file the data set reads: it would "
+                                                    "be replaced"),
              (["--json", str(root / "x.png"), "--chart", str(root / "x.png")], "name the same file"),
              (["--stride", "0"], "--stride must be >= 1, got 0"),
              (["--crop", "0"], "--crop must be >= 1, got 0")]
@@ -110,6 +110,10 @@ def test_outputs_that_would_overwrite_an_input_or_each_other_and_zero_windows_ar
             evaluate.main(["--weights", str(weights), "--data", str(ade.parent), "--quiet", *extra])
         assert exc.value.code == 2
         assert re.search(message, capsys.readouterr().err)
+    again = ade / "metrics.json"  # an output of our own inside the data set's folder: a rerun replaces it
+    for _ in range(2):
+        evaluate.main(["--weights", str(weights), "--data", str(ade.parent), "--quiet", "--json", str(again)])
+    assert json.loads(again.read_text())["images"] == 3
     assert weights.read_bytes() == before and mask.read_bytes() == mask_bytes
     assert (ade / "classes.txt").read_text() == classes
     assert not (root / "iou.jpg").exists() and not (ade / "images" / "validation" / "m.json").exists()

@@ -123,8 +123,10 @@ def test_runtime_is_listed_in_the_package(runtime):
 
 def test_a_bare_import_reaches_every_submodule_the_readme_names():
     """As the README writes them, in a fresh interpreter (here they are imported already)."""
-    script = ("import segvit_rt\n"
-              "assert {'weights', 'flops', 'kernels', 'engines', 'ops'} <= set(dir(segvit_rt))\n"
+    script = ("import segvit_rt, sys, pydoc\n"
+              "assert {'weights', 'flops', 'engines', 'ops'} <= set(dir(segvit_rt))\n"
+              "pydoc.render_doc(segvit_rt)\n"  # help(): must not import triton (see segvit_rt.__dir__)
+              "assert 'triton' not in sys.modules\n"
               "print(segvit_rt.weights.load_weights.__name__, segvit_rt.flops.gflops.__name__, "
               "segvit_rt.kernels.atm_attention.__name__, segvit_rt.engines.load_engine.__name__)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
@@ -260,8 +262,8 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
     (photos / "b.jpg").write_bytes(b"not a jpeg")
     (photos / "notes.txt").write_text("not an image, not an input")
     (photos / "._a.png").write_bytes(b"macOS resource fork, not an input")
-    (photos / "more").mkdir()
-    Image.fromarray(image(40, 40, seed=5)).save(photos / "more" / "e.png")  # a subfolder: not searched
+    (photos / "nested").mkdir()
+    Image.fromarray(image(40, 40, seed=5)).save(photos / "nested" / "e.png")  # a subfolder: not searched
     (photos / "gone.png").symlink_to(tmp_path / "deleted.png")
     single = tmp_path / "d.png"
     Image.fromarray(image(40, 40, seed=3)).save(single)
@@ -270,7 +272,7 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
         segment.main([str(photos), str(single), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
     captured = capsys.readouterr()
     assert exc.value.code == 1
-    assert f"note: {photos}: skipped subfolder more (not searched: pass them too) and broken link gone.png" in captured.err
+    assert f"note: {photos}: skipped subfolder nested (not searched: pass them too) and broken link gone.png" in captured.err
     assert f"segmented 3 images into {out}" in captured.out
     assert "1 of 4 images could not be segmented" in captured.err and "b.jpg" in captured.err
     assert sorted(p.name for p in out.iterdir()) == [

@@ -496,6 +496,7 @@ def test_usage_and_data_errors_are_reported(synth, tmp_path, capsys):
             train_cli.main(["--data", str(data), "--out", str(tmp_path / "x"), "--iters", "2", *FAST, *args])
         err = capsys.readouterr().err
         assert exc.value.code == 2 and all(n in err for n in needles), err
+        return exc.value.__cause__
 
     fails(["--batch", "64"], "fewer than one batch")
     fails(["--amp", "bf16", "--device", "cpu"], "needs a CUDA device")
@@ -504,7 +505,8 @@ def test_usage_and_data_errors_are_reported(synth, tmp_path, capsys):
     broken = tmp_path / "broken"
     ade = generate(broken, classes=3, train=4, val=1, size=64, seed=1, progress=False)
     (ade / "images" / "training" / "synth_training_000002.jpg").write_bytes(b"not a jpeg")
-    fails(["--eval-every", "0"], "cannot read image", "synth_training_000002.jpg", data=broken)
+    cause = fails(["--eval-every", "0"], "cannot read image", "synth_training_000002.jpg", data=broken)
+    assert isinstance(cause, train_cli.ReplicaError)  # read mid-run by one replica: each reports its own
     (ade / "annotations" / "training" / "synth_training_000003.png").unlink()
     fails([], "unpaired", "synth_training_000003", data=broken)
 

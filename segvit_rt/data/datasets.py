@@ -210,10 +210,15 @@ class SegDataset(Dataset):
             if target == folder or folder in target.parents:
                 raise DatasetError(f"{flag} {path} is inside {folder}, a folder of the data set's samples: what is "
                                    "written there would be read as data (or replace a sample); choose a path outside it")
-        root = Path(getattr(self, "root", target)).resolve()
-        if root in target.parents and target.is_file():  # its classes.txt, split lists, synth.json ...
-            raise DatasetError(f"{flag} {path} is a file of the data set in {root}: it would be replaced; "
-                               "choose a path outside it")
+        if any(target == own.resolve() for own in self.own_files() if own.is_file()):
+            raise DatasetError(f"{flag} {path} is a file the data set reads: it would be replaced; "
+                               "choose another path")
+
+    def own_files(self) -> list[Path]:
+        """The data set's files besides its samples: its class list, the synthetic generator's record,
+        a split list."""
+        root = Path(getattr(self, "root", "."))
+        return [root / "classes.txt", root / "synth.json", *([self.list_file] if hasattr(self, "list_file") else [])]
 
     def verify(self, progress: bool = False, desc: str = "checking") -> None:
         """Read every sample, raising the first problem found."""
@@ -340,6 +345,7 @@ class PascalContextDataset(IgnoreIndexDataset):
         super().__init__(samples, PASCAL_CONTEXT_CLASSES[60 - classes:], transform, seed)
         self.root = base
         self.split = split
+        self.list_file = list_file
 
     def labels_from_mask(self, mask, path):
         if self.num_classes == 60:
