@@ -152,6 +152,7 @@ def segment_files(
         raise UsageError(f"--batch must be >= 1, got {batch}")
     plan = planned_writes(paths, out, skip_existing)
     check_inputs(paths, out, plan, protected)
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     sweep_folder(out, OUTPUT_SUFFIXES)  # temporaries of a killed run's PNG writes
     segmented, skipped = [], {}
@@ -186,6 +187,8 @@ def segment_files(
             segmented.append(path)
         bar.update(len(chunk))
     bar.close()
+    if made and not segmented and not any(out.iterdir()):
+        out.rmdir()  # made for outputs that none of the images gave
     return segmented, skipped
 
 

@@ -288,6 +288,14 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
     assert {name: (out / name).stat().st_mtime_ns for name in written} == written
 
 
+def test_no_readable_image_leaves_no_output_folder(onnx_engine, tmp_path, capsys):
+    (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(SystemExit) as exc:
+        segment.main([str(tmp_path / "a.jpg"), "--engine", str(onnx_engine), "--out", str(tmp_path / "out"), "--quiet"])
+    assert exc.value.code == 1 and "1 of 1 images could not be segmented" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_image_whose_output_names_would_be_too_long_is_skipped_and_named(onnx_engine, tmp_path, capsys):
     """A 246-byte stem is a legal image name, but ``<stem>_overlay.png`` is not: that image is skipped
     (and reported) as an unreadable one is, the others segmented; a 235-byte one is written whole."""
