@@ -9,10 +9,11 @@ Forward group ``atm-fwd-*``: ``reference`` (segvit_rt.ops.reference, eager),
 the mask: scale/H·q·kᵀ over the full width is the head-mean of the per-head
 logits), ``fused``, and ``plugin-kernel``: the fused forward as the TensorRT
 plugin runs it (fixed tactic 2, ``prev_mask`` added by a separate op as in the
-plugin graph), against ``fused``. On a GPU the forward calls cycle through six input sets,
-more than the card's L2 cache holds, so the GB/s are memory's, not the cache's. Backward group ``atm-bwd-*``: the reference's autograd vs
-the fused backward, for the gradients of out and mask. Both run with a
-``prev_mask``, as every decoder layer after the first does.
+plugin graph), against ``fused``. On a GPU the forward calls cycle through six
+input sets, more than the card's L2 cache holds, so the GB/s are memory's, not
+the cache's. Backward group ``atm-bwd-*``: the reference's autograd vs the fused
+backward, for the gradients of out and mask. Both run with a ``prev_mask``, as
+every decoder layer after the first does.
 """
 import functools
 import itertools

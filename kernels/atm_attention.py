@@ -93,7 +93,8 @@ _KEY = ["N", "l_bucket", "HEAD_DIM"]  # triton's autotuner adds the tensor dtype
 
 
 @triton.autotune(
-    configs=_FWD_CONFIGS, key=_KEY + ["HEADS_P2", "NEED_MASK"], prune_configs_by={"early_config_prune": _prune_fwd_configs}
+    configs=_FWD_CONFIGS, key=_KEY + ["HEADS_P2", "NEED_MASK"],
+    prune_configs_by={"early_config_prune": _prune_fwd_configs},
 )
 @triton.jit
 def _atm_fwd_kernel(

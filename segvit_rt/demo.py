@@ -91,7 +91,7 @@ def check_demo_folder(out: Path) -> None:
     overlays = out / "overlays"
     if overlays.exists() and not overlays.is_dir():
         raise UsageError(f"--out {out}: {overlays} is a file, where the demo writes a folder; choose another --out")
-    if overlays.exists():
+    elif overlays.exists():
         foreign = [p.name for p in overlays.iterdir() if not (p.is_file() and p.name.endswith("_overlay.png"))]
         if foreign:
             raise UsageError(f"--out {out}: {overlays} holds what the demo did not write ({', '.join(foreign[:3])}), "

@@ -121,7 +121,7 @@ class Runtime:
                 raise _with_context(e, f"image {i} of the batch") from e
             group.append(rgb)
             pixels += rgb.shape[0] * rgb.shape[1]
-            if len(group) >= self.engine.meta["max_batch"] or pixels >= BATCH_PIXELS:
+            if len(group) >= self.engine.max_batch or pixels >= BATCH_PIXELS:
                 results += self._segment(group)
                 group, pixels = [], 0
         return results + (self._segment(group) if group else [])

@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> list[Path]:
     args = build_parser().parse_args(argv)
-    stopped = f"the outputs in {args.out} are complete or absent; rerun the same command with --skip-existing to continue"
+    stopped = (f"the outputs in {args.out} are complete or absent; rerun the same command with --skip-existing "
+               "to continue")
     with exit_on(UsageError, EngineError, OSError), on_interrupt(stopped):
         from .runtime import Runtime  # torch: seconds to import
 

@@ -287,12 +287,12 @@ def previous_state(args, world_size: int = 1) -> dict | None:
     arguments and the run's settings left unset (so a resume needs only ``--data``, ``--out`` and
     ``--resume``, whatever the defaults have become since); without it, refuse to overwrite a run."""
     path = Path(args.out) / CHECKPOINT
-    finished = [name for name in (WEIGHTS, SUMMARY) if os.path.lexists(Path(args.out) / name)]
+    finished = [name for name in (WEIGHTS, SUMMARY) if os.path.lexists(path.parent / name)]
     if args.resume:
-        if not os.path.lexists(path) and finished:
-            raise UsageError(f"--resume: no {CHECKPOINT} in {args.out}, which holds a finished run's "
-                             f"{' and '.join(finished)}: nothing to continue; start a new run in another --out")
         if not os.path.lexists(path):
+            if finished:
+                raise UsageError(f"--resume: no {CHECKPOINT} in {args.out}, which holds a finished run's "
+                                 f"{' and '.join(finished)}: nothing to continue; start a new run in another --out")
             raise UsageError(f"--resume: no {CHECKPOINT} in {args.out} (a run stopped before its first checkpoint "
                              "has nothing to continue): start it again without --resume")
         state = load_checkpoint(path)

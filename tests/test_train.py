@@ -531,8 +531,8 @@ def test_defaults_follow_preset_and_variant():
     assert [getattr(context, k) for k in recipe] == [80_000, 0.03, 1.0, 35.0, 0.0, 1500]
     tiny = resolved()
     assert [getattr(tiny, k) for k in recipe] == [1500, 0.01, 1.0, 1.0, 0.0, 100]
-    for bad in (["--drop-path", "1"], ["--dropout", "1"], ["--dropout", "-0.1"], ["--weight-decay", "-0.1"], ["--clip-grad", "-1"], ["--stride", "200"],
-                ["--crop", "72"], ["--lr", "0"], ["--head-lr-mult", "-1"]):
+    for bad in (["--drop-path", "1"], ["--dropout", "1"], ["--dropout", "-0.1"], ["--weight-decay", "-0.1"],
+                ["--clip-grad", "-1"], ["--stride", "200"], ["--crop", "72"], ["--lr", "0"], ["--head-lr-mult", "-1"]):
         with pytest.raises(train_cli.UsageError, match=bad[0]):
             resolved(*bad)
     with pytest.raises(train_cli.UsageError, match="--crop 48 must be a multiple of 32 .* even token grid"):

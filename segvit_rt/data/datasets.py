@@ -147,7 +147,11 @@ def split_folder(split: str, folders: dict[str, str], what: str) -> str:
 
 
 class SegDataset(Dataset):
-    """Paired image/mask files; subclasses say how stored mask values become labels."""
+    """Paired image/mask files; subclasses say how stored mask values become labels (and set ``root``,
+    the data set's folder, and ``list_file`` where a file lists the split's samples)."""
+
+    root: Path
+    list_file: Path | None = None
 
     def __init__(
         self,
@@ -208,8 +212,9 @@ class SegDataset(Dataset):
         for folder in sorted({p.parent for sample in self.samples for p in sample}):
             folder = folder.resolve()
             if target == folder or folder in target.parents:
-                raise DatasetError(f"{flag} {path} is inside {folder}, a folder of the data set's samples: what is "
-                                   "written there would be read as data (or replace a sample); choose a path outside it")
+                raise DatasetError(f"{flag} {path} is inside {folder}, a folder of the data set's samples: what "
+                                   "is written there would be read as data (or replace a sample); choose a path "
+                                   "outside it")
         if any(target == own.resolve() for own in self.own_files() if own.is_file()):
             raise DatasetError(f"{flag} {path} is a file the data set reads: it would be replaced; "
                                "choose another path")
@@ -217,8 +222,7 @@ class SegDataset(Dataset):
     def own_files(self) -> list[Path]:
         """The data set's files besides its samples: its class list, the synthetic generator's record,
         a split list."""
-        root = Path(getattr(self, "root", "."))
-        return [root / "classes.txt", root / "synth.json", *([self.list_file] if hasattr(self, "list_file") else [])]
+        return [self.root / "classes.txt", self.root / "synth.json", *([self.list_file] if self.list_file else [])]
 
     def verify(self, progress: bool = False, desc: str = "checking") -> None:
         """Read every sample, raising the first problem found."""
