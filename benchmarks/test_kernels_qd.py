@@ -17,7 +17,6 @@ times ``torch.autograd.grad`` of a retained graph, as the ATM benchmark does.
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
 from benchmarks.harness import DEVICE, ON_CUDA, assert_near, measure, pick, tensor_bytes
 from segvit_rt.kernels.qd_attention import qd_attention
@@ -36,12 +35,8 @@ def _qkv(requires_grad=False):
     return qkv.requires_grad_(requires_grad)
 
 
-def gather_sdpa(x_q, k, v, grid_hw, num_heads):
-    """The unfused path: copy out the stride-2 queries, then PyTorch's fused attention."""
-    q = reference.downsample_tokens(x_q, grid_hw)
-    b, _, d = q.shape
-    qh, kh, vh = (t.reshape(b, -1, num_heads, d // num_heads).transpose(1, 2) for t in (q, k, v))
-    return F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(b, -1, d)
+# The unfused path, which is the reference: copy out the stride-2 queries, then PyTorch's SDPA.
+gather_sdpa = reference.qd_attention
 
 
 def _sdpa_backend():

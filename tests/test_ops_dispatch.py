@@ -40,6 +40,7 @@ def calls(monkeypatch):
     ("triton", {}, ["triton"]),
     ("triton", {"sigmoid_mask": True, "need_mask": True}, ["triton"]),
     ("triton", {"dropout_p": 0.1}, []),
+    ("triton", {"need_mask": False}, []),
     ("tensorrt_plugin", {}, ["plugin"]),
     ("tensorrt_plugin", {"need_mask": False}, []),
     ("tensorrt_plugin", {"sigmoid_mask": True}, []),
@@ -62,10 +63,34 @@ def test_dropout_drops_attention_but_never_touches_the_mask(calls):
     assert not torch.allclose(out, plain_out)
 
 
+@pytest.mark.parametrize("impl", ["reference", "triton", "tensorrt_plugin"])
+def test_attention_without_a_mask_is_sdpa_in_every_impl(calls, monkeypatch, impl):
+    q, k, v = _inputs(2)
+    sdpa = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: sdpa.append(1) or real_sdpa(*a, **kw))
+    prev = torch.randn(2, 5, 9)
+    out, mask = ops.atm_attention(q, k, v, 2, impl=impl, scale=0.3, prev_mask=prev, need_mask=False)
+    want, _ = reference.atm_attention(q, k, v, 2, scale=0.3)
+    assert calls == [] and sdpa == [1] and mask is None
+    torch.testing.assert_close(out, want)
+
+
+def test_attention_without_a_mask_drops_attention_in_training(calls):
+    q, k, v = _inputs(3)
+    torch.manual_seed(0)
+    dropped, _ = ops.atm_attention(q, k, v, 2, impl="triton", dropout_p=0.5, need_mask=False)
+    plain, _ = ops.atm_attention(q, k, v, 2, impl="triton", need_mask=False)
+    assert not torch.allclose(dropped, plain)
+
+
 def test_unknown_impl_is_refused():
     q, k, v = _inputs()
     with pytest.raises(ValueError, match="kernels must be one of"):
         ops.atm_attention(q, k, v, 2, impl="cuda")
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        ops.atm_attention(q, k, v, 2, impl="cuda", need_mask=False)
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0])

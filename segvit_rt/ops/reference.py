@@ -59,6 +59,23 @@ def atm_attention(
     return out, mask
 
 
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    num_heads: int,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Plain multi-head attention of ``q`` [B, N, D] over ``k``/``v`` [B, L, D] through PyTorch's
+    ``scaled_dot_product_attention``: :func:`atm_attention`'s ``out`` where no mask is wanted."""
+    d = q.shape[-1]
+    if d % num_heads:
+        raise ValueError(f"attention: dim {d} is not divisible by num_heads={num_heads}")
+    qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))
+    return _merge_heads(F.scaled_dot_product_attention(qh, kh, vh, dropout_p=dropout_p, scale=scale))
+
+
 def downsample_tokens(x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
     """Nearest stride-2 sampling of a token sequence [B, h*w, D] on its grid: top-left of each 2x2."""
     b, l, d = x.shape
@@ -87,11 +104,7 @@ def qd_attention(
     d = x_q.shape[-1]
     if d % num_heads:
         raise ValueError(f"qd_attention: dim {d} is not divisible by num_heads={num_heads}")
-    scale = (d // num_heads) ** -0.5 if scale is None else scale
-    q = downsample_tokens(x_q, grid_hw)
-    qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))
-    attn = (torch.matmul(qh, kh.transpose(-2, -1)) * scale).softmax(dim=-1)
-    return _merge_heads(torch.matmul(attn, vh))
+    return attention(downsample_tokens(x_q, grid_hw), k, v, num_heads, scale=scale)
 
 
 def check_logits(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> None:
