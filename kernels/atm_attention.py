@@ -17,6 +17,15 @@ count that is not a power of two is padded to one inside the tile (padded
 heads load zeros and are never stored; ViT-B's 12 heads run as 16, so a quarter
 of that forward's tile work is padding).
 
+That grid is small: ViT-L's 8 images x 150 class queries make 80 programs (BLOCK_N
+16), fewer than an H100/H200 has SMs, and the fused forward measured 0.29x of SDPA +
+a matmul on an H200 (benchmarks/RESULTS.md). So on a GPU the keys are split too
+(flash-decoding): the grid gets a third axis of ``key_splits`` parts of L, each
+program writes the mask of its keys (complete: it holds every head) and its
+heads' unnormalised softmax partials (fp32), and ``_atm_fwd_combine_kernel``
+merges the parts into ``out`` and the log-sum-exp. The split count depends only
+on the shapes and the GPU's SM count, so results stay deterministic.
+
 Backward: flash-attention style recompute from the saved log-sum-exp, one
 program per (batch, head, block): a dK/dV kernel that loops over query blocks
 and a dQ kernel that loops over key blocks, so every gradient element is
@@ -45,6 +54,7 @@ from segvit_rt.ops import reference
 from ._common import (
     FLOAT_DTYPES,
     LOG2E,
+    MAX_GRID_Y,
     attention_scale,
     autotune_configs,
     check_grid_y,
@@ -87,32 +97,43 @@ def _prune_fwd_configs(configs, named_args, **kwargs):
 
 # Forward K/V tiles span all heads (16 heads x 64 dims x 32 keys in fp16 = 64 KiB each), so deep
 # pipelining can exceed shared memory: single-stage configs are the fallback there.
-_FWD_CONFIGS = _configs([(16, 32), (16, 64), (32, 32), (32, 64), (64, 32)], [(4, 1), (8, 1), (8, 2)])
+_FWD_BLOCKS = [(16, 32), (16, 64), (32, 32), (32, 64), (64, 32)]  # (BLOCK_N, BLOCK_L)
+_FWD_CONFIGS = _configs(_FWD_BLOCKS, [(4, 1), (8, 1), (8, 2)])
 _BWD_CONFIGS = _configs([(32, 64), (64, 64), (64, 128), (128, 64)], [(4, 2), (8, 2)])
 _KEY = ["N", "l_bucket", "HEAD_DIM"]  # triton's autotuner adds the tensor dtypes to the key
+SPLIT_ALIGN = 64  # keys per split are a multiple of this: of every config's BLOCK_L
+MIN_SPLIT_KEYS = 256  # fewest keys a split of the forward gets (key_splits)
+_COMBINE_BLOCK_N = 16
 
 
 @triton.autotune(
-    configs=_FWD_CONFIGS, key=_KEY + ["HEADS_P2", "NEED_MASK"],
+    configs=_FWD_CONFIGS, key=_KEY + ["HEADS_P2", "NEED_MASK", "SPLIT"],
     prune_configs_by={"early_config_prune": _prune_fwd_configs},
 )
 @triton.jit
 def _atm_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, prev_ptr, out_ptr, mask_ptr, lse_ptr,
+    q_ptr, k_ptr, v_ptr, prev_ptr, out_ptr, mask_ptr, lse_ptr, part_ptr, stats_ptr,
     stride_qb, stride_qn, stride_kb, stride_kl, stride_vb, stride_vl,
     stride_pb, stride_pn, stride_pl,
     stride_ob, stride_on, stride_mb, stride_mn,
-    N, L, l_bucket, qk_scale, mask_scale,  # l_bucket: the autotuning key's L (see the module doc)
+    N, L, l_bucket, split_len, qk_scale, mask_scale,  # l_bucket: the autotuning key's L (see the module doc)
     NUM_HEADS: tl.constexpr, HEADS_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
     NEED_MASK: tl.constexpr, HAS_PREV: tl.constexpr, SIGMOID: tl.constexpr, STORE_LSE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
+    """Keys ``[split · split_len, (split + 1) · split_len)`` of one (block of queries, image, split).
+    Unsplit, it writes ``out`` and the log-sum-exp; split (``SPLIT``), each head's unnormalised
+    accumulator to ``part_ptr`` [S, B, H, N, HEAD_DIM] and its running max (log2 domain) and sum
+    to ``stats_ptr`` [2, S, B, H, N], all fp32, for ``_atm_fwd_combine_kernel``."""
     # Float scalars arrive as fp64 from AOTInductor's launcher: keep the arithmetic fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
     mask_scale = tl.cast(mask_scale, tl.float32)
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2)
+    lo = split * split_len
+    hi = tl.minimum(lo + split_len, L)
     offs_h = tl.arange(0, HEADS_P2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_l = tl.arange(0, BLOCK_L)
@@ -134,8 +155,8 @@ def _atm_fwd_kernel(
     m_i = tl.full([HEADS_P2, BLOCK_N], float("-inf"), tl.float32)
     l_i = tl.zeros([HEADS_P2, BLOCK_N], tl.float32)
     acc = tl.zeros([HEADS_P2, BLOCK_N, HEAD_DIM], tl.float32)
-    for start in range(0, L, BLOCK_L):
-        l_ok = start + offs_l < L
+    for start in range(lo, hi, BLOCK_L):
+        l_ok = start + offs_l < hi
         kt = tl.load(kt_ptrs + start * stride_kl, mask=head_ok[:, None, None] & l_ok[None, None, :], other=0.0)
         s = dot(q, kt, DOT_PRECISION, DOT_UPCAST)  # unscaled logits of every head, fp32
 
@@ -162,15 +183,57 @@ def _atm_fwd_kernel(
         acc = acc * alpha[:, :, None] + dot(p.to(v.dtype), v, DOT_PRECISION, DOT_UPCAST)
         m_i = m_new
 
-    acc = acc / l_i[:, :, None]
     row_ok = head_ok[:, None] & n_ok[None, :]
+    if SPLIT:
+        rows = ((split * tl.num_programs(1) + b) * NUM_HEADS + offs_h[:, None]) * N + offs_n[None, :]
+        tl.store(part_ptr + rows[:, :, None] * HEAD_DIM + offs_d[None, None, :], acc, mask=row_ok[:, :, None])
+        stats_len = tl.num_programs(2).to(tl.int64) * tl.num_programs(1) * NUM_HEADS * N
+        tl.store(stats_ptr + rows, m_i, mask=row_ok)
+        tl.store(stats_ptr + stats_len + rows, l_i, mask=row_ok)
+    else:
+        acc = acc / l_i[:, :, None]
+        tl.store(
+            out_ptr + b * stride_ob + offs_n[None, :, None] * stride_on + cols,
+            acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, :, None],
+        )
+        if STORE_LSE:  # for the backward; inference-only launchers (the TensorRT plugin) skip it
+            lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # natural log-sum-exp of the scaled logits
+            tl.store(lse_ptr + (b * NUM_HEADS + offs_h[:, None]) * N + offs_n[None, :], lse, mask=row_ok)
+
+
+@triton.jit
+def _atm_fwd_combine_kernel(
+    part_ptr, stats_ptr, out_ptr, lse_ptr, stride_ob, stride_on, N, num_splits,
+    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """``out`` and log-sum-exp of one (block of queries, image·head) from the splits' partials."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)  # b * NUM_HEADS + h
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    n_ok = offs_n < N
+    split_rows = tl.num_programs(1).to(tl.int64) * N  # rows of one split: B·H·N
+    rows = bh * N + offs_n
+    # Every split holds at least one key, so its running max is finite: start from the first.
+    m = tl.load(stats_ptr + rows, mask=n_ok, other=0.0)
+    total = tl.load(stats_ptr + num_splits * split_rows + rows, mask=n_ok, other=1.0)
+    acc = tl.load(part_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+    for s in range(1, num_splits):
+        r = s * split_rows + rows
+        m_s = tl.load(stats_ptr + r, mask=n_ok, other=0.0)
+        l_s = tl.load(stats_ptr + num_splits * split_rows + r, mask=n_ok, other=1.0)
+        acc_s = tl.load(part_ptr + r[:, None] * HEAD_DIM + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+        m_new = tl.maximum(m, m_s)
+        alpha, beta = tl.exp2(m - m_new), tl.exp2(m_s - m_new)
+        total = total * alpha + l_s * beta
+        acc = acc * alpha[:, None] + acc_s * beta[:, None]
+        m = m_new
+    b, h = bh // NUM_HEADS, bh % NUM_HEADS
     tl.store(
-        out_ptr + b * stride_ob + offs_n[None, :, None] * stride_on + cols,
-        acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, :, None],
+        out_ptr + b * stride_ob + offs_n[:, None] * stride_on + h * HEAD_DIM + offs_d[None, :],
+        (acc / total[:, None]).to(out_ptr.dtype.element_ty), mask=n_ok[:, None],
     )
-    if STORE_LSE:  # for the backward; inference-only launchers (the TensorRT plugin) skip it
-        lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # natural log-sum-exp of the scaled logits
-        tl.store(lse_ptr + (b * NUM_HEADS + offs_h[:, None]) * N + offs_n[None, :], lse, mask=row_ok)
+    tl.store(lse_ptr + rows, (m + tl.log2(total)) * 0.6931471805599453, mask=n_ok)
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=_KEY + ["HAS_DMASK"])
@@ -293,29 +356,64 @@ def _atm_bwd_dq_kernel(
     )
 
 
+def key_splits(b: int, n: int, length: int, num_heads: int, sm_count: int) -> int:
+    """How many parts of the keys the forward splits its work into (flash-decoding style).
+
+    Unsplit, the forward has one program per (block of queries, image): 80 for ViT-L's
+    8 x 150 class queries, fewer than an H100/H200 has SMs. Splits are added until there are
+    about two programs per SM (``sm_count``; 0 on the CPU: never split), each keeping at least
+    :data:`MIN_SPLIT_KEYS` keys so the combine stays cheap."""
+    programs = b * triton.cdiv(n, 16)  # the smallest BLOCK_N of the configs: the most programs
+    if programs >= 2 * sm_count or b * num_heads > MAX_GRID_Y:  # the combine's grid axis 1
+        return 1
+    return max(1, min(length // MIN_SPLIT_KEYS, triton.cdiv(2 * sm_count, programs)))
+
+
+def _sm_count(device: torch.device) -> int:
+    """SMs of a CUDA device; 0 on the CPU, and while tracing for CUDA on a machine without one."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return 0
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 @launches_on_input_device(OP)
-def launch_forward(q, k, v, num_heads, scale, prev_mask, sigmoid_mask, out, mask, lse):
-    """Run the forward kernel into preallocated ``out`` [B, N, D], ``mask`` [B, N, L] or ``None``
-    (skip the mask), ``lse`` [B, H, N] fp32. Exposed so tests can hand in poisoned buffers."""
+def launch_forward(q, k, v, num_heads, scale, prev_mask, sigmoid_mask, out, mask, lse, splits=None):
+    """Run the forward into preallocated ``out`` [B, N, D], ``mask`` [B, N, L] or ``None``
+    (skip the mask), ``lse`` [B, H, N] fp32, the keys split in ``splits`` parts (default:
+    :func:`key_splits`). Exposed so tests can hand in poisoned buffers and choose the splits."""
     b, n, d = q.shape
     length = k.shape[1]
     head_dim = d // num_heads
     prev_strides = prev_mask.stride() if prev_mask is not None else (0, 0, 0)
     mask_strides = mask.stride()[:2] if mask is not None else (0, 0)
+    if splits is None:
+        splits = key_splits(b, n, length, num_heads, _sm_count(q.device))
+    # Each split a multiple of SPLIT_ALIGN keys (of every config's BLOCK_L), none of them empty.
+    split_len = triton.cdiv(triton.cdiv(length, splits), SPLIT_ALIGN) * SPLIT_ALIGN
+    splits = triton.cdiv(length, split_len)
+    part = stats = lse
+    if splits > 1:
+        part = torch.empty((splits, b, num_heads, n, head_dim), dtype=torch.float32, device=q.device)
+        stats = torch.empty((2, splits, b, num_heads, n), dtype=torch.float32, device=q.device)
 
     def grid(meta):
-        return (triton.cdiv(n, meta["BLOCK_N"]), b)
+        return (triton.cdiv(n, meta["BLOCK_N"]), b, splits)
 
     launcher(_atm_fwd_kernel)[grid](
-        q, k, v, prev_mask if prev_mask is not None else q, out, mask if mask is not None else out, lse,
+        q, k, v, prev_mask if prev_mask is not None else q, out, mask if mask is not None else out, lse, part, stats,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         *prev_strides,
         out.stride(0), out.stride(1), *mask_strides,
-        n, length, tuning_bucket(length), scale * LOG2E, scale / num_heads,
+        n, length, tuning_bucket(length), split_len, scale * LOG2E, scale / num_heads,
         NUM_HEADS=num_heads, HEADS_P2=triton.next_power_of_2(num_heads), HEAD_DIM=head_dim,
         NEED_MASK=mask is not None, HAS_PREV=prev_mask is not None, SIGMOID=sigmoid_mask, STORE_LSE=True,
-        **dot_options(q.dtype),
+        SPLIT=splits > 1, **dot_options(q.dtype),
     )
+    if splits > 1:
+        launcher(_atm_fwd_combine_kernel)[(triton.cdiv(n, _COMBINE_BLOCK_N), b * num_heads)](
+            part, stats, out, lse, out.stride(0), out.stride(1), n, splits,
+            NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_N=_COMBINE_BLOCK_N, num_warps=4,
+        )
 
 
 @launches_on_input_device(OP)

@@ -56,13 +56,14 @@ def _atm_plugin_kernel(
 ):
     D: tl.constexpr = NUM_HEADS * HEAD_DIM
     _atm_fwd(
-        q_ptr, k_ptr, v_ptr, q_ptr, out_ptr, mask_ptr, out_ptr,  # prev_mask and lse are never touched
+        # prev_mask, lse and the split partials are never touched
+        q_ptr, k_ptr, v_ptr, q_ptr, out_ptr, mask_ptr, out_ptr, out_ptr, out_ptr,
         N * D, D, L * D, D, L * D, D,
         0, 0, 0,
         N * D, D, N * L, L,
-        N, L, L, QK_SCALE, MASK_SCALE,  # L again as the autotuning bucket, unused in a kernel
+        N, L, L, L, QK_SCALE, MASK_SCALE,  # L as the autotuning bucket (unused in a kernel), one split of L keys
         NUM_HEADS=NUM_HEADS, HEADS_P2=HEADS_P2, HEAD_DIM=HEAD_DIM,
-        NEED_MASK=True, HAS_PREV=False, SIGMOID=False, STORE_LSE=False,
+        NEED_MASK=True, HAS_PREV=False, SIGMOID=False, STORE_LSE=False, SPLIT=False,
         DOT_PRECISION=DOT_PRECISION, DOT_UPCAST=False, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L,
     )
 

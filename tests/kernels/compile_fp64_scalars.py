@@ -9,6 +9,7 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.runtime import Autotuner
 
 import segvit_rt.kernels  # noqa: F401  (registers the kernel modules)
 
@@ -17,13 +18,16 @@ qd = sys.modules["segvit_rt.kernels.qd_attention"]
 post = sys.modules["segvit_rt.kernels.segment_postprocess"]
 FLOATS = {"qk_scale", "mask_scale", "scale", "inv_heads", "scale_h", "scale_w"}
 POINTERS = {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "probs_ptr": "*fp32", "masks_ptr": "*fp32",
-            "scores_ptr": "*fp32", "labels_ptr": "*i64"}  # every other pointer: fp16
+            "scores_ptr": "*fp32", "labels_ptr": "*i64", "part_ptr": "*fp32", "stats_ptr": "*fp32"}  # others: fp16
 DOT = dict(DOT_PRECISION="tf32", DOT_UPCAST=False)
 ATM_BWD = dict(NUM_HEADS=16, HEAD_DIM=32, HAS_DMASK=True, BLOCK_N=32, BLOCK_L=64, **DOT)
 QD = dict(HEAD_DIM=64, BLOCK_M=64, BLOCK_N=64, **DOT)
+ATM_FWD = dict(NUM_HEADS=16, HEADS_P2=16, HEAD_DIM=32, NEED_MASK=True, HAS_PREV=True, SIGMOID=False, STORE_LSE=True,
+               BLOCK_N=16, BLOCK_L=32, **DOT)
 KERNELS = [
-    (atm._atm_fwd_kernel, dict(NUM_HEADS=16, HEADS_P2=16, HEAD_DIM=32, NEED_MASK=True, HAS_PREV=True,
-                               SIGMOID=False, STORE_LSE=True, BLOCK_N=16, BLOCK_L=32, **DOT)),
+    (atm._atm_fwd_kernel, dict(ATM_FWD, SPLIT=False)),
+    (atm._atm_fwd_kernel, dict(ATM_FWD, SPLIT=True)),
+    (atm._atm_fwd_combine_kernel, dict(NUM_HEADS=16, HEAD_DIM=32, BLOCK_N=16)),
     (atm._atm_bwd_dkdv_kernel, ATM_BWD),
     (atm._atm_bwd_dq_kernel, ATM_BWD),
     (qd._qd_fwd_kernel, QD),
@@ -47,7 +51,7 @@ def signature(fn, consts):
 def main():
     target = GPUTarget("cuda", 90, 32)
     for kernel, consts in KERNELS:
-        fn = kernel.fn  # the @triton.jit function under @triton.autotune
+        fn = kernel.fn if isinstance(kernel, Autotuner) else kernel  # the @triton.jit function
         constexprs = {(fn.arg_names.index(k),): v for k, v in consts.items()}
         triton.compile(ASTSource(fn=fn, signature=signature(fn, consts), constexprs=constexprs), target=target)
         print("compiled", fn.__name__)

@@ -109,6 +109,57 @@ def test_forward_writes_every_element_and_matches_reference(shape, dtype, mode, 
     torch.testing.assert_close(lse.double(), logsumexp64(q, k, heads), atol=1e-4, rtol=1e-4)
 
 
+# Split forward: tails (L % 64: the last split holds 8 or 1 keys), a padded head axis (H=3), one query.
+SPLIT_SHAPES = [(2, 60, 200, 96, 3), (1, 1, 1601, 64, 1), (2, 17, 129, 128, 2)]
+
+
+@pytest.mark.parametrize("splits", [2, 5])
+@pytest.mark.parametrize("mode", [MODES[0], MODES[2]], ids=["plain", "prev-sigmoid"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=shape_id)
+def test_split_forward_writes_every_element_and_matches_reference(shape, dtype, mode, splits, device):
+    has_prev, sigmoid = mode
+    q, k, v, prev = make_inputs(shape, dtype, device, prev=has_prev)
+    b, n, length, d, heads = shape
+    out = torch.full((b, n, d), float("nan"), dtype=dtype, device=device)
+    mask = torch.full((b, n, length), float("nan"), dtype=dtype, device=device)
+    lse = torch.full((b, heads, n), float("nan"), device=device)
+
+    launch_forward(q, k, v, heads, (d // heads) ** -0.5, prev, sigmoid, out, mask, lse, splits=splits)
+
+    ref_out, ref_mask = reference64(q, k, v, heads, prev_mask=prev, sigmoid_mask=sigmoid)
+    assert_close64(out, ref_out, dtype, "out")
+    assert_close64(mask, ref_mask, dtype, "mask")
+    torch.testing.assert_close(lse.double(), logsumexp64(q, k, heads), atol=1e-4, rtol=1e-4)
+
+
+def test_key_splits_fill_the_gpu_and_keep_splits_long():
+    key_splits = atm_module.key_splits
+    assert key_splits(8, 150, 1600, 16, sm_count=132) == 4  # ViT-L: 80 programs -> 320
+    assert key_splits(1, 150, 1600, 16, sm_count=132) == 6  # one image: 256 keys a split at least
+    assert key_splits(64, 150, 1600, 16, sm_count=132) == 1  # enough programs already
+    assert key_splits(8, 150, 300, 16, sm_count=132) == 1  # too few keys to split
+    assert key_splits(8, 150, 1600, 16, sm_count=0) == 1  # the CPU
+    assert key_splits(1, 1, 4096, 70000, sm_count=132) == 1  # the combine's grid would be too tall
+    # A split's length is a multiple of SPLIT_ALIGN, itself a multiple of every config's BLOCK_L.
+    assert all(atm_module.SPLIT_ALIGN % block_l == 0 for _, block_l in atm_module._FWD_BLOCKS)
+
+
+def test_op_with_a_split_forward_matches_reference_forward_and_backward(monkeypatch, device):
+    """The op splits the keys on a GPU with many SMs; here a CPU pretends to have them."""
+    monkeypatch.setattr(atm_module, "_sm_count", lambda _device: 1000)
+    shape = (1, 17, 600, 64, 2)
+    assert atm_module.key_splits(1, 17, 600, 2, 1000) == 2
+    grads, ref_grads = grads_vs_reference(shape, torch.float32, device, prev=True, sigmoid=True)
+    for name, grad, ref in zip(["dq", "dk", "dv", "dprev"], grads, ref_grads):
+        assert_close64(grad, ref, torch.float32, name)
+    q, k, v, prev = make_inputs(shape, torch.float32, device, prev=True)
+    out, mask = atm_attention(q, k, v, 2, prev_mask=prev)
+    ref_out, ref_mask = reference64(q, k, v, 2, prev_mask=prev)
+    assert_close64(out, ref_out, torch.float32, "out")
+    assert_close64(mask, ref_mask, torch.float32, "mask")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_op_matches_reference_with_explicit_scale(dtype, device):
     shape = (2, 60, 37, 64, 2)

@@ -5,6 +5,7 @@ Without CUDA, Triton is told the driver targets sm_90 (the tracing needs only a 
 Run as a script without ``TRITON_INTERPRET`` (``test_kernels_compile.py`` does).
 """
 import json
+import sys
 
 import torch
 import triton
@@ -25,6 +26,8 @@ if not torch.cuda.is_available():
     triton.runtime.driver.set_active(Sm90Driver())
 
 from segvit_rt.kernels import atm_attention, qd_attention  # noqa: E402
+
+atm_module = sys.modules["segvit_rt.kernels.atm_attention"]
 
 
 class Call(torch.nn.Module):
@@ -58,9 +61,16 @@ def launches(fn, *shapes):
     return found
 
 
+def atm_on(sm_count):
+    """ATM at ViT-L's decoder shape as on a GPU of ``sm_count`` SMs (0: unsplit; 132: keys split)."""
+    atm_module.__dict__["_sm_count"] = lambda _device: sm_count
+    return launches(lambda q, k, prev: atm_attention(q, k, k, 16, prev_mask=prev, sigmoid_mask=True),
+                    (2, 150, 512), (2, 1600, 512), (2, 150, 1600))
+
+
 result = {
-    "atm": launches(lambda q, k, prev: atm_attention(q, k, k, 16, prev_mask=prev, sigmoid_mask=True),
-                    (2, 150, 512), (2, 1600, 512), (2, 150, 1600)),
+    "atm": atm_on(0),
+    "atm-split": atm_on(132),
     "qd": launches(lambda qkv: qd_attention(*qkv.split(1024, -1), (40, 40), 16), (2, 1600, 3072)),
 }
 print(json.dumps(result))
