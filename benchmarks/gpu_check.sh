@@ -3,15 +3,19 @@
 #
 #   bash benchmarks/gpu_check.sh OUTDIR [STEP...]     (from anywhere; installs nothing)
 #
-# STEP: probe gpu-tests kernel-bench throughput-eager throughput-aoti-shrunk throughput-aoti-full aoti-tests
-# config-sweep kernel-tests (default: all, in that order, most important first).
+# STEP: probe kernel-bench throughput-eager throughput-aoti-shrunk throughput-aoti-full gpu-tests
+# (the default, in that order, most needed first), and aoti-tests config-sweep kernel-tests (by name only).
 #
-# Time: each step has its own limit, 25+95+65+60+80+80+50+30+15 = 500 s, and 10 s more to stop after
-# its interrupt, which leaves a 600 s call little but enough to summarise. One step alone fits in what
-# is left of a 15-minute lease for a rerun (kernel-bench alone on a fresh machine autotunes from a
-# cold cache: KERNEL_BENCH_LIMIT=150 gives it more). The aoti engine builds (ViT-L, Triton kernels
-# compiled in) have steps of their own, Shrunk first: a slow or crashing build loses only itself. Each
-# also times eager on its variant, so its speedup over eager is measured in the same run (seconds).
+# Time: each step has its own limit, 20+75+75+150+150+50 = 520 s by default, and 10 s more to stop after
+# its interrupt; the summary is written between steps, outside their limits. That leaves a 600 s call
+# little but enough. Limits come from the first run on an H200 (2026-11-28, benchmarks/RESULTS.md):
+# the eager throughput step needed more than 60 s with its start-up, and a ViT-L aoti build with the
+# Triton kernels more than 60 s (AOTInductor autotunes the kernels' configs while compiling), so the
+# aoti steps have 150 s (130 s per test). kernel-bench alone on a fresh machine autotunes from a cold
+# cache (KERNEL_BENCH_LIMIT gives it more). The aoti engine builds have steps of their own, Shrunk
+# first: a slow or crashing build loses only itself. Each also times eager on its variant, so its
+# speedup over eager is measured in the same run (seconds). The by-name steps did not fit with these:
+# run them alone in a call of their own (`bash benchmarks/gpu_check.sh OUT config-sweep`).
 #
 # Writes into OUTDIR, at most 8 files (all the device tool returns): log.txt (versions and every
 # step's output), device.json, bench_kernels.json, bench_throughput_eager.json,
@@ -32,7 +36,7 @@ if [ $# -lt 1 ]; then
 fi
 OUT=$(mkdir -p "$1" && cd "$1" && pwd) || { echo "gpu_check: cannot create $1" >&2; exit 2; }
 shift
-STEPS=${*:-probe gpu-tests kernel-bench throughput-eager throughput-aoti-shrunk throughput-aoti-full aoti-tests config-sweep kernel-tests}
+STEPS=${*:-probe kernel-bench throughput-eager throughput-aoti-shrunk throughput-aoti-full gpu-tests}
 cd "$(dirname "$0")/.." || exit 2
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null || PY=python
@@ -80,6 +84,7 @@ step() {  # step NAME LIMIT_S COMMAND...: run one step, its output appended to t
         status=1
     fi
     rm -f "$out"
+    [[ $name == *bench* || $name == throughput* ]] && { summarize || true; }  # up to date if the call ends early
 }
 
 probe() {
@@ -122,13 +127,10 @@ summarize() {  # the table (summary.txt) and chart of every benchmark JSON so fa
 }
 
 bench() {  # bench NAME PER_TEST_LIMIT FILES/ARGS...: timed serially; autotuning shared by the bench steps only
-    local name=$1 limit=$2 rc
+    local name=$1 limit=$2
     shift 2
     TRITON_CACHE_AUTOTUNING=1 pytest_run $(per_test_limit "$limit") --benchmark-json="$OUT/bench_$name.json" \
         --benchmark-columns=median,iqr,rounds "$@"
-    rc=$?
-    summarize || true  # kept up to date in case the run's own time limit ends the script
-    return $rc
 }
 
 export PY OUT
@@ -136,15 +138,15 @@ export -f has per_test_limit probe pytest_run summarize bench
 
 for s in $STEPS; do
     case $s in
-        probe) step probe 25 probe ;;
+        probe) step probe 20 probe ;;
         # The aoti engine tests (CUDA compiles, two in subprocesses) have their own step below.
-        gpu-tests) step gpu-tests 95 pytest_run "${PARALLEL[@]}" -m gpu -k "not aoti" tests/ ;;
-        kernel-bench) step kernel-bench "${KERNEL_BENCH_LIMIT:-65}" bench kernels 40 benchmarks/test_kernels.py benchmarks/test_kernels_qd.py benchmarks/test_kernels_postprocess.py benchmarks/test_labels_full_size.py ;;
+        gpu-tests) step gpu-tests 50 pytest_run "${PARALLEL[@]}" -m gpu -k "not aoti" tests/ ;;
+        kernel-bench) step kernel-bench "${KERNEL_BENCH_LIMIT:-75}" bench kernels 50 benchmarks/test_kernels.py benchmarks/test_kernels_qd.py benchmarks/test_kernels_postprocess.py benchmarks/test_labels_full_size.py ;;
         # Eager ViT-L (plain ops, and our Triton kernels), both variants, plus ONNX Runtime/TensorRT where present.
-        throughput-eager) step throughput-eager 60 bench throughput_eager 40 benchmarks/test_throughput.py -k "not aoti" ;;
+        throughput-eager) step throughput-eager 75 bench throughput_eager 40 benchmarks/test_throughput.py -k "not aoti" ;;
         # Eager again (plain ops, "not triton"): the aoti speedup over it from the same process.
-        throughput-aoti-shrunk) step throughput-aoti-shrunk 80 bench throughput_aoti_shrunk 60 benchmarks/test_throughput.py -k "shrunk and (aoti or eager) and not triton" ;;
-        throughput-aoti-full) step throughput-aoti-full 80 bench throughput_aoti_full 60 benchmarks/test_throughput.py -k "full and (aoti or eager) and not triton" ;;
+        throughput-aoti-shrunk) step throughput-aoti-shrunk 150 bench throughput_aoti_shrunk 130 benchmarks/test_throughput.py -k "shrunk and (aoti or eager) and not triton" ;;
+        throughput-aoti-full) step throughput-aoti-full 150 bench throughput_aoti_full 130 benchmarks/test_throughput.py -k "full and (aoti or eager) and not triton" ;;
         aoti-tests) step aoti-tests 50 pytest_run -m gpu -k aoti tests/ ;;
         # Every autotune config of the kernels against the reference (the other tests see only the
         # winners), as many as fit.
