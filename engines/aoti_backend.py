@@ -16,6 +16,7 @@ single image to two (``min_batch`` in the engine's metadata).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -58,7 +59,7 @@ def batch_dims(dynamic_batch: bool, max_batch: int):
 def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, max_batch: int) -> dict:
     import torch._inductor
 
-    with torch.no_grad(), quiet_export():
+    with torch.no_grad(), quiet_export(), _tuned_kernels(graph, example):
         program = torch.export.export(graph, (example,), dynamic_shapes=batch_dims(dynamic_batch, max_batch))
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     meta = {"device": example.device.type, "min_batch": MIN_BATCH if dynamic_batch else None}
@@ -66,6 +67,20 @@ def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic
         meta["gpu"] = torch.cuda.get_device_name(example.device)
         meta["compute_capability"] = list(torch.cuda.get_device_capability(example.device))
     return meta
+
+
+def _tuned_kernels(graph: torch.nn.Module, example: torch.Tensor):
+    """On CUDA, run the graph once so that our Triton kernels tune at the engine's shapes, and compile
+    with only the configs they chose (``kernels.tuned_configs_only``): AOTInductor would otherwise
+    tune each kernel's whole list at every launch site while compiling, and a ViT-L build with the
+    kernels outran 60 s on an H200 (benchmarks/RESULTS.md; how much this saves is not measured yet)."""
+    if example.device.type != "cuda":  # the CPU package holds the reference ops
+        return contextlib.nullcontext()
+    from segvit_rt.kernels import tuned_configs_only
+
+    with torch.no_grad():
+        graph(example)
+    return tuned_configs_only()
 
 
 def check_compatible(meta: dict, path: Path, device: torch.device) -> None:

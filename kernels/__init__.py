@@ -4,8 +4,39 @@
 on first use of ``kernels="triton"``), so ``TRITON_INTERPRET=1`` can still be
 set before triton loads.
 """
+import contextlib
+import sys
+
+from triton.runtime import Autotuner
+
 from .atm_attention import atm_attention
 from .qd_attention import qd_attention
 from .segment_postprocess import segment_postprocess
 
-__all__ = ["atm_attention", "qd_attention", "segment_postprocess"]
+__all__ = ["atm_attention", "qd_attention", "segment_postprocess", "tuned_configs_only"]
+
+
+def _autotuned_kernels() -> list[Autotuner]:
+    modules = (sys.modules[f"{__name__}.{name}"] for name in __all__[:3])
+    return [k for module in modules for k in vars(module).values() if isinstance(k, Autotuner)]
+
+
+@contextlib.contextmanager
+def tuned_configs_only():
+    """Inside the block, each autotuned kernel offers only the configs it has chosen so far in this
+    process (kernels that chose none keep their whole list).
+
+    AOTInductor cannot tune at run time: while compiling, it benchmarks every config of a kernel at
+    every launch site, without the kernels' pruning. Run the model once first, so each kernel tunes
+    once per key with its pruning, then export and compile inside this block."""
+    saved = [(kernel, kernel.configs) for kernel in _autotuned_kernels()]
+    try:
+        for kernel, configs in saved:
+            chosen = list(kernel.cache.values())
+            chosen = [c for i, c in enumerate(chosen) if all(c is not d for d in chosen[:i])]
+            if chosen:
+                kernel.configs = chosen
+        yield
+    finally:
+        for kernel, configs in saved:
+            kernel.configs = configs

@@ -356,17 +356,34 @@ def _atm_bwd_dq_kernel(
     )
 
 
-def key_splits(b: int, n: int, length: int, num_heads: int, sm_count: int) -> int:
-    """How many parts of the keys the forward splits its work into (flash-decoding style).
+def key_splits(b, n, length, num_heads: int, sm_count: int) -> tuple[int, int]:
+    """``(splits, split_len)``: the forward's keys in ``splits`` parts of ``split_len`` keys (the last
+    one shorter), flash-decoding style.
 
     Unsplit, the forward has one program per (block of queries, image): 80 for ViT-L's
-    8 x 150 class queries, fewer than an H100/H200 has SMs. Splits are added until there are
-    about two programs per SM (``sm_count``; 0 on the CPU: never split), each keeping at least
-    :data:`MIN_SPLIT_KEYS` keys so the combine stays cheap."""
+    8 x 150 class queries, fewer than an H100/H200 has SMs. Splits are added while the programs
+    stay within one wave of two per SM (``sm_count``; 0 on the CPU: never split), each keeping
+    about :data:`MIN_SPLIT_KEYS` keys at least so the combine stays cheap. Sizes traced as
+    symbols (a dynamic batch in ``torch.export``) must not be branched on, or the export would
+    be specialised to one batch: a symbolic batch plans for one image, symbolic N or L do not
+    split."""
+    if not isinstance(n, int) or not isinstance(length, int):
+        return 1, length
+    b = b if isinstance(b, int) else 1
     programs = b * triton.cdiv(n, 16)  # the smallest BLOCK_N of the configs: the most programs
-    if programs >= 2 * sm_count or b * num_heads > MAX_GRID_Y:  # the combine's grid axis 1
-        return 1
-    return max(1, min(length // MIN_SPLIT_KEYS, triton.cdiv(2 * sm_count, programs)))
+    splits = 1
+    if b * num_heads <= MAX_GRID_Y:  # the combine's grid axis 1
+        splits = max(1, min(length // MIN_SPLIT_KEYS, (2 * sm_count) // programs))
+    return split_layout(length, splits)
+
+
+def split_layout(length: int, splits: int) -> tuple[int, int]:
+    """``(splits, split_len)`` for about ``splits`` parts of ``length`` keys: each a multiple of
+    :data:`SPLIT_ALIGN` keys, none empty (so the count can come out lower)."""
+    if splits < 1:
+        raise ValueError(f"{OP}: splits must be >= 1, got {splits}")
+    split_len = triton.cdiv(triton.cdiv(length, splits), SPLIT_ALIGN) * SPLIT_ALIGN
+    return triton.cdiv(length, split_len), split_len
 
 
 def _sm_count(device: torch.device) -> int:
@@ -387,12 +404,12 @@ def launch_forward(q, k, v, num_heads, scale, prev_mask, sigmoid_mask, out, mask
     prev_strides = prev_mask.stride() if prev_mask is not None else (0, 0, 0)
     mask_strides = mask.stride()[:2] if mask is not None else (0, 0)
     if splits is None:
-        splits = key_splits(b, n, length, num_heads, _sm_count(q.device))
-    # Each split a multiple of SPLIT_ALIGN keys (of every config's BLOCK_L), none of them empty.
-    split_len = triton.cdiv(triton.cdiv(length, splits), SPLIT_ALIGN) * SPLIT_ALIGN
-    splits = triton.cdiv(length, split_len)
+        splits, split_len = key_splits(b, n, length, num_heads, _sm_count(q.device))
+    else:
+        splits, split_len = split_layout(length, splits)
     part = stats = lse
     if splits > 1:
+        check_grid_y(OP, b * num_heads, "(image, head) pairs with split keys")
         part = torch.empty((splits, b, num_heads, n, head_dim), dtype=torch.float32, device=q.device)
         stats = torch.empty((2, splits, b, num_heads, n), dtype=torch.float32, device=q.device)
 

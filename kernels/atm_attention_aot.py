@@ -7,7 +7,9 @@ is the fused forward of ``atm_attention.py`` in that calling convention, for
 contiguous ``q`` [B, N, D] and ``k``/``v`` [B, L, D], writing ``out`` [B, N, D]
 and the head-mean ``mask`` [B, N, L] (no ``prev_mask``: the graph adds it
 outside; no sigmoid; no log-sum-exp, which only the backward needs). Head
-count, head dim and scale are compile-time constants of the engine.
+count, head dim and scale are compile-time constants of the engine. It is the
+unsplit forward: splitting the keys (``key_splits``) takes a second, combining
+kernel, and the plugin hands TensorRT one.
 
 Three things the PTX must respect, as nothing in TensorRT's launcher adapts to
 a Triton kernel:

@@ -110,6 +110,7 @@ def test_forward_writes_every_element_and_matches_reference(shape, dtype, mode, 
 
 
 # Split forward: tails (L % 64: the last split holds 8 or 1 keys), a padded head axis (H=3), one query.
+# 5 splits asked make 4, 5 and 3 of them at these L (split_layout).
 SPLIT_SHAPES = [(2, 60, 200, 96, 3), (1, 1, 1601, 64, 1), (2, 17, 129, 128, 2)]
 
 
@@ -133,31 +134,58 @@ def test_split_forward_writes_every_element_and_matches_reference(shape, dtype, 
     torch.testing.assert_close(lse.double(), logsumexp64(q, k, heads), atol=1e-4, rtol=1e-4)
 
 
-def test_key_splits_fill_the_gpu_and_keep_splits_long():
+def test_key_splits_fill_one_wave_of_the_gpu_and_keep_splits_long():
     key_splits = atm_module.key_splits
-    assert key_splits(8, 150, 1600, 16, sm_count=132) == 4  # ViT-L: 80 programs -> 320
-    assert key_splits(1, 150, 1600, 16, sm_count=132) == 6  # one image: 256 keys a split at least
-    assert key_splits(64, 150, 1600, 16, sm_count=132) == 1  # enough programs already
-    assert key_splits(8, 150, 300, 16, sm_count=132) == 1  # too few keys to split
-    assert key_splits(8, 150, 1600, 16, sm_count=0) == 1  # the CPU
-    assert key_splits(1, 1, 4096, 70000, sm_count=132) == 1  # the combine's grid would be too tall
+    # ViT-L: 80 programs of 16 queries, 3 splits make 240, within 264 (two per SM on 132 SMs).
+    assert key_splits(8, 150, 1600, 16, sm_count=132) == (3, 576)
+    # One image: 10 programs; 6 splits of at least 256 keys asked, 5 of 320 (a multiple of 64) made.
+    assert key_splits(1, 150, 1600, 16, sm_count=132) == (5, 320)
+    assert key_splits(64, 150, 1600, 16, sm_count=132)[0] == 1  # enough programs already
+    assert key_splits(8, 150, 300, 16, sm_count=132)[0] == 1  # too few keys to split
+    assert key_splits(8, 150, 1600, 16, sm_count=0)[0] == 1  # the CPU
+    assert key_splits(1, 1, 4096, 70000, sm_count=132)[0] == 1  # the combine's grid would be too tall
     # A split's length is a multiple of SPLIT_ALIGN, itself a multiple of every config's BLOCK_L.
     assert all(atm_module.SPLIT_ALIGN % block_l == 0 for _, block_l in atm_module._FWD_BLOCKS)
 
 
-def test_op_with_a_split_forward_matches_reference_forward_and_backward(monkeypatch, device):
+@pytest.mark.parametrize("length, asked, made", [(129, 5, (3, 64)), (1600, 3, (3, 576)), (100, 4, (2, 64)),
+                                                  (37, 2, (1, 64)), (1030, 4, (4, 320))])
+def test_split_layout_covers_the_keys_without_an_empty_split(length, asked, made):
+    splits, split_len = atm_module.split_layout(length, asked)
+    assert (splits, split_len) == made and split_len % atm_module.SPLIT_ALIGN == 0
+    assert (splits - 1) * split_len < length <= splits * split_len
+
+
+def test_a_bad_split_count_is_a_clear_error(device):
+    q, k, v, _ = make_inputs((1, 5, 100, 64, 2), torch.float32, device)
+    out, lse = torch.empty_like(q), torch.empty(1, 2, 5, device=device)
+    with pytest.raises(ValueError, match="splits must be >= 1"):
+        launch_forward(q, k, v, 2, 0.2, None, False, out, None, lse, splits=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_op_with_a_split_forward_matches_reference_forward_and_backward(monkeypatch, device, dtype):
     """The op splits the keys on a GPU with many SMs; here a CPU pretends to have them."""
     monkeypatch.setattr(atm_module, "_sm_count", lambda _device: 1000)
     shape = (1, 17, 600, 64, 2)
-    assert atm_module.key_splits(1, 17, 600, 2, 1000) == 2
-    grads, ref_grads = grads_vs_reference(shape, torch.float32, device, prev=True, sigmoid=True)
+    assert atm_module.key_splits(1, 17, 600, 2, 1000)[0] == 2
+    grads, ref_grads = grads_vs_reference(shape, dtype, device, prev=True, sigmoid=True)
     for name, grad, ref in zip(["dq", "dk", "dv", "dprev"], grads, ref_grads):
-        assert_close64(grad, ref, torch.float32, name)
-    q, k, v, prev = make_inputs(shape, torch.float32, device, prev=True)
+        assert_close64(grad, ref, dtype, name)
+    q, k, v, prev = make_inputs(shape, dtype, device, prev=True)
     out, mask = atm_attention(q, k, v, 2, prev_mask=prev)
     ref_out, ref_mask = reference64(q, k, v, 2, prev_mask=prev)
-    assert_close64(out, ref_out, torch.float32, "out")
-    assert_close64(mask, ref_mask, torch.float32, "mask")
+    assert_close64(out, ref_out, dtype, "out")
+    assert_close64(mask, ref_mask, dtype, "mask")
+
+
+def test_split_forward_without_a_mask(device):
+    shape = (2, 17, 200, 64, 2)
+    q, k, v, _ = make_inputs(shape, torch.float16, device)
+    out, lse = torch.full_like(q, float("nan")), torch.full((2, 2, 17), float("nan"), device=device)
+    launch_forward(q, k, v, 2, 32**-0.5, None, False, out, None, lse, splits=3)
+    assert_close64(out, reference64(q, k, v, 2)[0], torch.float16, "out")
+    torch.testing.assert_close(lse.double(), logsumexp64(q, k, 2), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -361,6 +389,26 @@ def test_forward_config_pruning_keeps_tiles_that_fit_in_registers():
 
 
 # ---------------------------------------------------------------------------- integration
+
+
+def test_tuned_configs_only_offers_the_chosen_configs_inside_the_block(monkeypatch):
+    """What an aoti build on CUDA compiles with (``engines.aoti_backend``): the configs each kernel's
+    autotuner chose, not its whole list; a kernel that chose none keeps its list, and all come back."""
+    from segvit_rt.kernels import _autotuned_kernels, tuned_configs_only
+
+    a, b, c = (triton.Config({"BLOCK_N": n, "BLOCK_L": 32}) for n in (16, 32, 64))
+    tuned, untuned = atm_module._atm_fwd_kernel, atm_module._atm_bwd_dq_kernel
+    monkeypatch.setattr(tuned, "configs", [a, b, c])
+    monkeypatch.setattr(tuned, "cache", {("key1",): c, ("key2",): a, ("key3",): c})
+    monkeypatch.setattr(untuned, "configs", [a, b])
+    monkeypatch.setattr(untuned, "cache", {})
+    assert sorted(k.fn.__name__ for k in _autotuned_kernels()) == [
+        "_atm_bwd_dkdv_kernel", "_atm_bwd_dq_kernel", "_atm_fwd_kernel", "_postprocess_kernel",
+        "_qd_bwd_dkdv_kernel", "_qd_bwd_dq_kernel", "_qd_fwd_kernel",
+    ]
+    with tuned_configs_only():
+        assert tuned.configs == [c, a] and untuned.configs == [a, b]
+    assert tuned.configs == [a, b, c] and untuned.configs == [a, b]
 
 
 def test_dispatcher_triton_path_runs_the_kernel(device):

@@ -1,6 +1,7 @@
 """The kernels compile for Hopper (sm_90) as AOTInductor launches them, and trace on CUDA tensors as
 one Triton launch per op (two for an ATM forward with split keys), on any machine."""
 import json
+import re
 
 from compile_helpers import run_compile_script
 
@@ -28,3 +29,13 @@ def test_ops_on_cuda_tensors_trace_to_one_triton_launch_each():
                             for kernel, writes, reads in kernels], traced[op]
         allocations = {"aten.new_empty.default"} | ({"aten.empty.memory_format"} if op == "atm-split" else set())
         assert others <= allocations | {"aten.split.Tensor", "<built-in function getitem>"}, others
+
+
+def test_atm_op_puts_no_batch_specific_guard_on_a_dynamic_batch():
+    """A dynamic-batch engine (``torch.export`` with a ``Dim`` batch) must not be specialised to the
+    example's batch by the key-split choice: the same guards for batches 2, 8 and 30, only the
+    inputs' batches being one and the launch grid's limit."""
+    traced = json.loads(run_compile_script("trace_cuda_ops.py").stdout.splitlines()[-1])
+    guards = traced["atm-dynamic-batch-guards"]
+    assert guards["2"] == guards["8"] == guards["30"], guards
+    assert all(re.fullmatch(r"Eq\(s\d+, s\d+\)|(16\*)?s\d+ <= 65535", g) for g in guards["2"]), guards

@@ -11,6 +11,7 @@ import torch
 import triton
 from torch._functorch.aot_autograd import aot_export_module
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from triton.backends.compiler import GPUTarget
 
 if not torch.cuda.is_available():
@@ -68,9 +69,26 @@ def atm_on(sm_count):
                     (2, 150, 512), (2, 1600, 512), (2, 150, 1600))
 
 
+def atm_guards_on_a_dynamic_batch(batch_hint):
+    """The guards the ATM op puts on a symbolic batch (``torch.export`` with a ``Dim`` batch), on 132 SMs.
+    A guard that holds for one batch only would specialise a dynamic-batch engine to it."""
+    atm_module.__dict__["_sm_count"] = lambda _device: 132
+    with FakeTensorMode():
+        examples = [torch.empty((batch_hint, *s), device="cuda", dtype=torch.float16)
+                    for s in ((150, 512), (1600, 512), (150, 1600))]
+    env = ShapeEnv()
+    mode = FakeTensorMode(shape_env=env)
+    batch_only = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC, DimDynamic.STATIC])
+    args = [mode.from_tensor(t, symbolic_context=batch_only) for t in examples]
+    with mode:
+        aot_export_module(Call(lambda q, k, prev: atm_attention(q, k, k, 16, prev_mask=prev)), args, trace_joint=False)
+    return [str(guard.expr) for guard in env.guards]
+
+
 result = {
     "atm": atm_on(0),
     "atm-split": atm_on(132),
+    "atm-dynamic-batch-guards": {hint: atm_guards_on_a_dynamic_batch(hint) for hint in (2, 8, 30)},
     "qd": launches(lambda qkv: qd_attention(*qkv.split(1024, -1), (40, 40), 16), (2, 1600, 3072)),
 }
 print(json.dumps(result))
