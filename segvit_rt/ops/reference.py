@@ -20,6 +20,23 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * hd)
 
 
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    num_heads: int,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Plain multi-head attention of ``q`` [B, N, D] over ``k``/``v`` [B, L, D] through PyTorch's
+    ``scaled_dot_product_attention``: :func:`atm_attention`'s ``out`` where no mask is wanted."""
+    d = q.shape[-1]
+    if d % num_heads:
+        raise ValueError(f"attention: dim {d} is not divisible by num_heads={num_heads}")
+    qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))
+    return _merge_heads(F.scaled_dot_product_attention(qh, kh, vh, dropout_p=dropout_p, scale=scale))
+
+
 def atm_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -43,37 +60,17 @@ def atm_attention(
     if d % num_heads:
         raise ValueError(f"atm_attention: dim {d} is not divisible by num_heads={num_heads}")
     scale = (d // num_heads) ** -0.5 if scale is None else scale
-    qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))
-    logits = torch.matmul(qh, kh.transpose(-2, -1)) * scale  # [B, H, N, L]
-    attn = logits.softmax(dim=-1)
-    if dropout_p > 0.0:
-        attn = F.dropout(attn, p=dropout_p, training=True)
-    out = _merge_heads(torch.matmul(attn, vh))
+    out = attention(q, k, v, num_heads, scale=scale, dropout_p=dropout_p)
     mask = None
     if need_mask:
-        mask = logits.mean(dim=1)
+        # The mean over heads of q_h·k_hᵀ·scale is one product over the full width, q·kᵀ·scale/H,
+        # so the per-head logits [B, H, N, L] are never formed (SDPA forms them only inside).
+        mask = torch.matmul(q, k.transpose(-2, -1)) * (scale / num_heads)
         if prev_mask is not None:
             mask = mask + prev_mask
         if sigmoid_mask:
             mask = mask.sigmoid()
     return out, mask
-
-
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    num_heads: int,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-) -> torch.Tensor:
-    """Plain multi-head attention of ``q`` [B, N, D] over ``k``/``v`` [B, L, D] through PyTorch's
-    ``scaled_dot_product_attention``: :func:`atm_attention`'s ``out`` where no mask is wanted."""
-    d = q.shape[-1]
-    if d % num_heads:
-        raise ValueError(f"attention: dim {d} is not divisible by num_heads={num_heads}")
-    qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))
-    return _merge_heads(F.scaled_dot_product_attention(qh, kh, vh, dropout_p=dropout_p, scale=scale))
 
 
 def downsample_tokens(x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
