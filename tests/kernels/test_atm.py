@@ -94,6 +94,11 @@ def assert_close64(actual, expected, dtype, what):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape", FWD_SHAPES, ids=shape_id)
 def test_forward_writes_every_element_and_matches_reference(shape, dtype, mode, device):
+    check_forward_into_poisoned_buffers(shape, dtype, mode, device)
+
+
+def check_forward_into_poisoned_buffers(shape, dtype, mode, device, splits=None):
+    """``launch_forward`` into NaN-filled buffers: every element written, each matching float64."""
     has_prev, sigmoid = mode
     q, k, v, prev = make_inputs(shape, dtype, device, prev=has_prev)
     b, n, length, d, heads = shape
@@ -101,7 +106,7 @@ def test_forward_writes_every_element_and_matches_reference(shape, dtype, mode, 
     mask = torch.full((b, n, length), float("nan"), dtype=dtype, device=device)
     lse = torch.full((b, heads, n), float("nan"), device=device)
 
-    launch_forward(q, k, v, heads, (d // heads) ** -0.5, prev, sigmoid, out, mask, lse)
+    launch_forward(q, k, v, heads, (d // heads) ** -0.5, prev, sigmoid, out, mask, lse, splits=splits)
 
     ref_out, ref_mask = reference64(q, k, v, heads, prev_mask=prev, sigmoid_mask=sigmoid)
     assert_close64(out, ref_out, dtype, "out")
@@ -119,19 +124,7 @@ SPLIT_SHAPES = [(2, 60, 200, 96, 3), (1, 1, 1601, 64, 1), (2, 17, 129, 128, 2)]
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=shape_id)
 def test_split_forward_writes_every_element_and_matches_reference(shape, dtype, mode, splits, device):
-    has_prev, sigmoid = mode
-    q, k, v, prev = make_inputs(shape, dtype, device, prev=has_prev)
-    b, n, length, d, heads = shape
-    out = torch.full((b, n, d), float("nan"), dtype=dtype, device=device)
-    mask = torch.full((b, n, length), float("nan"), dtype=dtype, device=device)
-    lse = torch.full((b, heads, n), float("nan"), device=device)
-
-    launch_forward(q, k, v, heads, (d // heads) ** -0.5, prev, sigmoid, out, mask, lse, splits=splits)
-
-    ref_out, ref_mask = reference64(q, k, v, heads, prev_mask=prev, sigmoid_mask=sigmoid)
-    assert_close64(out, ref_out, dtype, "out")
-    assert_close64(mask, ref_mask, dtype, "mask")
-    torch.testing.assert_close(lse.double(), logsumexp64(q, k, heads), atol=1e-4, rtol=1e-4)
+    check_forward_into_poisoned_buffers(shape, dtype, mode, device, splits=splits)
 
 
 def test_key_splits_fill_one_wave_of_the_gpu_and_keep_splits_long():
