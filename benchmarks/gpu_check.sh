@@ -14,8 +14,9 @@
 # aoti steps have 150 s (130 s per test). kernel-bench alone on a fresh machine autotunes from a cold
 # cache (KERNEL_BENCH_LIMIT gives it more). The aoti engine builds have steps of their own, Shrunk
 # first: a slow or crashing build loses only itself. Each also times eager on its variant, so its
-# speedup over eager is measured in the same run (seconds). The by-name steps did not fit with these:
-# run them alone in a call of their own (`bash benchmarks/gpu_check.sh OUT config-sweep`).
+# speedup over eager is measured in the same run (seconds). The by-name steps did not fit with these
+# and have limits for a call of their own: aoti-tests 300 s, config-sweep 240 s, kernel-tests 120 s
+# (`bash benchmarks/gpu_check.sh OUT config-sweep kernel-tests`: 360 s).
 #
 # Writes into OUTDIR, at most 8 files (all the device tool returns): log.txt (versions and every
 # step's output), device.json, bench_kernels.json, bench_throughput_eager.json,
@@ -147,13 +148,13 @@ for s in $STEPS; do
         # Eager again (plain ops, "not triton"): the aoti speedup over it from the same process.
         throughput-aoti-shrunk) step throughput-aoti-shrunk 150 bench throughput_aoti_shrunk 130 benchmarks/test_throughput.py -k "shrunk and (aoti or eager) and not triton" ;;
         throughput-aoti-full) step throughput-aoti-full 150 bench throughput_aoti_full 130 benchmarks/test_throughput.py -k "full and (aoti or eager) and not triton" ;;
-        aoti-tests) step aoti-tests 50 pytest_run -m gpu -k aoti tests/ ;;
+        aoti-tests) step aoti-tests 300 pytest_run -m gpu -k aoti tests/ ;;
         # Every autotune config of the kernels against the reference (the other tests see only the
         # winners), as many as fit.
-        config-sweep) step config-sweep 30 pytest_run "${PARALLEL[@]}" tests/kernels/test_every_config.py ;;
+        config-sweep) step config-sweep 240 pytest_run "${PARALLEL[@]}" tests/kernels/test_every_config.py ;;
         # The kernel tests without the gpu mark (tails, padded heads, poisoned outputs, opcheck, export,
         # torch.compile) at small shapes, on CUDA: as many as fit.
-        kernel-tests) step kernel-tests 15 pytest_run "${PARALLEL[@]}" -m "not gpu" --ignore=tests/kernels/test_every_config.py tests/kernels ;;
+        kernel-tests) step kernel-tests 120 pytest_run "${PARALLEL[@]}" -m "not gpu" --ignore=tests/kernels/test_every_config.py tests/kernels ;;
         *) echo "gpu_check: unknown step $s" | tee -a "$LOG"; status=1 ;;
     esac
 done

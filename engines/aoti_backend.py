@@ -69,12 +69,13 @@ def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic
     return meta
 
 
-def _tuned_kernels(graph: torch.nn.Module, example: torch.Tensor):
-    """On CUDA, run the graph once so that our Triton kernels tune at the engine's shapes, and compile
-    with only the configs they chose (``kernels.tuned_configs_only``): AOTInductor would otherwise
-    tune each kernel's whole list at every launch site while compiling, and a ViT-L build with the
-    kernels outran 60 s on an H200 (benchmarks/RESULTS.md; how much this saves is not measured yet)."""
-    if example.device.type != "cuda":  # the CPU package holds the reference ops
+def _tuned_kernels(graph, example: torch.Tensor):
+    """On CUDA with our kernels in ``graph`` (a ``graph.LogitsGraph``), run it once so that they tune
+    at the engine's shapes, and compile with only the configs they chose
+    (``kernels.tuned_configs_only``): AOTInductor would otherwise tune each kernel's whole list at
+    every launch site while compiling, and a ViT-L build with the kernels outran 60 s on an H200
+    (benchmarks/RESULTS.md; how much this saves is not measured yet)."""
+    if example.device.type != "cuda" or graph.model.kernels != "triton":  # nothing to tune
         return contextlib.nullcontext()
     from segvit_rt.kernels import tuned_configs_only
 

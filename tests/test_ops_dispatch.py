@@ -73,16 +73,24 @@ def test_attention_without_a_mask_is_sdpa_in_every_impl(calls, monkeypatch, impl
     prev = torch.randn(2, 5, 9)
     out, mask = ops.atm_attention(q, k, v, 2, impl=impl, scale=0.3, prev_mask=prev, need_mask=False)
     assert calls == [] and sdpa == [1] and mask is None
-    want, _ = reference.atm_attention(q, k, v, 2, scale=0.3)
+    want, _ = reference.atm_attention_by_heads(q, k, v, 2, scale=0.3)  # not through SDPA
     torch.testing.assert_close(out, want)
 
 
-def test_attention_without_a_mask_drops_attention_in_training(calls):
-    q, k, v = _inputs(3)
+def test_attention_without_a_mask_drops_attention_probabilities_in_training(calls):
+    """With v = 1 every output is the kept probabilities' sum / (1 - p): dropping probabilities gives
+    sums between 0 and 2 at p = 0.5; dropping outputs would give only 0 or 2."""
+    q, k, _ = _inputs(3)
     torch.manual_seed(0)
-    dropped, _ = ops.atm_attention(q, k, v, 2, impl="triton", dropout_p=0.5, need_mask=False)
-    plain, _ = ops.atm_attention(q, k, v, 2, impl="triton", need_mask=False)
-    assert not torch.allclose(dropped, plain)
+    dropped, _ = ops.atm_attention(q, k, torch.ones_like(k), 2, impl="triton", dropout_p=0.5, need_mask=False)
+    assert calls == []
+    assert ((dropped > 0.01) & (dropped < 1.99)).any() and not torch.allclose(dropped, torch.ones_like(dropped))
+
+
+def test_attention_without_a_mask_names_keys_that_do_not_fit():
+    q, k, v = _inputs(4)
+    with pytest.raises(ValueError, match=r"k and v must be \[B, L, D\]"):
+        ops.atm_attention(q, k[..., :8], v[..., :8], 2, impl="triton", need_mask=False)
 
 
 def test_unknown_impl_is_refused():

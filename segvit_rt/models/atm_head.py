@@ -66,8 +66,8 @@ class CrossAttention(nn.Module):
 
 
 class PackedCrossAttention(PackedProjections):
-    """Plain cross-attention, as in the QU decoders of the official Shrunk head; computed by the
-    same (fused) op as the ATM cross-attention, without the mask."""
+    """Plain cross-attention, as in the QU decoders of the official Shrunk head: the ATM op without
+    the mask, which runs as PyTorch SDPA whatever the model's kernels (``segvit_rt.ops``)."""
 
     def __init__(self, dim: int, num_heads: int, dropout: float):
         super().__init__(dim, num_heads, dropout)

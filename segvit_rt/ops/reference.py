@@ -30,9 +30,12 @@ def attention(
 ) -> torch.Tensor:
     """Plain multi-head attention of ``q`` [B, N, D] over ``k``/``v`` [B, L, D] through PyTorch's
     ``scaled_dot_product_attention``: :func:`atm_attention`'s ``out`` where no mask is wanted."""
-    d = q.shape[-1]
+    b, _, d = q.shape
     if d % num_heads:
         raise ValueError(f"attention: dim {d} is not divisible by num_heads={num_heads}")
+    if k.dim() != 3 or k.shape[0] != b or k.shape[2] != d or v.shape != k.shape:
+        raise ValueError(f"attention: k and v must be [B, L, D] with q's B and D, got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))
     return _merge_heads(F.scaled_dot_product_attention(qh, kh, vh, dropout_p=dropout_p, scale=scale))
 
@@ -64,13 +67,44 @@ def atm_attention(
     mask = None
     if need_mask:
         # The mean over heads of q_h·k_hᵀ·scale is one product over the full width, q·kᵀ·scale/H,
-        # so the per-head logits [B, H, N, L] are never formed (SDPA forms them only inside).
-        mask = torch.matmul(q, k.transpose(-2, -1)) * (scale / num_heads)
-        if prev_mask is not None:
-            mask = mask + prev_mask
-        if sigmoid_mask:
-            mask = mask.sigmoid()
+        # so the per-head logits [B, H, N, L] are never formed (SDPA forms them only inside). q is
+        # scaled first: the unscaled full-width product overflows fp16 H/scale times sooner.
+        mask = torch.matmul(q * (scale / num_heads), k.transpose(-2, -1))
+        mask = _finish_mask(mask, prev_mask, sigmoid_mask)
     return out, mask
+
+
+def _finish_mask(mask, prev_mask, sigmoid_mask):
+    if prev_mask is not None:
+        mask = mask + prev_mask
+    return mask.sigmoid() if sigmoid_mask else mask
+
+
+def atm_attention_by_heads(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    num_heads: int,
+    scale: float | None = None,
+    prev_mask: torch.Tensor | None = None,
+    need_mask: bool = True,
+    sigmoid_mask: bool = False,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`atm_attention` as the official code computes it: the per-head logits [B, H, N, L]
+    formed once, their softmax weighting the values and their head-mean the mask. Slower, same
+    results; ``segvit_rt.flops`` prices this form, as the paper's GFLOPs do."""
+    d = q.shape[-1]
+    if d % num_heads:
+        raise ValueError(f"atm_attention: dim {d} is not divisible by num_heads={num_heads}")
+    scale = (d // num_heads) ** -0.5 if scale is None else scale
+    qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))
+    logits = torch.matmul(qh, kh.transpose(-2, -1)) * scale
+    attn = logits.softmax(dim=-1)
+    if dropout_p > 0.0:
+        attn = F.dropout(attn, p=dropout_p, training=True)
+    out = _merge_heads(torch.matmul(attn, vh))
+    return out, (_finish_mask(logits.mean(dim=1), prev_mask, sigmoid_mask) if need_mask else None)
 
 
 def downsample_tokens(x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:

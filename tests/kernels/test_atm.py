@@ -402,6 +402,9 @@ def test_tuned_configs_only_offers_the_chosen_configs_inside_the_block(monkeypat
     with tuned_configs_only():
         assert tuned.configs == [c, a] and untuned.configs == [a, b]
     assert tuned.configs == [a, b, c] and untuned.configs == [a, b]
+    with pytest.raises(RuntimeError, match="compile failed"), tuned_configs_only():
+        raise RuntimeError("compile failed")
+    assert tuned.configs == [a, b, c]
 
 
 def test_dispatcher_triton_path_runs_the_kernel(device):
