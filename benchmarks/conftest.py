@@ -4,7 +4,8 @@ unless ``--benchmark-json`` names another file (``gpu_check.sh`` names one per s
 
 The JSON is written to a temporary first and replaces the file only when the run timed something:
 a collect-only run, one that selects no benchmark or one stopped before pytest-benchmark could
-write keeps the last run's figures."""
+write keeps the last run's figures. After the results, a run lists the configs the kernels'
+autotuners chose (on a GPU; ``gpu_check.sh`` keeps them in its log)."""
 import json
 import os
 import warnings
@@ -49,3 +50,15 @@ def pytest_unconfigure(config):
         os.replace(pending, KEPT)
     else:
         pending.unlink(missing_ok=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The configs our kernels' autotuners chose in this run (only a GPU tunes: the interpreter has one)."""
+    import sys
+
+    kernels = sys.modules.get("segvit_rt.kernels")
+    lines = kernels.tuned_configs() if kernels is not None else []
+    if lines:
+        terminalreporter.section("tuned kernel configs")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -13,7 +13,7 @@ from .atm_attention import atm_attention
 from .qd_attention import qd_attention
 from .segment_postprocess import segment_postprocess
 
-__all__ = ["atm_attention", "qd_attention", "segment_postprocess", "tuned_configs_only"]
+__all__ = ["atm_attention", "qd_attention", "segment_postprocess", "tuned_configs", "tuned_configs_only"]
 
 
 def _autotuned_kernels() -> list[Autotuner]:
@@ -40,3 +40,10 @@ def tuned_configs_only():
     finally:
         for kernel, configs in saved:
             kernel.configs = configs
+
+
+def tuned_configs() -> list[str]:
+    """One line per kernel and tuning key that this process has autotuned: the config that won
+    (``gpu_check.sh``'s log prints them after the benchmarks, for tuning the config lists)."""
+    return [f"{kernel.fn.__name__} {key}: {config}"
+            for kernel in _autotuned_kernels() for key, config in kernel.cache.items()]

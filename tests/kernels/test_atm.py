@@ -387,7 +387,7 @@ def test_forward_config_pruning_keeps_tiles_that_fit_in_registers():
 def test_tuned_configs_only_offers_the_chosen_configs_inside_the_block(monkeypatch):
     """What an aoti build on CUDA compiles with (``engines.aoti_backend``): the configs each kernel's
     autotuner chose, not its whole list; a kernel that chose none keeps its list, and all come back."""
-    from segvit_rt.kernels import _autotuned_kernels, tuned_configs_only
+    from segvit_rt.kernels import _autotuned_kernels, tuned_configs, tuned_configs_only
 
     a, b, c = (triton.Config({"BLOCK_N": n, "BLOCK_L": 32}) for n in (16, 32, 64))
     tuned, untuned = atm_module._atm_fwd_kernel, atm_module._atm_bwd_dq_kernel
@@ -405,6 +405,8 @@ def test_tuned_configs_only_offers_the_chosen_configs_inside_the_block(monkeypat
     with pytest.raises(RuntimeError, match="compile failed"), tuned_configs_only():
         raise RuntimeError("compile failed")
     assert tuned.configs == [a, b, c]
+    listed = [line for line in tuned_configs() if line.startswith("_atm_")]
+    assert listed == [f"_atm_fwd_kernel {key}: {config}" for key, config in tuned.cache.items()]
 
 
 def test_dispatcher_triton_path_runs_the_kernel(device):
