@@ -56,8 +56,8 @@ def pytest_terminal_summary(terminalreporter):
     """The configs our kernels' autotuners chose in this run (only a GPU tunes: the interpreter has one)."""
     import sys
 
-    kernels = sys.modules.get("segvit_rt.kernels")
-    lines = kernels.tuned_configs() if kernels is not None else []
+    listing = getattr(sys.modules.get("segvit_rt.kernels"), "tuned_configs", None)
+    lines = listing() if listing is not None else []
     if lines:
         terminalreporter.section("tuned kernel configs")
         for line in lines:

@@ -16,8 +16,8 @@ import torch
 from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from . import ops
 from .models import eval_mode
-from .ops import reference
 
 aten = torch.ops.aten
 
@@ -150,12 +150,11 @@ def _official_atm_attention():
     """The reference ATM cross-attention, while counting, as the official code computes it (mask and
     softmax from one set of logits, ``reference.atm_attention_by_heads``): ours computes the mask as
     a product of its own, faster but B·N·L·D more multiply-adds a layer than the paper counts."""
-    fast = reference.atm_attention
-    reference.atm_attention = reference.atm_attention_by_heads
+    token = ops.official_atm_form.set(True)  # a context variable: other threads keep the fast form
     try:
         yield
     finally:
-        reference.atm_attention = fast
+        ops.official_atm_form.reset(token)
 
 
 def gflops(model: torch.nn.Module, image_size: int | tuple[int, int]) -> float:

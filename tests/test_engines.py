@@ -395,6 +395,27 @@ def test_aoti_dynamic_batch_range_of_one_size_exports_a_fixed_batch():
     assert dims[0].min == aoti_backend.MIN_BATCH == 2 and dims[0].max == 8
 
 
+@pytest.mark.parametrize("device, kernels, warms_up", [("cuda", "triton", True), ("cuda", "reference", False),
+                                                    ("cpu", "reference", False)])
+def test_aoti_build_tunes_the_kernels_first_only_when_it_compiles_them(monkeypatch, device, kernels, warms_up):
+    """On CUDA with our kernels the graph runs once, then AOTInductor compiles only the chosen configs
+    (``kernels.tuned_configs_only``); a graph of plain ops has nothing to tune (stand-ins here: no GPU)."""
+    import contextlib
+    import types
+
+    import segvit_rt.kernels
+    from segvit_rt.engines import aoti_backend
+
+    calls = []
+    graph = lambda example: calls.append(example)  # noqa: E731
+    graph.model = types.SimpleNamespace(kernels=kernels)
+    example = types.SimpleNamespace(device=torch.device(device))
+    pinned = contextlib.nullcontext("pinned")
+    monkeypatch.setattr(segvit_rt.kernels, "tuned_configs_only", lambda: pinned)
+    with aoti_backend._tuned_kernels(graph, example) as ctx:
+        assert (calls == [example], ctx == "pinned") == (warms_up, warms_up)
+
+
 def test_tensorrt_without_tensorrt_is_a_clear_error(monkeypatch, shrunk, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(EngineError, match="needs the tensorrt package"):

@@ -7,9 +7,13 @@ kernel (``segvit_rt.engines.tensorrt_plugin``); everything else is the reference
 """
 from __future__ import annotations
 
+import contextvars
+
 from . import full_size, reference
 
 IMPLS = ("reference", "triton", "tensorrt_plugin")
+# True while segvit_rt.flops counts: the reference ATM then runs in the official per-head form.
+official_atm_form = contextvars.ContextVar("official_atm_form", default=False)
 
 
 def check_impl(impl: str) -> str:
@@ -40,7 +44,8 @@ def atm_attention(q, k, v, num_heads, *, impl="reference", dropout_p=0.0, **kw):
         from segvit_rt.engines.tensorrt_plugin import atm_attention_plugin
 
         return atm_attention_plugin(q, k, v, num_heads, scale=kw.get("scale"), prev_mask=kw.get("prev_mask"))
-    return reference.atm_attention(q, k, v, num_heads, dropout_p=dropout_p, **kw)
+    form = reference.atm_attention_by_heads if official_atm_form.get() else reference.atm_attention
+    return form(q, k, v, num_heads, dropout_p=dropout_p, **kw)
 
 
 def qd_attention(x_q, k, v, grid_hw, num_heads, *, impl="reference", scale=None):
