@@ -47,11 +47,15 @@ def sdpa_plus_matmul(q, k, v, num_heads, prev_mask):
     return out, mask
 
 
+def fused(q, k, v, num_heads, prev_mask):
+    return atm_attention(q, k, v, num_heads, prev_mask=prev_mask)
+
+
 FORWARD = {
     "reference": lambda q, k, v, h, prev: reference.atm_attention(q, k, v, h, prev_mask=prev),
     "sdpa+matmul": sdpa_plus_matmul,
-    "fused-unsplit": lambda q, k, v, h, prev: atm_attention(q, k, v, h, prev_mask=prev),  # see test_atm_forward
-    "fused": lambda q, k, v, h, prev: atm_attention(q, k, v, h, prev_mask=prev),
+    "fused-unsplit": fused,  # with the key split turned off: see test_atm_forward
+    "fused": fused,
     "plugin-kernel": lambda q, k, v, h, prev: plugin_kernel_plus_prev(q, k, v, h, prev),
 }
 BACKWARD = {"reference": FORWARD["reference"], "fused": FORWARD["fused"]}
@@ -60,7 +64,6 @@ FORWARD_BASELINES = {
     "reference": None, "sdpa+matmul": "reference", "fused-unsplit": "reference",
     "fused": ["reference", "sdpa+matmul", "fused-unsplit"], "plugin-kernel": "fused",
 }
-
 
 
 def plugin_kernel_plus_prev(q, k, v, num_heads, prev_mask):

@@ -32,8 +32,7 @@ def tuned_configs_only():
     saved = [(kernel, kernel.configs) for kernel in _autotuned_kernels()]
     try:
         for kernel, configs in saved:
-            chosen = list(kernel.cache.values())
-            chosen = [c for i, c in enumerate(chosen) if all(c is not d for d in chosen[:i])]
+            chosen = list({id(c): c for c in kernel.cache.values()}.values())  # each config once, in order
             if chosen:
                 kernel.configs = chosen
         yield

@@ -20,6 +20,13 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * hd)
 
 
+def _scale(op: str, dim: int, num_heads: int, scale: float | None) -> float:
+    """``scale``, by default head_dim ** -0.5, once ``dim`` is checked to split into ``num_heads``."""
+    if dim % num_heads:
+        raise ValueError(f"{op}: dim {dim} is not divisible by num_heads={num_heads}")
+    return (dim // num_heads) ** -0.5 if scale is None else scale
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -31,8 +38,7 @@ def attention(
     """Plain multi-head attention of ``q`` [B, N, D] over ``k``/``v`` [B, L, D] through PyTorch's
     ``scaled_dot_product_attention``: :func:`atm_attention`'s ``out`` where no mask is wanted."""
     b, _, d = q.shape
-    if d % num_heads:
-        raise ValueError(f"attention: dim {d} is not divisible by num_heads={num_heads}")
+    scale = _scale("attention", d, num_heads, scale)
     if k.dim() != 3 or k.shape[0] != b or k.shape[2] != d or v.shape != k.shape:
         raise ValueError(f"attention: k and v must be [B, L, D] with q's B and D, got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
@@ -59,10 +65,7 @@ def atm_attention(
     ``sigmoid_mask``; ``None`` when ``need_mask`` is False. ``dropout_p`` drops
     attention probabilities (training only); it never touches the mask.
     """
-    d = q.shape[-1]
-    if d % num_heads:
-        raise ValueError(f"atm_attention: dim {d} is not divisible by num_heads={num_heads}")
-    scale = (d // num_heads) ** -0.5 if scale is None else scale
+    scale = _scale("atm_attention", q.shape[-1], num_heads, scale)
     out = attention(q, k, v, num_heads, scale=scale, dropout_p=dropout_p)
     mask = None
     if need_mask:
@@ -94,10 +97,7 @@ def atm_attention_by_heads(
     """:func:`atm_attention` as the official code computes it: the per-head logits [B, H, N, L]
     formed once, their softmax weighting the values and their head-mean the mask. Slower, same
     results; ``segvit_rt.flops`` prices this form, as the paper's GFLOPs do."""
-    d = q.shape[-1]
-    if d % num_heads:
-        raise ValueError(f"atm_attention: dim {d} is not divisible by num_heads={num_heads}")
-    scale = (d // num_heads) ** -0.5 if scale is None else scale
+    scale = _scale("atm_attention", q.shape[-1], num_heads, scale)
     qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))
     logits = torch.matmul(qh, kh.transpose(-2, -1)) * scale
     attn = logits.softmax(dim=-1)
@@ -132,9 +132,7 @@ def qd_attention(
     ``x_q`` at even rows and columns, keys/values stay at full resolution.
     Returns [B, L/4, D].
     """
-    d = x_q.shape[-1]
-    if d % num_heads:
-        raise ValueError(f"qd_attention: dim {d} is not divisible by num_heads={num_heads}")
+    scale = _scale("qd_attention", x_q.shape[-1], num_heads, scale)
     return attention(downsample_tokens(x_q, grid_hw), k, v, num_heads, scale=scale)
 
 
