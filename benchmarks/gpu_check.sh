@@ -3,31 +3,38 @@
 #
 #   bash benchmarks/gpu_check.sh OUTDIR [STEP...]     (from anywhere; installs nothing)
 #
-# STEP: probe kernel-bench throughput-eager throughput-aoti-shrunk throughput-aoti-full gpu-tests
-# (the default, in that order, most needed first), and aoti-tests config-sweep kernel-tests (by name only).
+# STEP: probe kernel-bench throughput-eager throughput-aoti-shrunk throughput-aoti-shrunk-reference
+# gpu-tests (the default, in that order, most needed first), and throughput-aoti-full
+# throughput-aoti-full-reference profile aoti-tests config-sweep kernel-tests (by name only).
 #
-# Time: each step has its own limit, 20+75+75+150+150+50 = 520 s by default, and 10 s more to stop after
-# its interrupt; the summary is written between steps, outside their limits. That leaves a 600 s call
-# little but enough. Limits come from the first run on an H200 (2026-11-28, benchmarks/RESULTS.md):
-# the eager throughput step needed more than 60 s with its start-up, and a ViT-L aoti build with the
-# Triton kernels more than 60 s (AOTInductor autotunes the kernels' configs while compiling), so the
-# aoti steps have 150 s (130 s per test). kernel-bench alone on a fresh machine autotunes from a cold
-# cache (KERNEL_BENCH_LIMIT gives it more). The aoti engine builds have steps of their own, Shrunk
-# first: a slow or crashing build loses only itself. Each also times eager on its variant, so its
-# speedup over eager is measured in the same run (seconds). The by-name steps did not fit with these
-# and have limits for a call of their own: aoti-tests 300 s, config-sweep 240 s, kernel-tests 120 s
-# (`bash benchmarks/gpu_check.sh OUT config-sweep kernel-tests`: 360 s).
+# Time: each step has its own limit, 20+100+50+180+120+40 = 510 s by default, and 10 s more to stop
+# after its interrupt (gpu-tests' xdist workers need them); the summary, about 10 s, is written after
+# each bench step, outside the limits. That comes to about 570 s of a 600 s call. Limits come from two
+# runs on an H200 (2026-11-28, benchmarks/RESULTS.md): kernel-bench autotunes from cold caches on a
+# fresh machine (the three ViT-L fused ATM benchmarks took 13 s each; 75 s ended it in the fused QD
+# benchmark; KERNEL_BENCH_LIMIT gives it more); the eager throughput step took 30 s and its start-up;
+# a ViT-L aoti test (build, parity check, load, timing) took about 110 s on warm compile caches and
+# more than about 130 s on cold ones (the first build of a machine). The aoti engine builds have steps of their own, the Shrunk
+# ones first: a slow or crashing build loses only itself. The Triton-kernel step also times eager on
+# its variant, so that speedup is measured in one process; the reference-op step takes eager from the
+# other steps of the run (summarize marks such ratios). The by-name steps have limits for a second
+# call: throughput-aoti-full 150 s, throughput-aoti-full-reference 130 s, profile 60 s, aoti-tests
+# 300 s, config-sweep 240 s, kernel-tests 120 s (`bash benchmarks/gpu_check.sh OUT2
+# throughput-aoti-full-reference profile`: 190 s, what a 900 s device budget leaves after the default;
+# `python benchmarks/summarize.py OUT/bench_*.json OUT2/bench_*.json --device OUT/device.json` then
+# judges both calls' rows together, e.g. Shrunk/full of the reference-op engines).
 #
-# Writes into OUTDIR, at most 8 files (all the device tool returns): log.txt (versions and every
-# step's output), device.json, bench_kernels.json, bench_throughput_eager.json,
-# bench_throughput_aoti_shrunk.json, bench_throughput_aoti_full.json, summary.txt, throughput.png
+# Writes into OUTDIR: log.txt (versions and every step's output), device.json, a bench_*.json per
+# bench step (bench_kernels.json, bench_throughput_eager.json, bench_throughput_aoti_shrunk.json, ...),
+# summary.txt, throughput.png
 # (summarize.py adds the goals met or not, and ratios across the files where a run lacks one, marked).
 #
 # pytest-benchmark writes its JSON only when pytest exits: a step's limit interrupts pytest (SIGINT),
 # so that it still writes what was measured. In the bench steps each test has a limit of its own too
 # (pytest-timeout, where installed), so a stuck build fails alone; the partial steps (tests run as far
 # as time allows) have none, so a slow test there ends the step as "not run to the end", not as a
-# failure. summary.txt and throughput.png are rewritten after every bench step.
+# failure (also when pytest had to be killed 10 s after its interrupt). summary.txt and throughput.png
+# are rewritten after every bench step.
 # Exit status: 0 when every step passed, 1 otherwise; 2 on bad usage or no CUDA GPU.
 set -uo pipefail
 
@@ -37,7 +44,7 @@ if [ $# -lt 1 ]; then
 fi
 OUT=$(mkdir -p "$1" && cd "$1" && pwd) || { echo "gpu_check: cannot create $1" >&2; exit 2; }
 shift
-STEPS=${*:-probe kernel-bench throughput-eager throughput-aoti-shrunk throughput-aoti-full gpu-tests}
+STEPS=${*:-probe kernel-bench throughput-eager throughput-aoti-shrunk throughput-aoti-shrunk-reference gpu-tests}
 cd "$(dirname "$0")/.." || exit 2
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null || PY=python
@@ -76,7 +83,8 @@ step() {  # step NAME LIMIT_S COMMAND...: run one step, its output appended to t
     # writes the JSON of what it measured (a killed pytest leaves an empty file).
     timeout -s INT -k 10 "$limit" bash -c '"$@"' step "$@" 2>&1 | tee "$out" | tee -a "$LOG"  # functions run in a child bash
     rc=${PIPESTATUS[0]}
-    if [ "$rc" -eq 124 ] && [[ " $PARTIAL_STEPS " == *" $name "* ]]; then
+    # 124: stopped by the interrupt; 137: killed 10 s after it (pytest-xdist's workers may not stop)
+    if { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; } && [[ " $PARTIAL_STEPS " == *" $name "* ]]; then
         echo "gpu_check: step $name stopped at its time limit (a partial run; its failures, if any, count)" | tee -a "$LOG"
         incomplete="$incomplete $name"
         grep -qE "^(FAILED|ERROR) " "$out" && status=1  # pytest's summary lines, not captured output
@@ -141,13 +149,19 @@ for s in $STEPS; do
     case $s in
         probe) step probe 20 probe ;;
         # The aoti engine tests (CUDA compiles, two in subprocesses) have their own step below.
-        gpu-tests) step gpu-tests 50 pytest_run "${PARALLEL[@]}" -m gpu -k "not aoti" tests/ ;;
-        kernel-bench) step kernel-bench "${KERNEL_BENCH_LIMIT:-75}" bench kernels 50 benchmarks/test_kernels.py benchmarks/test_kernels_qd.py benchmarks/test_kernels_postprocess.py benchmarks/test_labels_full_size.py ;;
+        gpu-tests) step gpu-tests 40 pytest_run "${PARALLEL[@]}" -m gpu -k "not aoti" tests/ ;;
+        kernel-bench) step kernel-bench "${KERNEL_BENCH_LIMIT:-100}" bench kernels 50 benchmarks/test_kernels.py benchmarks/test_kernels_qd.py benchmarks/test_kernels_postprocess.py benchmarks/test_labels_full_size.py ;;
         # Eager ViT-L (plain ops, and our Triton kernels), both variants, plus ONNX Runtime/TensorRT where present.
-        throughput-eager) step throughput-eager 75 bench throughput_eager 40 benchmarks/test_throughput.py -k "not aoti" ;;
-        # Eager again (plain ops, "not triton"): the aoti speedup over it from the same process.
-        throughput-aoti-shrunk) step throughput-aoti-shrunk 150 bench throughput_aoti_shrunk 130 benchmarks/test_throughput.py -k "shrunk and (aoti or eager) and not triton" ;;
-        throughput-aoti-full) step throughput-aoti-full 150 bench throughput_aoti_full 130 benchmarks/test_throughput.py -k "full and (aoti or eager) and not triton" ;;
+        throughput-eager) step throughput-eager 50 bench throughput_eager 40 benchmarks/test_throughput.py -k "not aoti" ;;
+        # Eager again (plain ops, "not triton"): the aoti speedup over it from the same process. The first
+        # aoti build of a machine compiles from cold caches: this step comes first and has the most time.
+        throughput-aoti-shrunk) step throughput-aoti-shrunk 180 bench throughput_aoti_shrunk 160 benchmarks/test_throughput.py -k "shrunk and (aoti or eager) and not triton and not reference" ;;
+        # The aoti engine with the reference ops (SDPA-based) instead of the Triton kernels.
+        throughput-aoti-shrunk-reference) step throughput-aoti-shrunk-reference 120 bench throughput_aoti_shrunk_reference 110 benchmarks/test_throughput.py -k "shrunk-aoti-reference" ;;
+        throughput-aoti-full) step throughput-aoti-full 150 bench throughput_aoti_full 130 benchmarks/test_throughput.py -k "full and (aoti or eager) and not triton and not reference" ;;
+        throughput-aoti-full-reference) step throughput-aoti-full-reference 130 bench throughput_aoti_full_reference 120 benchmarks/test_throughput.py -k "full-aoti-reference" ;;
+        # Where the CUDA time of one ViT-L forward goes, per kernel, eager with and without the Triton kernels.
+        profile) step profile 60 env TRITON_CACHE_AUTOTUNING=1 "$PY" benchmarks/profile_model.py ;;
         aoti-tests) step aoti-tests 300 pytest_run -m gpu -k aoti tests/ ;;
         # Every autotune config of the kernels against the reference (the other tests see only the
         # winners), as many as fit.

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from benchmarks import summarize
@@ -42,6 +43,9 @@ def test_speedups_and_shrunk_over_full_prefer_the_same_run_and_say_when_they_cro
                       _bench(FULL, "aoti", 20.0, "full", "eager", {"eager": 2.0})],
         "aoti_shrunk": [_bench(SHRUNK, "aoti", 12.0, "shrunk", "eager"),  # its baseline ran later in its run
                         _bench(SHRUNK, "eager", 30.0, "shrunk")],
+        # the aoti engine with the reference ops: its own step, no eager beside it; its full model elsewhere
+        "aoti_shrunk_reference": [_bench(SHRUNK, "aoti-reference", 25.0, "shrunk", "eager")],
+        "aoti_full_reference": [_bench(FULL, "aoti-reference", 32.0, "full", "eager")],
         "eager": [_bench(SHRUNK, "eager", 24.0, "shrunk"),  # the same runner in another run: not used for aoti
                   _bench(SHRUNK, "eager+triton", 20.0, "shrunk", "eager", {"eager": 1.2})],
         "kernels": [_bench("atm-fwd-vit-l", "fused", 1.0, baseline="reference"),
@@ -62,6 +66,10 @@ def test_speedups_and_shrunk_over_full_prefer_the_same_run_and_say_when_they_cro
     goals = _goals(out)
     assert "met Shrunk ViT-L 640 fp16 aoti >= 1.3x eager at batch 8: 2.50" in goals
     assert "met Shrunk/full time <= 0.65 (ViT-L 640 fp16 aoti): 0.60 (from two runs)" in goals
+    assert rows["aoti_shrunk_reference", SHRUNK, "aoti-reference"].endswith(
+        "0.96x vs eager (other run), shrunk/full 0.78 (other run)")
+    assert "NOT met Shrunk ViT-L 640 fp16 aoti, reference ops, >= 1.3x eager at batch 8: 0.96 (from two runs)" in goals
+    assert "NOT met Shrunk/full time <= 0.65 (ViT-L 640 fp16 aoti, reference ops): 0.78 (from two runs)" in goals
     assert "not measured ATM forward fused >= 2x eager reference (ViT-L)" in goals
     assert not any("onnx" in goal for goal in goals)  # the CPU goals, on a GPU run
     with Image.open(chart) as img:
@@ -178,3 +186,37 @@ def test_odd_json_is_left_out_not_a_crash(tmp_path, capsys):
     printed = capsys.readouterr()
     assert "left out test[fused]" in printed.err and "bench_list.json" in printed.err
     assert "0.50x vs fused" in printed.out
+
+
+def test_profile_names_the_ops_each_kernels_setting_runs(capsys):
+    """benchmarks/profile_model.py (gpu_check's profile step) on the tiny Shrunk model: our ops on a
+    CPU (the interpreter runs inside them), our kernels by name on a GPU; only with kernels="triton"."""
+    import segvit_rt
+    from benchmarks import profile_model
+
+    ours = ("_qd_fwd_kernel", "_atm_fwd") if profile_model.ON_CUDA else ("segvit_rt::qd_attention",
+                                                                           "segvit_rt::atm_attention")
+    device = "cuda" if profile_model.ON_CUDA else "cpu"
+    model = segvit_rt.create_model("tiny", variant="shrunk").eval().to(device)
+    x = torch.randn(1, 3, model.cfg.crop_size, model.cfg.crop_size, device=device)
+    for setting in profile_model.SETTINGS:
+        times = profile_model.self_times_us(model.set_kernels(setting), x, iters=1)
+        assert all(us > 0 and calls > 0 for us, calls in times.values())
+        for name in ours:
+            assert any(key.startswith(name) for key in times) == (setting == "triton"), (setting, name)
+
+    assert profile_model.main(["--preset", "tiny", "--variant", "shrunk", "--iters", "1", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    for heading in ("kernels=reference: ", "kernels=triton: ", "largest changes, triton minus reference"):
+        assert out.count(heading) == 1
+    assert len(out.split("largest changes")[1].strip().splitlines()) == 1 + 3  # --top rows
+
+
+def test_profile_refuses_bad_arguments(capsys):
+    from benchmarks import profile_model
+
+    for argv, message in ((["--batch", "0"], "--batch must be at least 1"),
+                          (["--preset", "nope"], "unknown preset 'nope'")):
+        with pytest.raises(SystemExit) as exit_info:
+            profile_model.main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
