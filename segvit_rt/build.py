@@ -1,7 +1,8 @@
 """Build a deployment engine from SegViT weights, checked against PyTorch before it is kept.
 
 ``python -m segvit_rt.build --variant shrunk [--preset tiny] [--weights W.safetensors]
-[--backend auto|tensorrt|aoti|onnx] [--precision fp16|fp32] [--batch N|dynamic] [--out DIR]``
+[--backend auto|tensorrt|aoti|onnx] [--precision fp16|fp32] [--batch N|dynamic]
+[--kernels auto|triton|reference] [--out DIR]``
 
 The engine (one directory: the artifact and ``engine.json``, see
 ``segvit_rt.engines.format``) is written to a temporary directory, loaded back
@@ -30,6 +31,7 @@ from .config import PRESETS, VARIANTS
 from .engines.format import FORMAT, META_FILE, PRECISIONS, EngineError, library_versions, write_engine_json
 from .engines.graph import DTYPES, LogitsGraph, example_input, output_shapes
 from .io_utils import atomic_dir, sha256_file
+from .kernel_choice import choose_kernels
 from .ops.reference import segment_postprocess
 from .weights import WeightsError, load_weights
 
@@ -130,15 +132,19 @@ def resolve_precision(precision: str | None, backend: str, device: torch.device)
     return precision
 
 
+KERNELS = ("auto", "triton", "reference")
+
+
 def resolve_kernels(kernels: str | None, backend: str, device: torch.device, precision: str) -> str:
-    """Where our Triton kernels go into an engine: all of them into AOTInductor on CUDA (the
-    default there); the ATM attention into fp16 TensorRT engines as an AOT plugin (on request:
-    ``kernels="triton"``). ONNX engines, and TensorRT by default, get the reference ops as plain
-    ONNX operators."""
-    if kernels is None:
-        return "triton" if backend == "aoti" and device.type == "cuda" else "reference"
-    if kernels not in ("triton", "reference"):
-        raise EngineError(f"kernels must be 'triton' or 'reference', got {kernels!r}")
+    """Where our Triton kernels go into an engine: all of them into AOTInductor on CUDA, the ATM
+    attention into fp16 TensorRT engines as an AOT plugin. ``"auto"`` (the default) stays ``"auto"``
+    for aoti on CUDA, where the build times both and keeps the faster (``segvit_rt.kernel_choice``),
+    and is ``"reference"`` elsewhere: ONNX engines get plain ONNX operators, TensorRT the plugin only
+    on request (``"triton"``)."""
+    if kernels is None or kernels == "auto":
+        return "auto" if backend == "aoti" and device.type == "cuda" else "reference"
+    if kernels not in KERNELS:
+        raise EngineError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
     if kernels == "reference" or (backend == "aoti" and device.type == "cuda"):
         return kernels
     if backend != "tensorrt":
@@ -196,8 +202,8 @@ def build_engine(
 
     ``batch``: a static batch size, or ``None`` for a dynamic batch of 1..``max_batch``.
     ``precision``: fp16 on a GPU and fp32 on the CPU unless given. ``weights``: the file the
-    model was loaded from, recorded with its sha256. ``kernels``: ``"triton"`` or ``"reference"``
-    ops, see :func:`resolve_kernels` (default: triton for aoti on CUDA, else reference).
+    model was loaded from, recorded with its sha256. ``kernels``: ``"auto"`` (default),
+    ``"triton"`` or ``"reference"`` ops, see :func:`resolve_kernels`.
     """
     backend = resolve_backend(backend, log, device)
     module = engines.backend_module(backend)
@@ -221,14 +227,18 @@ def build_engine(
     export_device = device if backend == "aoti" else torch.device("cpu")
     kernels = resolve_kernels(kernels, backend, device, precision)
     exported = copy.deepcopy(model).eval().to(export_device, DTYPES[precision])
-    exported.set_kernels(export_impl(kernels, backend))
     graph = LogitsGraph(exported, precision).eval()
     example = example_input(cfg, batch or min(2, max_batch), export_device)
+    # Backends that compile for a GPU (aoti, tensorrt, the plugin's PTX) target the current one.
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    kernel_times = None
+    if kernels == "auto":
+        with on_device:
+            kernels, kernel_times = choose_kernels(graph, example, log)
+    exported.set_kernels(export_impl(kernels, backend))
     log(f"building {backend} {precision} engine of {cfg.name} {variant} "
         f"(batch {batch or f'1..{max_batch}'}, input {cfg.crop_size}x{cfg.crop_size}, kernels {kernels}, device {device})")
 
-    # Backends that compile for a GPU (aoti, tensorrt, the plugin's PTX) target the current one.
-    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     with atomic_dir(out) as tmp, on_device:
         artifact = tmp / module.ARTIFACT
         extra = module.export(graph, example, artifact, dynamic_batch=batch is None, max_batch=max_batch)
@@ -257,6 +267,7 @@ def build_engine(
             "crop_size": cfg.crop_size,
             "slide_stride": cfg.slide_stride,
             "kernels": kernels,
+            "kernel_times_ms": kernel_times,  # --kernels auto: one eager forward with each, else None
             "versions": library_versions(),
             "weights": None if weights is None else {"path": str(weights), "sha256": sha256_file(weights)},
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -342,9 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_batch_arg, default=None, metavar="N|dynamic",
                    help="static batch size, or 'dynamic' (default) for 1..--max-batch")
     p.add_argument("--max-batch", type=int, help=f"largest batch of a dynamic engine (default {DEFAULT_MAX_BATCH})")
-    p.add_argument("--kernels", choices=("triton", "reference"),
-                   help="triton: our kernels in an aoti engine on CUDA (its default), or the ATM attention as "
-                        "a plugin in an fp16 tensorrt engine; reference: plain ops (every other default)")
+    p.add_argument("--kernels", choices=KERNELS, default="auto",
+                   help="triton: our kernels in an aoti engine on CUDA, or the ATM attention as a plugin in an "
+                        "fp16 tensorrt engine; reference: plain ops; auto (default): for aoti on CUDA, whichever "
+                        "of the two runs the model faster there (timed at build), else reference")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where the engine runs (default: the backend's choice)")
     p.add_argument("--out", help="engine directory (default: engines/built/<preset>_<variant>_<backend>_<precision> "
