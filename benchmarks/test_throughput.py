@@ -3,10 +3,11 @@
 CPU: the tiny preset, fp32, batch 8: eager vs the ONNX Runtime engine (goal:
 onnx >= 1.3x eager). CUDA: ViT-L/16 ADE20K 640, fp16, batch 8: eager (plain
 PyTorch ops), eager with our Triton kernels, the AOTInductor engine with the
-Triton kernels compiled in (``aoti``, the builder's default on CUDA) and with
-the reference ops (``aoti-reference``), TensorRT where it imports, and ONNX
-Runtime where it has the CUDA provider (goals, judged on each aoti engine:
-shrunk aoti >= 1.3x eager at batch 8, and shrunk / full time <= 0.65).
+Triton kernels compiled in (``aoti``) and with the reference ops
+(``aoti-reference``; the two the builder's ``--kernels auto`` chooses between),
+TensorRT where it imports, and ONNX Runtime where it has the CUDA provider
+(goals, judged on each aoti engine: shrunk aoti >= 1.3x eager at batch 8, and
+shrunk / full time <= 0.65).
 
 Each case times one engine call on a batch at the crop size (the graph up to
 the logits, as the engines hold it). Recorded in ``extra_info`` besides the

@@ -36,7 +36,7 @@ def auto_backend(device=None) -> tuple[str, str]:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return "aoti", "CUDA GPU present, tensorrt does not import: AOTInductor with the Triton kernels"
+        return "aoti", "CUDA GPU present, tensorrt does not import: AOTInductor"
     return "tensorrt", "CUDA GPU present and tensorrt imports"
 
 

@@ -1,9 +1,9 @@
 """AOTInductor backend: ``torch.export`` then ``torch._inductor.aoti_compile_and_package`` into a ``.pt2``.
 
-On CUDA the model is exported with ``kernels="triton"`` by default (``--kernels
-reference`` exports the plain ops): our fused ops are
-``torch.library.triton_op`` custom ops, which ``torch.export`` keeps as single
-nodes and Inductor compiles into the package. On the CPU the reference ops are
+On CUDA the model is exported with our Triton kernels (``--kernels triton``, or
+``auto`` when they time faster, see ``segvit_rt.kernel_choice``) or the plain
+ops: our fused ops are ``torch.library.triton_op`` custom ops, which
+``torch.export`` keeps as single nodes and Inductor compiles into the package. On the CPU the reference ops are
 exported (fp32 only) and Inductor compiles C++ (a C++ compiler is needed).
 
 A package runs only on the device type it was compiled for, and only in the

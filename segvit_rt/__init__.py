@@ -24,7 +24,7 @@ __all__ = ["PRESETS", "SegViTConfig", "get_config", "create_model", "Runtime"]
 # Submodules ``segvit_rt.X`` reaches after a bare ``import segvit_rt``, imported on first use (the
 # engines and kernels need their libraries only then).
 _SUBMODULES = ("build", "class_names", "cli", "config", "convert", "data", "demo", "engines", "evaluate", "flops",
-               "images", "inference", "io_utils", "kernels", "metrics", "models", "ops", "runtime", "segment",
+               "images", "inference", "io_utils", "kernel_choice", "kernels", "metrics", "models", "ops", "runtime", "segment",
                "train", "training", "weights")
 
 

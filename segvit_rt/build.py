@@ -31,7 +31,7 @@ from .config import PRESETS, VARIANTS
 from .engines.format import FORMAT, META_FILE, PRECISIONS, EngineError, library_versions, write_engine_json
 from .engines.graph import DTYPES, LogitsGraph, example_input, output_shapes
 from .io_utils import atomic_dir, sha256_file
-from .kernel_choice import choose_kernels
+from .kernel_choice import DYNAMIC_BATCH, choose_kernels
 from .ops.reference import segment_postprocess
 from .weights import WeightsError, load_weights
 
@@ -231,10 +231,12 @@ def build_engine(
     example = example_input(cfg, batch or min(2, max_batch), export_device)
     # Backends that compile for a GPU (aoti, tensorrt, the plugin's PTX) target the current one.
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    kernel_times = None
+    kernel_choice = None
     if kernels == "auto":
+        timed = example_input(cfg, batch or min(DYNAMIC_BATCH, max_batch), export_device)
         with on_device:
-            kernels, kernel_times = choose_kernels(graph, example, log)
+            kernels, kernel_choice = choose_kernels(graph, timed, log)
+        del timed
     exported.set_kernels(export_impl(kernels, backend))
     log(f"building {backend} {precision} engine of {cfg.name} {variant} "
         f"(batch {batch or f'1..{max_batch}'}, input {cfg.crop_size}x{cfg.crop_size}, kernels {kernels}, device {device})")
@@ -267,7 +269,7 @@ def build_engine(
             "crop_size": cfg.crop_size,
             "slide_stride": cfg.slide_stride,
             "kernels": kernels,
-            "kernel_times_ms": kernel_times,  # --kernels auto: one eager forward with each, else None
+            "kernel_choice": kernel_choice,  # --kernels auto: eager times of each setting (segvit_rt.kernel_choice)
             "versions": library_versions(),
             "weights": None if weights is None else {"path": str(weights), "sha256": sha256_file(weights)},
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -356,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=KERNELS, default="auto",
                    help="triton: our kernels in an aoti engine on CUDA, or the ATM attention as a plugin in an "
                         "fp16 tensorrt engine; reference: plain ops; auto (default): for aoti on CUDA, whichever "
-                        "of the two runs the model faster there (timed at build), else reference")
+                        "of the two runs eager forwards of the model faster on this GPU (timed at build), "
+                        "else reference")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where the engine runs (default: the backend's choice)")
     p.add_argument("--out", help="engine directory (default: engines/built/<preset>_<variant>_<backend>_<precision> "

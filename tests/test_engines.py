@@ -14,7 +14,7 @@ import torch
 
 import segvit_rt
 from engine_helpers import SMALL, sharp_model
-from segvit_rt import engines
+from segvit_rt import engines, kernel_choice
 from segvit_rt.build import TOLERANCES, BuildError, Parity, build_engine, check_parity
 from segvit_rt.data import normalize
 from segvit_rt.engines import Engine, EngineError, load_engine, onnx_backend, read_engine
@@ -477,7 +477,7 @@ def test_aoti_cpu_engine_matches_and_checks_its_torch_version(tmp_path, shrunk, 
     assert [str(w.message) for w in recwarn if issubclass(w.category, FutureWarning)] == []  # export's chatter
     meta = read_engine(out)
     assert meta["artifact"] == "model.pt2" and meta["device"] == "cpu" and meta["kernels"] == "reference"
-    assert meta["kernel_times_ms"] is None  # --kernels auto times the graph only on CUDA
+    assert meta["kernel_choice"] is None  # --kernels auto times the graph only on CUDA
     assert meta["min_batch"] == 2  # batch 1 below is padded to 2
     engine = load_engine(out)
     for batch in (1, 5):
@@ -504,7 +504,8 @@ def test_aoti_cuda_fp16_engine_keeps_the_triton_ops(tmp_path):
     out = build_engine(model, backend="aoti", precision="fp16", batch=2, kernels="triton", out=tmp_path / "aoti16",
                        log=quiet)
     meta = read_engine(out)
-    assert meta["kernels"] == "triton" and meta["kernel_times_ms"] is None and meta["device"] == "cuda" and meta["parity"]["label_agreement"] >= 0.995
+    assert meta["kernels"] == "triton" and meta["kernel_choice"] is None and meta["device"] == "cuda"
+    assert meta["parity"]["label_agreement"] >= 0.995
     engine = load_engine(out)
     x = randn(3, seed=3).cuda()
     cls, masks = engine(x)
@@ -540,6 +541,19 @@ for batch in (2, 3, 1, 11):
     print("batch", batch, "ok", flush=True)
 print("dynamic aoti ok")
 """
+
+
+@pytest.mark.gpu
+def test_aoti_cuda_auto_build_compiles_in_the_ops_that_timed_faster(tmp_path):
+    model = sharp_model("shrunk").cuda()
+    lines = []
+    out = build_engine(model, backend="aoti", precision="fp16", batch=2, out=tmp_path / "auto", log=lines.append)
+    meta = read_engine(out)
+    record = meta["kernel_choice"]
+    assert "triton_error" not in record, record  # our kernels run on this GPU
+    assert meta["kernels"] == kernel_choice.pick(record["times_ms"]) and min(record["times_ms"].values()) > 0
+    assert any(line.startswith(f"kernels auto: {meta['kernels']} (median of") for line in lines)
+    assert meta["parity"]["label_agreement"] >= 0.995
 
 
 @pytest.mark.gpu
