@@ -21,8 +21,9 @@ ON_CUDA = torch.cuda.is_available()
 if not ON_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 
-import segvit_rt  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+import segvit_rt  # noqa: E402
 
 SETTINGS = ("reference", "triton")
 

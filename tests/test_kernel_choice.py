@@ -8,9 +8,9 @@ import torch
 import segvit_rt
 from engine_helpers import sharp_model
 from segvit_rt import build, kernel_choice
-from segvit_rt.kernels._common import interpreter_active
 from segvit_rt.engines import EngineError, read_engine
 from segvit_rt.engines.graph import LogitsGraph, example_input
+from segvit_rt.kernels._common import interpreter_active
 
 
 def _graph(device="cpu", precision="fp32"):
