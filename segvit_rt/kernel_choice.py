@@ -22,6 +22,7 @@ MARGIN = 0.02  # the Triton kernels must save at least this fraction of the refe
 ROUNDS = 15
 WARMUP = 2  # calls per setting before timing: Triton's autotuners run in the first
 DYNAMIC_BATCH = 8  # a dynamic-batch engine is timed at this batch (or its largest, if smaller)
+MAX_ERROR_CHARS = 500  # of a Triton error's first line kept in the log and engine.json (ptxas logs run long)
 
 
 def time_call_ms(graph: torch.nn.Module, example: torch.Tensor) -> float:
@@ -53,6 +54,11 @@ def _check_device_usable(device: torch.device, error: Exception) -> None:
                           f"GPU unusable for this process ({e}); rebuild with --kernels reference") from error
 
 
+def _short(text: str) -> str:
+    line = text.splitlines()[0] if text else text
+    return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS] + "…"
+
+
 def choose_kernels(graph: torch.nn.Module, example: torch.Tensor, log=print) -> tuple[str, dict]:
     """Time ``graph`` (an ``engines.graph.LogitsGraph``) with each op setting, leave its model set to
     the faster and return that setting with a record for ``engine.json``: the median ms per forward
@@ -75,7 +81,7 @@ def choose_kernels(graph: torch.nn.Module, example: torch.Tensor, log=print) -> 
             raise
         graph.model.set_kernels("reference")
         _check_device_usable(example.device, e)
-        error = f"{type(e).__name__}: {e}"
+        error = _short(f"{type(e).__name__}: {e}")
         log(f"kernels auto: reference (the Triton kernels failed on {example.device}: {error})")
         return "reference", {"times_ms": {}, "triton_error": error}
     times_ms = {setting: statistics.median(t) for setting, t in times.items()}

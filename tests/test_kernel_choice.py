@@ -7,7 +7,7 @@ import torch
 
 import segvit_rt
 from engine_helpers import sharp_model
-from segvit_rt import build, kernel_choice
+from segvit_rt import build, engines, kernel_choice
 from segvit_rt.engines import EngineError, read_engine
 from segvit_rt.engines.graph import LogitsGraph, example_input
 from segvit_rt.kernels._common import interpreter_active
@@ -85,16 +85,27 @@ def test_choose_kernels_on_the_tiny_model_times_both_and_leaves_the_faster_set(m
         assert choice == "reference" and times["triton"] > 2 * times["reference"]
 
 
-def test_triton_kernels_that_fail_here_leave_the_reference_ops():
-    """A real failure: our ATM kernel takes head dims of at least 16, this model's decoder has 8."""
+def test_triton_kernels_that_fail_here_leave_the_reference_ops(device):
+    """A real failure (on the GPU, or the CPU's interpreter): our ATM kernel takes head dims of at
+    least 16, this model's decoder has 8."""
     model = segvit_rt.create_model("tiny", variant="shrunk", num_heads=8, decoder_heads=8, depth=3,
-                                   out_indices=(0, 1, 2), shrink_idx=1).eval()
+                                   out_indices=(0, 1, 2), shrink_idx=1).eval().to(device)
     graph = LogitsGraph(model, "fp32").eval()
     lines = []
-    choice, record = kernel_choice.choose_kernels(graph, example_input(model.cfg, 2, "cpu"), log=lines.append)
+    choice, record = kernel_choice.choose_kernels(graph, example_input(model.cfg, 2, device), log=lines.append)
     assert choice == "reference" == graph.model.kernels and record["times_ms"] == {}
     assert record["triton_error"].startswith("ValueError: ") and "head_dim" in record["triton_error"]
-    assert lines == [f"kernels auto: reference (the Triton kernels failed on cpu: {record['triton_error']})"]
+    assert lines == [f"kernels auto: reference (the Triton kernels failed on {device}: {record['triton_error']})"]
+
+
+def test_a_long_triton_error_is_recorded_short():
+    graph = _Timed({"reference": lambda n: 1.0, "triton": lambda n: 1.0})
+    log = "ptxas error: " + "x" * 5000 + "\nsecond line"
+    graph.forward = lambda x: (_ for _ in ()).throw(RuntimeError(log)) if graph.model.kernels == "triton" else x
+    _, record = kernel_choice.choose_kernels(graph, torch.zeros(1), log=lambda _: None)
+    error = record["triton_error"]
+    assert error.startswith("RuntimeError: ptxas error: xxx") and error.endswith("…")
+    assert len(error) <= kernel_choice.MAX_ERROR_CHARS + 1 and "second line" not in error
 
 
 def test_a_failing_reference_run_is_an_error_not_a_choice(monkeypatch):
@@ -124,9 +135,9 @@ def test_an_auto_build_off_cuda_times_nothing(tmp_path, monkeypatch):
     assert meta["kernels"] == "reference" and meta["kernel_choice"] is None
 
 
-def test_the_builder_compiles_in_what_the_timing_chose(tmp_path, monkeypatch):
-    """The auto branch of build_engine (as on CUDA; here an onnx build, where the timed choice must be
-    the reference ops): timed at the engine's batch, the record kept in engine.json."""
+def test_the_builder_records_the_timing_at_the_engines_batch(tmp_path, monkeypatch):
+    """The auto branch of build_engine, as on CUDA (here an onnx build, whose graph takes only the
+    reference ops): timed at min(8, max_batch) for a dynamic engine, the record kept in engine.json."""
     monkeypatch.setattr(build, "resolve_kernels", lambda *a: "auto")
     monkeypatch.setattr(kernel_choice, "ROUNDS", 3)
     seen, lines = [], []
@@ -135,18 +146,33 @@ def test_the_builder_compiles_in_what_the_timing_chose(tmp_path, monkeypatch):
     def spy(graph, example, log):
         seen.append(example.shape[0])
         choice, record = real(graph, example, log)
-        # An ONNX graph takes only the reference ops: where the CPU runs no interpreter (a GPU machine),
-        # both settings run the same code and either may time faster.
+        # Where the CPU runs no interpreter (a GPU machine), both settings run the same code and
+        # either may time faster.
         graph.model.set_kernels("reference")
         return "reference", record
 
     monkeypatch.setattr(build, "choose_kernels", spy)
     out = build.build_engine(sharp_model("shrunk"), backend="onnx", max_batch=4, out=tmp_path / "e", log=lines.append)
     meta = read_engine(out)
-    assert seen == [4]  # a dynamic engine is timed at min(8, max_batch)
+    assert seen == [4]
     assert meta["kernels"] == "reference" and set(meta["kernel_choice"]["times_ms"]) == {"reference", "triton"}
     assert any(line.startswith("kernels auto: ") for line in lines)
     assert any("kernels reference" in line for line in lines if line.startswith("building onnx"))
+
+
+def test_the_builder_exports_the_setting_the_timing_chose(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "resolve_kernels", lambda *a: "auto")
+    monkeypatch.setattr(build, "choose_kernels", lambda graph, example, log: ("triton", {"times_ms": {}}))
+    exported = []
+
+    def export(graph, example, path, **kw):
+        exported.append(graph.model.kernels)
+        raise RuntimeError("stop after the export call")
+
+    monkeypatch.setattr(engines.backend_module("onnx"), "export", export)
+    with pytest.raises(RuntimeError, match="stop after the export call"):
+        build.build_engine(sharp_model("shrunk"), backend="onnx", batch=2, out=tmp_path / "e", log=lambda _: None)
+    assert exported == ["triton"] and not (tmp_path / "e").exists()
 
 
 def test_cli_takes_auto_and_refuses_other_kernels(capsys):
