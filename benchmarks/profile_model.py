@@ -24,8 +24,7 @@ if not ON_CUDA:
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import segvit_rt  # noqa: E402
-
-SETTINGS = ("reference", "triton")
+from segvit_rt.kernel_choice import SETTINGS  # noqa: E402  (the two op settings --kernels auto times)
 
 
 def self_times_us(model, x: torch.Tensor, iters: int) -> dict[str, tuple[float, float]]:

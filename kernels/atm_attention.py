@@ -370,7 +370,7 @@ def key_splits(b, n, length, num_heads: int, sm_count: int) -> tuple[int, int]:
     if not isinstance(n, int) or not isinstance(length, int):
         return 1, length
     b = b if isinstance(b, int) else 1
-    programs = b * triton.cdiv(n, 16)  # the smallest BLOCK_N of the configs: the most programs
+    programs = b * triton.cdiv(n, min(block_n for block_n, _ in _FWD_BLOCKS))  # the most a config launches
     splits = 1
     if b * num_heads <= MAX_GRID_Y:  # the combine's grid axis 1
         splits = max(1, min(length // MIN_SPLIT_KEYS, (2 * sm_count) // programs))

@@ -233,10 +233,9 @@ def build_engine(
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     kernel_choice = None
     if kernels == "auto":
-        timed = example_input(cfg, batch or min(DYNAMIC_BATCH, max_batch), export_device)
-        with on_device:
-            kernels, kernel_choice = choose_kernels(graph, timed, log)
-        del timed
+        with on_device:  # a dynamic engine is timed at up to DYNAMIC_BATCH images
+            kernels, kernel_choice = choose_kernels(
+                graph, example_input(cfg, batch or min(DYNAMIC_BATCH, max_batch), export_device), log)
     exported.set_kernels(export_impl(kernels, backend))
     log(f"building {backend} {precision} engine of {cfg.name} {variant} "
         f"(batch {batch or f'1..{max_batch}'}, input {cfg.crop_size}x{cfg.crop_size}, kernels {kernels}, device {device})")

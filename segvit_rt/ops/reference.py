@@ -37,10 +37,14 @@ def attention(
 ) -> torch.Tensor:
     """Plain multi-head attention of ``q`` [B, N, D] over ``k``/``v`` [B, L, D] through PyTorch's
     ``scaled_dot_product_attention``: :func:`atm_attention`'s ``out`` where no mask is wanted."""
+    return _sdpa("attention", q, k, v, num_heads, _scale("attention", q.shape[-1], num_heads, scale), dropout_p)
+
+
+def _sdpa(op: str, q, k, v, num_heads: int, scale: float, dropout_p: float = 0.0) -> torch.Tensor:
+    """:func:`attention` for an op that has checked its heads and resolved ``scale`` (:func:`_scale`)."""
     b, _, d = q.shape
-    scale = _scale("attention", d, num_heads, scale)
     if k.dim() != 3 or k.shape[0] != b or k.shape[2] != d or v.shape != k.shape:
-        raise ValueError(f"attention: k and v must be [B, L, D] with q's B and D, got q {tuple(q.shape)}, "
+        raise ValueError(f"{op}: k and v must be [B, L, D] with q's B and D, got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))
     return _merge_heads(F.scaled_dot_product_attention(qh, kh, vh, dropout_p=dropout_p, scale=scale))
@@ -66,7 +70,7 @@ def atm_attention(
     attention probabilities (training only); it never touches the mask.
     """
     scale = _scale("atm_attention", q.shape[-1], num_heads, scale)
-    out = attention(q, k, v, num_heads, scale=scale, dropout_p=dropout_p)
+    out = _sdpa("atm_attention", q, k, v, num_heads, scale, dropout_p)
     mask = None
     if need_mask:
         # The mean over heads of q_h·k_hᵀ·scale is one product over the full width, q·kᵀ·scale/H,
@@ -133,7 +137,7 @@ def qd_attention(
     Returns [B, L/4, D].
     """
     scale = _scale("qd_attention", x_q.shape[-1], num_heads, scale)
-    return attention(downsample_tokens(x_q, grid_hw), k, v, num_heads, scale=scale)
+    return _sdpa("qd_attention", downsample_tokens(x_q, grid_hw), k, v, num_heads, scale)
 
 
 def check_logits(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> None:
