@@ -153,7 +153,9 @@ class ATMHead(nn.Module):
         self.q = nn.Embedding(cfg.num_classes, dim)
         self.class_embed = nn.Linear(dim, cfg.num_classes + 1)
 
-    def forward(self, features: list[tuple[torch.Tensor, Grid]]) -> list[dict]:
+    def forward(self, features: list[tuple[torch.Tensor, Grid]], aux_outputs: bool = True) -> list[dict]:
+        """Outputs of the stages, last = final; ``aux_outputs=False``: the final alone (every
+        stage still makes its mask, which the next one adds to)."""
         if len(features) != self.num_stages:
             raise ValueError(f"ATMHead expects {self.num_stages} feature maps, got {len(features)}")
         b = features[0][0].shape[0]
@@ -163,5 +165,6 @@ class ATMHead(nn.Module):
             memory = getattr(self, f"proj_norm_{i}")(getattr(self, f"input_proj_{i}")(x))
             decoder = getattr(self, f"decoder_{i}")
             q, (mask,) = decoder(q, memory, mask_layers=(len(decoder.layers) - 1,), prev_mask=mask)
-            outputs.append(_output(self.class_embed(q), mask, grid))
+            if aux_outputs or i == self.num_stages:
+                outputs.append(_output(self.class_embed(q), mask, grid))
         return outputs

@@ -74,7 +74,7 @@ class SegViT(nn.Module):
 
     def forward(self, img: torch.Tensor) -> dict:
         self.check_input(img)
-        outputs = self.decode_head(self.backbone(img))
+        outputs = self.decode_head(self.backbone(img), aux_outputs=self.training)
         final = dict(outputs[-1])
         if self.training:
             final["aux_outputs"] = outputs[:-1]

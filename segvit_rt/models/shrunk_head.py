@@ -6,7 +6,8 @@ transformer decoders (``decoder_1``, ``decoder_2``), the first attending to the
 projected 1/16 features taken before QD, the second to the projected 1/32
 features of the last block. The resulting 1/16 grid is, without further
 projection, the memory of one ATM stage (``atm``) whose every layer is
-supervised; its last layer's mask is the prediction (no cumulative sum).
+supervised in training; its last layer's mask is the prediction (no cumulative
+sum), and in inference the only mask made.
 Parameter names follow the official Shrunk head, so its checkpoints load as they are.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .vit import resize_token_grid
 
 
 class SingleStageATM(nn.Module):
-    """One ATM decoder over a memory that is already projected: class queries, masks of every layer."""
+    """One ATM decoder over a memory that is already projected: class queries, a mask per layer."""
 
     def __init__(self, cfg: SegViTConfig):
         super().__init__()
@@ -29,12 +30,16 @@ class SingleStageATM(nn.Module):
         self.q = nn.Embedding(cfg.num_classes, dim)
         self.class_embed = nn.Linear(dim, cfg.num_classes + 1)
 
-    def forward(self, memory: torch.Tensor, grid: Grid) -> list[dict]:
+    def forward(self, memory: torch.Tensor, grid: Grid, aux_outputs: bool = True) -> list[dict]:
+        """The output of every layer, or with ``aux_outputs=False`` of the last alone: the other
+        layers then make no mask (inference needs only the last)."""
         q = self.q.weight.unsqueeze(0).expand(memory.shape[0], -1, -1)
         outputs = []
-        for layer in self.decoder_1.layers:
-            q, mask = layer(q, memory)
-            outputs.append(_output(self.class_embed(q), mask, grid))
+        last = len(self.decoder_1.layers) - 1
+        for i, layer in enumerate(self.decoder_1.layers):
+            q, mask = layer(q, memory, need_mask=aux_outputs or i == last)
+            if mask is not None:
+                outputs.append(_output(self.class_embed(q), mask, grid))
         return outputs
 
 
@@ -56,11 +61,12 @@ class ShrunkATMHead(nn.Module):
         """QU queries for a 1/16 grid; resized bicubically when the input is not the crop size."""
         return resize_token_grid(self.q.weight.unsqueeze(0), self.query_grid, grid)
 
-    def forward(self, features: list[tuple[torch.Tensor, Grid]]) -> list[dict]:
+    def forward(self, features: list[tuple[torch.Tensor, Grid]], aux_outputs: bool = True) -> list[dict]:
+        """Outputs of the ATM layers, last = final; ``aux_outputs=False``: the final alone."""
         if len(features) != 2:
             raise ValueError(f"ShrunkATMHead expects the 1/16 and 1/32 feature maps, got {len(features)} maps")
         (x16, grid16), (x32, _) = features
         up = self.grid_queries(grid16).expand(x16.shape[0], -1, -1)
         up, _ = self.decoder_1(up, self.proj_norm_1(self.input_proj_1(x16)))
         up, _ = self.decoder_2(up, self.proj_norm_2(self.input_proj_2(x32)))
-        return self.atm(up, grid16)
+        return self.atm(up, grid16, aux_outputs)
