@@ -2,7 +2,7 @@
 
 Which is faster depends on the card, the shapes and the kernels' state: on an H200 at ViT-L 640,
 batch 8, the fused kernels lost to the SDPA-based reference ops (the Shrunk model ran at 0.84x eager
-with them; benchmarks/RESULTS.md). So an aoti build on CUDA times eager forwards of the engine's own
+with them, before its head stopped making two unused masks; benchmarks/RESULTS.md). So an aoti build on CUDA times eager forwards of the engine's own
 graph both ways, on the engine's device, and keeps the Triton kernels only when they are at least
 :data:`MARGIN` faster. On a tie the plain ops win: Inductor can fuse the small ops around them, while
 our custom ops stay opaque calls, so eager timing if anything favours the kernels. Eager time is the

@@ -84,24 +84,26 @@ def test_shrunk_mask_is_last_layer_logits_and_all_layers_supervised():
 
 @pytest.mark.parametrize("variant", ["full", "shrunk"])
 def test_inference_makes_only_the_masks_it_uses(variant, monkeypatch):
-    """In eval the Shrunk head's first two ATM layers make no mask (only the last one's is the
-    prediction) and neither head classifies an intermediate stage; the final output is unchanged."""
-    model = _tiny(variant).eval()
-    x = torch.randn(2, 3, 128, 128)
-    with torch.no_grad():
-        every = model.decode_head(model.backbone(x), aux_outputs=True)
+    """In training every supervised output is made; in eval the Shrunk head's first two ATM layers
+    make no mask (only the last one's is the prediction) and neither head classifies an intermediate
+    stage. The final output is the same either way (no dropout here, so the modes compute alike)."""
+    model = _tiny(variant, decoder_dropout=0.0)
     asked, classified = [], []
     real_atm = segvit_rt.ops.atm_attention
     monkeypatch.setattr(segvit_rt.ops, "atm_attention",
                         lambda *a, **kw: asked.append(kw.get("need_mask", True)) or real_atm(*a, **kw))
     head = model.decode_head.atm if variant == "shrunk" else model.decode_head
     head.class_embed.register_forward_hook(lambda *_: classified.append(1))
+    x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
-        out = model(x)
+        trained = model.train()(x)
+        assert (sum(asked), len(classified)) == (3, 3)
+        asked.clear(), classified.clear()
+        out = model.eval()(x)
     masks_made = 1 if variant == "shrunk" else 3  # full: every stage's mask feeds the next
-    assert sum(asked) == masks_made and len(classified) == 1
-    assert torch.equal(out["pred_logits"], every[-1]["pred_logits"])
-    assert torch.equal(out["pred_masks"], every[-1]["pred_masks"])
+    assert (sum(asked), len(classified)) == (masks_made, 1)
+    assert torch.equal(out["pred_logits"], trained["pred_logits"])
+    assert torch.equal(out["pred_masks"], trained["pred_masks"])
 
 
 def test_qd_block_downsamples_queries_and_residual():

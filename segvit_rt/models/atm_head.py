@@ -137,7 +137,8 @@ class ATMHead(nn.Module):
     """Full SegViT head: one ATM decoder per backbone stage, deepest stage first.
 
     Each stage's output queries feed the next; stage mask logits are summed
-    cumulatively. Returns the per-stage outputs, last = final.
+    cumulatively. Returns the per-stage outputs, last = final (the final alone
+    with ``aux_outputs=False``).
     """
 
     def __init__(self, cfg: SegViTConfig, in_channels: int, num_stages: int = 3):
