@@ -5,14 +5,19 @@
 On a GPU: ViT-L ADE20K 640, fp16, batch 8 (what the throughput benchmark times); on a CPU the tiny
 preset in fp32, the Triton kernels in the interpreter. For each ``kernels`` setting it prints the
 time of one forward and the entries with the most self time (GPU kernels by name on a GPU, PyTorch ops
-on a CPU), then the entries whose time changes most between the two settings. This is the diagnosis behind a throughput ratio, not a timing: the
-profiler's own overhead is in these figures (the benchmarks time without it).
+on a CPU), then the entries whose time changes most between the two settings. Beside the summed self
+time it prints each setting's wall time per forward, timed without the profiler: on a GPU, wall time
+well above the kernels' time means the GPU waits (on Python and launches, or a host sync), which no
+kernel's time shows. This is the diagnosis behind a throughput ratio, not a timing: the profiler's
+own overhead is in the per-kernel figures (the benchmarks time without it).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 from collections import defaultdict
 
 import torch
@@ -55,13 +60,28 @@ def self_times_us(model, x: torch.Tensor, iters: int) -> dict[str, tuple[float, 
     return {name: (us, calls) for name, (us, calls) in totals.items()}
 
 
+def wall_ms(model, x: torch.Tensor, iters: int) -> float:
+    """Median wall time of one forward in ms, each synchronized, without the profiler (after
+    ``self_times_us`` has warmed the model up)."""
+    times = []
+    with torch.no_grad():
+        for _ in range(iters):
+            start = time.perf_counter()
+            model(x)
+            if ON_CUDA:
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 def short(name: str, width: int = 100) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def report(setting: str, times: dict[str, tuple[float, float]], top: int) -> list[str]:
+def report(setting: str, times: dict[str, tuple[float, float]], wall: float, top: int) -> list[str]:
     total = sum(us for us, _ in times.values())
-    lines = [f"kernels={setting}: {total / 1e3:.3f} ms of {'device' if ON_CUDA else 'CPU'} self time per forward",
+    lines = [f"kernels={setting}: {wall:.3f} ms wall per forward; {total / 1e3:.3f} ms of "
+             f"{'device' if ON_CUDA else 'CPU'} self time ({100 * total / 1e3 / wall:.0f} % of wall)",
              f"  {'self ms':>8}  {'%':>5}  {'calls':>6}  {'kernel' if ON_CUDA else 'op'}"]
     for name, (us, calls) in sorted(times.items(), key=lambda kv: -kv[1][0])[:top]:
         lines.append(f"  {us / 1e3:8.3f}  {100 * us / total:5.1f}  {calls:6.1f}  {short(name)}")
@@ -104,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     times = {}
     for setting in SETTINGS:
         times[setting] = self_times_us(model.set_kernels(setting), x, args.iters)
-        print("\n".join(report(setting, times[setting], args.top)))
+        wall = wall_ms(model, x, args.iters)
+        print("\n".join(report(setting, times[setting], wall, args.top)))
     print("\n".join(differences(times[SETTINGS[0]], times[SETTINGS[1]], args.top)))
     return 0
 

@@ -1,5 +1,7 @@
 """benchmarks/summarize.py: the table and chart gpu_check.sh prints from pytest-benchmark JSON."""
 import json
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -204,11 +206,14 @@ def test_profile_names_the_ops_each_kernels_setting_runs(capsys):
         assert all(us > 0 and calls > 0 for us, calls in times.values())
         for name in ours:
             assert any(key.startswith(name) for key in times) == (setting == "triton"), (setting, name)
+    assert 20 <= profile_model.wall_ms(lambda _: time.sleep(0.02), x, iters=3) < 1000  # a 20 ms forward
 
     assert profile_model.main(["--preset", "tiny", "--variant", "shrunk", "--iters", "1", "--top", "3"]) == 0
     out = capsys.readouterr().out
     for heading in ("kernels=reference: ", "kernels=triton: ", "largest changes, triton minus reference"):
         assert out.count(heading) == 1
+    assert re.search(r"kernels=triton: \d+\.\d{3} ms wall per forward; \d+\.\d{3} ms of (CPU|device) self "
+                     r"time \(\d+ % of wall\)", out), out
     assert len(out.split("largest changes")[1].strip().splitlines()) == 1 + 3  # --top rows
 
 
