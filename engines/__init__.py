@@ -107,7 +107,10 @@ def load_engine(directory, device=None, verify: bool = True) -> Engine:
     backend = backend_module(meta["backend"])
     if device is None:
         device = torch.device(meta["device"]) if meta["backend"] == "aoti" else backend.default_device()
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:  # torch lists every device type it knows
+        raise EngineError(f"unknown device {device!r}: engines run on 'cpu' or 'cuda' (or 'cuda:N')") from e
     if device.type not in ("cpu", "cuda"):
         raise EngineError(f"engines run on cpu or cuda, not {device.type}")
     if device.type == "cuda" and device.index is None and torch.cuda.is_available():

@@ -97,6 +97,9 @@ def read_engine(directory, verify: bool = True) -> dict:
     """``engine.json`` of an engine directory (see :func:`engine_folder`), after checking the record
     and (``verify``) the artifact."""
     directory = engine_folder(directory)
+    if directory.is_file():
+        raise EngineError(f"{directory} is a file, not an engine: an engine is the folder python -m segvit_rt.build "
+                          "writes (engine.json beside the artifact)")
     if not directory.is_dir():
         raise EngineError(f"engine not found: {directory} is not a directory (build one with python -m segvit_rt.build)")
     meta_path = directory / META_FILE

@@ -19,6 +19,7 @@ else raises a ``TypeError`` or ``ValueError`` that says what was expected.
 """
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import sys
@@ -99,8 +100,13 @@ def _from_path(path: Path, exif_turn: bool) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {e}") from e
 
 
-# PIL modes whose conversion to RGB would give a wrong picture without an error.
-_NO_RGB_MEANING = {"F": "floats of no fixed range", "LAB": "Pillow copies L*a*b* channels into RGB unconverted"}
+_BATCH_HINT = "for a batch, pass the 4-D batch itself to Runtime.segment_batch (not inside a list)"
+
+# PIL modes whose conversion to RGB would give a wrong picture without an error: (why, what to do).
+_NO_RGB_MEANING = {
+    "F": ("floats of no fixed range", "pass np.asarray(image) scaled to [0, 1] as a float array"),
+    "LAB": ("Pillow copies L*a*b* channels into RGB unconverted", "convert to RGB first"),
+}
 
 
 def _from_pil(im: Image.Image, exif_turn: bool = True) -> np.ndarray:
@@ -115,7 +121,8 @@ def _from_pil(im: Image.Image, exif_turn: bool = True) -> np.ndarray:
     if im.mode.startswith("I"):
         return _from_wide_gray(np.asarray(im, dtype=np.int64), im.mode, fmt)
     if im.mode in _NO_RGB_MEANING:
-        raise ValueError(f"{im.mode!r} images are not taken ({_NO_RGB_MEANING[im.mode]}): convert to RGB first")
+        why, fix = _NO_RGB_MEANING[im.mode]
+        raise ValueError(f"{im.mode!r} images are not taken ({why}): {fix}")
     if im.mode != "RGB":
         im = im.convert("RGBA" if "A" in im.mode or im.mode == "P" else "RGB")
     return np.array(np.asarray(im)[..., :3])  # a writable copy
@@ -132,10 +139,17 @@ def _from_wide_gray(values: np.ndarray, mode: str, fmt: str | None = None) -> np
     return np.repeat(values.astype(np.uint8)[..., None], 3, axis=2)
 
 
+def _float_range_error(kind: str, lo: float, hi: float) -> str:
+    """Values shown in full (a rounding overshoot such as 1.0000001 must not print as 1), with the fix
+    that fits: clipping for an overshoot, uint8 for 0-255 values."""
+    fix = (f"pass uint8 {kind} for 0-255 values" if hi > 1.5
+           else "clip them to [0, 1] (np.clip / torch.clamp) if they overshoot by rounding")
+    return f"float image {kind} must hold values in [0, 1], got [{lo:.9g}, {hi:.9g}]; {fix}"
+
+
 def _from_array(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 4:
-        raise ValueError(f"image arrays must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}; for a batch, "
-                         "use Runtime.segment_batch")
+        raise ValueError(f"image arrays must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}; {_BATCH_HINT}")
     if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # uint16 of either byte order
         if arr.size and 0 < arr.max() <= 255:
             warnings.warn("a uint16 image array holding only values 0-255 is read as 16-bit (0-65535), so nearly "
@@ -145,8 +159,7 @@ def _from_array(arr: np.ndarray) -> np.ndarray:
     elif np.issubdtype(arr.dtype, np.floating):
         lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
         if not (0.0 <= lo and hi <= 1.0):  # also NaN
-            raise ValueError(f"float image arrays must hold values in [0, 1], got [{lo:.3g}, {hi:.3g}]; "
-                             "pass uint8 arrays for 0-255 values")
+            raise ValueError(_float_range_error("arrays", lo, hi))
         arr = np.round(arr * 255.0).astype(np.uint8)
     elif arr.dtype != np.uint8:
         raise TypeError(f"image arrays must be uint8 (0-255), uint16 (0-65535) or float in [0, 1], got {arr.dtype}")
@@ -165,7 +178,7 @@ def _from_tensor(t: torch.Tensor) -> np.ndarray:
     if t.dim() == 2:
         t = t[None]
     if t.dim() != 3 or t.shape[0] not in (1, 3, 4):
-        hint = "; for a batch, use Runtime.segment_batch" if t.dim() == 4 else ""
+        hint = f"; {_BATCH_HINT}" if t.dim() == 4 else ""
         raise ValueError(
             f"image tensors must be HxW, 1xHxW, 3xHxW or 4xHxW (channels first), got shape {tuple(t.shape)}{hint}"
         )
@@ -175,10 +188,7 @@ def _from_tensor(t: torch.Tensor) -> np.ndarray:
     if t.is_floating_point():
         lo, hi = (t.min().item(), t.max().item()) if t.numel() else (0.0, 0.0)
         if not (0.0 <= lo and hi <= 1.0):
-            raise ValueError(
-                f"float image tensors must hold values in [0, 1], got [{lo:.3g}, {hi:.3g}]; "
-                "pass uint8 tensors for 0-255 values"
-            )
+            raise ValueError(_float_range_error("tensors", lo, hi))
         t = (t * 255.0).round().to(torch.uint8)
     elif t.dtype != torch.uint8:
         raise TypeError(f"image tensors must be uint8 (0-255) or float in [0, 1], got {t.dtype}")
@@ -190,9 +200,11 @@ def overlay(image, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) 
     rgb = load_image(image)
     labels = np.asarray(labels)
     if labels.shape != rgb.shape[:2]:
-        raise ValueError(f"labels of shape {labels.shape} do not match the {rgb.shape[0]}x{rgb.shape[1]} image")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise ValueError(f"labels of shape {labels.shape} do not match the image's (height, width) {rgb.shape[:2]}: "
+                         "pass the labels segment() returned for this image (files are read turned by their "
+                         "EXIF orientation)")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
     colours = colorize(labels, palette).astype(np.float32)
     blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colours
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))

@@ -72,10 +72,13 @@ def expand_inputs(args: list[str], out: Path | None = None,
                       if folders else "")
             raise FileNotFoundError(f"no image files ({'/'.join(IMAGE_SUFFIXES)}) in folder {arg}{inside}")
         broken = sorted(p.name for p in entries if p.is_symlink() and not p.exists())
-        if note is not None and (folders or broken):
+        others = sorted(p.name for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES)
+        if note is not None and (folders or broken or others):
             skipped = ([f"{_plural(len(folders), 'subfolder')} {_few(folders)} (not searched: pass them too)"]
                        if folders else [])
             skipped += [f"{_plural(len(broken), 'broken link')} {_few(broken)}"] if broken else []
+            skipped += ([f"{_count(len(others), 'file')} without an image suffix {_few(others)} (pass one by name "
+                         "to segment it anyway)"] if others else [])
             note(f"{arg}: skipped {' and '.join(skipped)}")
         if out is not None and out.is_dir() and arg.samefile(out):
             outputs = [p for p in found if p.name.lower().endswith(OUTPUT_SUFFIXES)]
@@ -88,7 +91,22 @@ def expand_inputs(args: list[str], out: Path | None = None,
                 raise FileNotFoundError(f"folder {arg} is --out and holds only outputs ({'/'.join(OUTPUT_SUFFIXES)}), "
                                         "no images to segment")
         paths.extend(found)
-    return paths, earlier
+    return _once_each(paths, note), earlier
+
+
+def _once_each(paths: list[Path], note: Callable[[str], None] | None) -> list[Path]:
+    """``paths`` without repeats of one path (a folder and a file in it, overlapping globs), first kept.
+    Links are not followed: another name for a file is another input, with outputs of its own name."""
+    kept, seen = [], {}
+    for p in paths:
+        key = os.path.abspath(p)
+        if key in seen:
+            if note is not None:
+                note(f"{p} is given twice (also as {seen[key]}): segmented once")
+            continue
+        seen[key] = p
+        kept.append(p)
+    return kept
 
 
 def check_inputs(paths: list[Path], out: Path | None = None, writes: dict[Path, list[Path]] | None = None,

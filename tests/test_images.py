@@ -95,7 +95,7 @@ def test_inputs_that_cannot_be_an_image_say_why(rgb, monkeypatch):
     cases = [("https://example.com/cat.jpg", ValueError, "is a URL: images are read from local files"),
              ("file:///tmp/cat.jpg", ValueError, "is a URL"),
              ("", ValueError, "empty image path"),
-             (np.stack([rgb, rgb]), ValueError, "for a batch, use Runtime.segment_batch"),
+             (np.stack([rgb, rgb]), ValueError, "for a batch, pass the 4-D batch itself to Runtime.segment_batch"),
              (torch.zeros(3, 4, 4, device="meta"), ValueError, "meta device holds no pixels"),
              (3, TypeError, "cannot read an image from 'int'")]
     for src, error, message in cases:
@@ -122,7 +122,7 @@ def test_tensors_are_channels_first(rgb):
     np.testing.assert_array_equal(load_image(chw.float() / 255.0), rgb)
     with pytest.raises(ValueError, match="channels first"):
         load_image(torch.from_numpy(rgb))  # HxWx3 tensor: 12 rows is not a channel count
-    with pytest.raises(ValueError, match="for a batch, use Runtime.segment_batch"):
+    with pytest.raises(ValueError, match="for a batch, pass the 4-D batch itself to Runtime.segment_batch"):
         load_image(chw[None])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         load_image(chw.float())
@@ -133,8 +133,14 @@ def test_tensors_are_channels_first(rgb):
 def test_float_and_16_bit_arrays_as_tensors_and_files_are(rgb, tmp_path):
     np.testing.assert_array_equal(load_image(rgb.astype(np.float64) / 255), rgb)
     np.testing.assert_array_equal(load_image(rgb.astype(np.float32) / 255), rgb)
-    with pytest.raises(ValueError, match=r"float image arrays must hold values in \[0, 1\], got \[0, 2"):
+    with pytest.raises(ValueError, match=r"float image arrays must hold values in \[0, 1\], got \[0, 2.*pass uint8 arrays"):
         load_image(rgb.astype(np.float32))
+    overshoot = rgb.astype(np.float32) / 255
+    overshoot[0, 0, 0] = np.nextafter(np.float32(1), np.float32(2))  # rounding past 1 must not print as 1
+    with pytest.raises(ValueError, match=r"got \[0, 1.00000012\]; clip them to \[0, 1\]"):
+        load_image(overshoot)
+    with pytest.raises(ValueError, match=r"float image tensors .* got \[0, 1.00000012\]; clip them"):
+        load_image(torch.from_numpy(overshoot).permute(2, 0, 1))
     wide = (np.arange(12 * 17, dtype=np.uint16).reshape(12, 17) * 300)
     Image.fromarray(wide).save(tmp_path / "wide.png")
     np.testing.assert_array_equal(load_image(wide), load_image(tmp_path / "wide.png"))
@@ -190,10 +196,12 @@ def test_overlay_blends_with_class_colours(rgb):
     half = np.asarray(overlay(rgb, labels, pal, alpha=0.5)).astype(int)
     expected = (rgb.astype(float) + colorize(labels, pal)) / 2
     assert np.abs(half - expected).max() <= 0.5 + 1e-9
-    with pytest.raises(ValueError, match="do not match"):
-        overlay(rgb, labels[:5], pal)
-    with pytest.raises(ValueError, match="alpha"):
-        overlay(rgb, labels, pal, alpha=1.5)
+    with pytest.raises(ValueError, match=r"labels of shape \(17, 12\) do not match the image's \(height, width\) "
+                                         r"\(12, 17\)"):
+        overlay(rgb, labels.T, pal)
+    for alpha in (1.5, None, float("nan"), True):
+        with pytest.raises(ValueError, match="alpha must be a number in"):
+            overlay(rgb, labels, pal, alpha=alpha)
 
 
 def test_save_labels_round_trip_8_and_16_bit(tmp_path):
@@ -222,8 +230,9 @@ def test_image_grid_layout(rgb):
     assert (grid[14:, 19:] == 255).all()  # the missing cell stays blank
 
 
-@pytest.mark.parametrize("mode", ["F", "LAB"])
-def test_modes_without_a_plain_rgb_meaning_are_refused(mode):
+@pytest.mark.parametrize("mode, fix", [("F", r"pass np.asarray\(image\) scaled to \[0, 1\]"),
+                                       ("LAB", "convert to RGB first")])
+def test_modes_without_a_plain_rgb_meaning_are_refused(mode, fix):
     im = Image.new(mode, (4, 3))
-    with pytest.raises(ValueError, match=f"'{mode}' images are not taken.*convert to RGB first"):
+    with pytest.raises(ValueError, match=f"'{mode}' images are not taken.*: {fix}"):
         load_image(im)

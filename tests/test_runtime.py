@@ -272,7 +272,8 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
         segment.main([str(photos), str(single), "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
     captured = capsys.readouterr()
     assert exc.value.code == 1
-    assert f"note: {photos}: skipped subfolder nested (not searched: pass them too) and broken link gone.png" in captured.err
+    assert (f"note: {photos}: skipped subfolder nested (not searched: pass them too) and broken link gone.png "
+            "and 1 file without an image suffix notes.txt (pass one by name to segment it anyway)") in captured.err
     assert f"segmented 3 images into {out}" in captured.out
     assert "1 of 4 images could not be segmented" in captured.err and "b.jpg" in captured.err
     assert sorted(p.name for p in out.iterdir()) == [
@@ -286,6 +287,29 @@ def test_segment_cli_takes_folders_and_skips_unreadable_images(runtime, onnx_eng
     assert f"segmented 1 image into {out} (1 image already done there" in capsys.readouterr().out
     assert (out / "a_overlay.png").is_file()  # only what was missing is written
     assert {name: (out / name).stat().st_mtime_ns for name in written} == written
+
+
+def test_segment_cli_segments_a_file_given_twice_once(runtime, onnx_engine, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(image(60, 80, seed=1)).save(photos / "a.png")
+    (photos / "b.png").symlink_to(photos / "a.png")  # another name: two inputs, two outputs
+    out = tmp_path / "out"
+    segment.main([str(photos), str(photos / "a.png"), str(tmp_path / "photos" / ".." / "photos" / "a.png"),
+                  "--engine", str(onnx_engine), "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert f"note: {photos / 'a.png'} is given twice (also as {photos / 'a.png'}): segmented once" in captured.err
+    assert captured.err.count("is given twice") == 2 and f"segmented 2 images into {out}" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == [f"{s}_{k}.png" for s in "ab" for k in ("labels", "overlay")]
+
+
+def test_runtime_names_a_bad_device_or_a_file_given_as_the_engine(onnx_engine, tmp_path):
+    with pytest.raises(EngineError, match=r"unknown device 'gpu': engines run on 'cpu' or 'cuda'"):
+        segvit_rt.Runtime(onnx_engine, device="gpu")
+    photo = tmp_path / "photo.bmp"
+    Image.fromarray(image(8, 8)).save(photo)
+    with pytest.raises(EngineError, match=r"photo.bmp is a file, not an engine"):
+        segvit_rt.Runtime(photo)
 
 
 def test_no_readable_image_leaves_no_output_folder(onnx_engine, tmp_path, capsys):
