@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from contextlib import ExitStack, contextmanager, suppress
@@ -56,6 +59,10 @@ from .weights import (
 
 class ReplicaError(RuntimeError):
     """A problem of one training process's own (a sample it read, its disk): every replica reports its own."""
+
+
+class DivergedError(RuntimeError):
+    """The model's parameters went NaN or infinite: nothing more of the run is saved."""
 
 
 CHECKPOINT = "checkpoint.pt"
@@ -223,7 +230,7 @@ def check_same_run(saved: dict, args: argparse.Namespace) -> None:
         return saved.get(key, RUN_DEFINING_BEFORE.get(key))
 
     changed = [f"--{k.replace('_', '-')} {was(k)!r} -> {getattr(args, k)!r}"
-               for k in RUN_DEFINING if was(k) != getattr(args, k)]
+               for k in RUN_DEFINING if getattr(args, k) is not None and was(k) != getattr(args, k)]
     if changed:
         raise UsageError("--resume must continue the same run; these arguments differ from the checkpoint's: "
                          + ", ".join(changed))
@@ -304,6 +311,7 @@ def previous_state(args, world_size: int = 1) -> dict | None:
         for key in RUN_DEFINING + RUN_SETTINGS:
             if getattr(args, key) is None and saved.get(key) is not None:
                 setattr(args, key, saved[key])
+        check_same_run(state["args"], args)  # before the defaults: a changed argument is named, not its effects
         return state
     if path.exists():
         raise UsageError(f"{args.out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
@@ -373,6 +381,7 @@ class Trainer:
         """Step to start from and training seconds already spent (by interrupted processes)."""
         self.window: list[torch.Tensor] = []  # this replica's [loss, ce, focal, dice, grad_norm] since the last log
         self.final_metrics: dict | None = None
+        self.saved_step = None if state is None else state["step"]  # of the last checkpoint
         if state is None:
             if self.info.is_main:
                 self.log.truncate(0)  # a run killed before its first checkpoint starts over
@@ -383,6 +392,11 @@ class Trainer:
             raise UsageError(f"the checkpoint's run trained on {len(saved_names)} classes ({', '.join(saved_names[:4])} "
                              f"...) and {self.args.data} has {self.cfg.num_classes} ({', '.join(self.cfg.names()[:4])} "
                              "...): resume on the run's data")
+        saved_samples = state["extra"].get("train_samples")  # checkpoints from before it was kept have none
+        if self.info.is_main and saved_samples not in (None, len(self.train_set)):
+            print(f"note: the training split has {len(self.train_set)} images and had {saved_samples} when the run "
+                  "was checkpointed: epochs now split differently, so the images come in another order than an "
+                  "unbroken run's", file=sys.stderr)
         started_on = state["args"].get("data")
         if self.info.is_main and (started_on is None or Path(started_on).resolve() != Path(self.args.data).resolve()):
             print(f"note: resuming on --data {self.args.data}; the run started on {started_on}", file=sys.stderr)
@@ -452,17 +466,32 @@ class Trainer:
                              "mAcc": metrics["mAcc"], "IoU": metrics["IoU"]})
         return metrics
 
+    def check_finite(self) -> None:
+        """Stop a diverged run before it saves anything more: weights holding NaN or inf are refused by
+        every loader. A non-finite loss alone is not divergence under fp16 AMP (the grad scaler skips
+        that step), so the parameters are what is checked. Replicas hold equal parameters: all stop alike."""
+        if torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all():
+            return
+        saved = self.saved_step
+        raise DivergedError(
+            f"training diverged: the model's parameters hold NaN or infinite values at step {self.step}, so "
+            "nothing more is saved ("
+            + (f"the last checkpoint, from step {saved}, is left as it was" if saved else "no checkpoint was written")
+            + "); start a new run (another --out) with a lower --lr, a longer --warmup or --clip-grad")
+
     def checkpoint(self, elapsed: float, metrics: dict | None) -> None:
         """Save the training state, with what a resumed run needs to log as this one would have:
         each replica's losses since the last logged step, and the final evaluation once done."""
         gathered = gather_objects((rng_state(), [row.tolist() for row in self.window]))  # one exchange, by rank
         rng, windows = [g[0] for g in gathered], [g[1] for g in gathered]
+        self.saved_step = self.step
         if self.info.is_main:
             final = metrics if self.step == self.args.iters else None
             save_checkpoint(self.out / CHECKPOINT, model=self.model, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=self.scaler, step=self.step, args=vars(self.args),
                             rng=rng, extra={"elapsed": elapsed, "loss_windows": windows, "final_metrics": final,
-                                            "class_names": list(self.cfg.names())})
+                                            "class_names": list(self.cfg.names()),
+                                            "train_samples": len(self.train_set)})
 
     def run(self) -> dict:
         args, main = self.args, self.info.is_main
@@ -477,6 +506,8 @@ class Trainer:
             if self.step % args.log_every == 0 or self.step == args.iters:
                 loss, ce, focal, dice, grad_norm = all_reduce_mean(torch.stack(self.window).mean(0)).tolist()
                 self.window = []
+                if not math.isfinite(loss):
+                    self.check_finite()
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
                 if main:
                     self.log.append({"kind": "train", "step": self.step, "epoch": self.step // self.steps_per_epoch,
@@ -486,6 +517,7 @@ class Trainer:
                 metrics = self.evaluate()
                 bar.set_postfix(loss=f"{loss:.3f}", mIoU=f"{100 * metrics['mIoU']:.1f}")
             if args.ckpt_every and self.step % args.ckpt_every == 0 or self.step == args.iters:
+                self.check_finite()
                 self.checkpoint(self.elapsed + time.perf_counter() - start, metrics)
         bar.close()
         if metrics is None:  # resumed from a final checkpoint written before it kept its evaluation
@@ -500,8 +532,9 @@ class Trainer:
                    "replica_digests": digests, "metrics": metrics, "weights": str(self.out / WEIGHTS)}
         if self.info.is_main:
             dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[self.args.weights_dtype]
-            extra = {"trained_iters": self.step, "dataset": str(self.args.data), "miou": metrics["mIoU"],
-                     "aacc": metrics["aAcc"], "eval_mode": self.args.mode, "train_args": vars(self.args)}
+            extra = {"trained_iters": self.step, "dataset": str(Path(self.args.data).resolve()),
+                     "miou": finite_or_none(metrics["mIoU"]), "aacc": finite_or_none(metrics["aAcc"]),
+                     "eval_mode": self.args.mode, "train_args": vars(self.args)}
             synth = synth_metadata(self.train_set)
             if synth is not None:
                 extra["synth"] = synth
@@ -514,6 +547,11 @@ class Trainer:
             print(f"step {self.step}: mIoU {100 * metrics['mIoU']:.2f} aAcc {100 * metrics['aAcc']:.2f} ({against}) "
                   f"after {seconds:.0f} s; weights: {self.out / WEIGHTS}", file=sys.stderr)
         return summary
+
+
+def finite_or_none(value: float) -> float | None:
+    """NaN (a validation split without a labelled pixel) as JSON's null, as the run's other JSON files write it."""
+    return value if math.isfinite(value) else None
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -581,20 +619,42 @@ def lock_run_folder(out: Path, stack: ExitStack) -> None:
         raise UsageError(f"--out {out} cannot be used as the run folder: {e.strerror}") from None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``docker stop``, a batch scheduler), stopped as Ctrl-C stops a run."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+@contextmanager
+def sigterm_stops_like_ctrl_c():
+    """While the run lasts (main thread only, where Python takes signals), SIGTERM raises :class:`Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     rank, replicas = os.environ.get("RANK", "0"), int(os.environ.get("WORLD_SIZE", "1"))
     try:
         # Under torchrun every replica fails alike on arguments and data sets: rank 0 says it. A system
         # error (a full /dev/shm) or a sample that cannot be read may be one replica's own: each says it.
-        with exit_on(OSError, ReplicaError, prefix=f"rank {rank}: " if replicas > 1 else ""), \
-                exit_on(UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError,
+        with sigterm_stops_like_ctrl_c(), exit_on(OSError, ReplicaError, prefix=f"rank {rank}: " if replicas > 1 else ""), \
+                exit_on(UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError, DivergedError,
                         say=rank == "0"):
             return train(args)
-    except KeyboardInterrupt:  # under torchrun every replica gets it: one says where the run stands
+    except KeyboardInterrupt as e:  # under torchrun every replica gets it: one says where the run stands
         if rank == "0":
-            print(f"\ninterrupted: {interrupted_at(Path(args.out))}", file=sys.stderr)
-        raise SystemExit(130) from None
+            print(f"\n{'terminated' if isinstance(e, Terminated) else 'interrupted'}: {interrupted_at(Path(args.out))}",
+                  file=sys.stderr)
+        raise SystemExit(143 if isinstance(e, Terminated) else 130) from None
 
 
 def interrupted_at(out: Path) -> str:

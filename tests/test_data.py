@@ -55,6 +55,9 @@ def test_ade20k_classes_txt_sets_k_and_train_alias(tmp_path):
         open_dataset(tmp_path, None)
     assert ds.classes == ("a", "b", "c") and ds.split == "training"
     np.testing.assert_array_equal(ds[0][1], [[IGNORE_INDEX, 0], [1, 2]])
+    classes_txt = tmp_path / "ADEChallengeData2016" / "classes.txt"
+    classes_txt.write_text("\ufeffa\nb\nc\n", encoding="utf-8")  # as Notepad saves UTF-8: a BOM first
+    assert open_dataset(tmp_path, "train").classes == ("a", "b", "c")
 
 
 def test_coco_stuff_10k_layout(tmp_path):
@@ -118,6 +121,12 @@ def test_pascal_context_layout(tmp_path):
         assert image.shape == (3, 4, 3)
         np.testing.assert_array_equal(label[0], [0, 1, 59, IGNORE_INDEX])
     assert len(open_dataset(tmp_path, "val")) == 1  # only the listed stems, not all of JPEGImages
+    val_list = base / "ImageSets" / "SegmentationContext" / "val.txt"
+    listed = val_list.read_text()
+    val_list.write_text(listed + listed)  # a stem twice would count twice in the metric
+    with pytest.raises(DatasetError, match=r"val\.txt lists 2008_val0000 more than once"):
+        open_dataset(tmp_path, "val")
+    val_list.write_text(listed)
     Image.fromarray(np.full((3, 4), 60, np.uint8)).save(base / "SegmentationClassContext" / "2008_train0001.png")
     with pytest.raises(DatasetError, match=r"2008_train0001\.png.*60.*0\.\.59 or 255"):
         open_dataset(tmp_path, "train")[1]

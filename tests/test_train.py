@@ -186,7 +186,7 @@ def test_training_run_writes_everything_and_learns(synth, tmp_path, capsys):
     assert last < 0.8 * first, (first, last)
     assert train[0]["lr"] < train[5]["lr"]  # warm-up
     meta = read_metadata(out / "weights.safetensors")
-    assert meta["variant"] == "shrunk" and meta["trained_iters"] == 24
+    assert meta["variant"] == "shrunk" and meta["trained_iters"] == 24 and meta["dataset"] == str(synth.resolve())
     assert meta["synth"] == {"generator": "segvit_rt.data.synth", "classes": 3, "train": 8, "val": 2, "size": 64,
                              "seed": 0}
     assert meta["class_names"] == (synth / "ADEChallengeData2016" / "classes.txt").read_text().split()
@@ -397,6 +397,104 @@ def test_ctrl_c_says_where_a_resume_continues_without_a_traceback(synth, tmp_pat
     step = load_checkpoint(out / "checkpoint.pt")["step"]
     assert err.strip().splitlines()[-1] == (f"interrupted: the last checkpoint is at step {step}; continue with "
                                             "the same command and --resume")
+
+
+def test_sigterm_stops_like_ctrl_c(synth, tmp_path):
+    """What ``timeout``, ``docker stop`` and batch schedulers send: the same line as Ctrl-C, status 143."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "segvit_rt.train", "--data", str(synth), "--out", str(out),
+                             "--iters", "400", "--ckpt-every", "2", "--eval-every", "0", *FAST],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    step = load_checkpoint(out / "checkpoint.pt")["step"]
+    assert err.strip().splitlines()[-1] == (f"terminated: the last checkpoint is at step {step}; continue with "
+                                            "the same command and --resume")
+    before = signal.getsignal(signal.SIGTERM)  # in-process runs give back the handler they found
+    train_cli.main(["--data", str(synth), "--out", str(tmp_path / "in_process"), "--iters", "1", "--eval-every",
+                    "0", *FAST])
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_diverged_run_stops_and_saves_nothing_more(synth, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real_step = train_cli.Trainer.train_step
+
+    def poisoned(self, *batch):  # as a too-high learning rate ends: parameters gone NaN, after step 4's loss
+        row = real_step(self, *batch)
+        if self.step == 4:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return row
+
+    monkeypatch.setattr(train_cli.Trainer, "train_step", poisoned)
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "8", "--eval-every", "0",
+                        "--ckpt-every", "2", *FAST])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("error: training diverged: the model's parameters hold NaN or infinite values at step 4, so "
+                   "nothing more is saved (the last checkpoint, from step 2, is left as it was); start a new run "
+                   "(another --out) with a lower --lr, a longer --warmup or --clip-grad")
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 2 and not (out / "weights.safetensors").exists()
+
+
+def test_a_real_divergence_is_caught(synth, tmp_path, capsys):
+    """No monkeypatching: a learning rate of 1e4 turns the parameters NaN within a few steps."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "6", "--eval-every", "0", "--lr", "1e4",
+                        "--warmup", "0", "--clip-grad", "0", *FAST])
+    assert exc.value.code == 2 and "training diverged" in capsys.readouterr().err
+    assert not (out / "weights.safetensors").exists()
+
+
+def test_resume_on_a_training_split_of_another_size_is_noted(synth, tmp_path, capsys):
+    out = tmp_path / "run"
+    data = shutil.copytree(synth, tmp_path / "data")
+    args = ["--data", str(data), "--out", str(out), "--eval-every", "0", "--ckpt-every", "2", *FAST]
+    with pytest.MonkeyPatch.context() as patch:
+        kill_at_step(patch, 2)
+        with pytest.raises(RuntimeError, match="killed"):
+            train_cli.main([*args, "--iters", "4"])
+    train_cli.main([*args, "--iters", "4", "--resume"])  # the same split: nothing to say
+    assert "note: the training split" not in capsys.readouterr().err
+    out2 = tmp_path / "run2"
+    args2 = [a if a != str(out) else str(out2) for a in args]
+    with pytest.MonkeyPatch.context() as patch:
+        kill_at_step(patch, 2)
+        with pytest.raises(RuntimeError, match="killed"):
+            train_cli.main([*args2, "--iters", "4"])
+    removed = sorted((data / "ADEChallengeData2016" / "images" / "training").iterdir())[-1]
+    removed.unlink()
+    (data / "ADEChallengeData2016" / "annotations" / "training" / (removed.stem + ".png")).unlink()
+    train_cli.main([*args2, "--iters", "4", "--resume"])
+    assert "note: the training split has 7 images and had 8 when the run was checkpointed" in capsys.readouterr().err
+
+
+def test_a_validation_split_without_labelled_pixels_gives_null_metrics_in_the_weights(synth, tmp_path):
+    data = shutil.copytree(synth, tmp_path / "data")
+    for mask in (data / "ADEChallengeData2016" / "annotations" / "validation").iterdir():
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(mask)  # ADE20K's 0: not labelled
+    train_cli.main(["--data", str(data), "--out", str(tmp_path / "run"), "--iters", "1", "--eval-every", "0", *FAST])
+    meta = read_metadata(tmp_path / "run" / "weights.safetensors")
+    assert meta["miou"] is None and meta["aacc"] is None  # JSON null, not the NaN strict parsers refuse
+
+
+def test_resume_names_a_changed_argument_before_its_effects(synth, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "2", "--eval-every", "0", *FAST])
+    with pytest.raises(SystemExit):  # --crop 32 with the run's --stride 48 would be blamed on --stride
+        train_cli.main(["--data", str(synth), "--out", str(out), "--resume", *FAST, "--crop", "32"])
+    err = capsys.readouterr().err
+    assert "these arguments differ from the checkpoint's: --crop 64 -> 32" in err and "--stride" not in err
 
 
 def test_resume_on_other_data_is_refused_or_noted(synth, tmp_path, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -82,7 +83,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_classes(path: Path) -> tuple[str, ...]:
-    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    names = tuple(line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines())  # -sig: a BOM
     names = tuple(n for n in names if n)
     if not names:
         raise DatasetError(f"{path} lists no class names")
@@ -338,9 +339,13 @@ class PascalContextDataset(IgnoreIndexDataset):
         list_file = base / "ImageSets" / "SegmentationContext" / f"{split}.txt"
         if not list_file.is_file():
             raise FileNotFoundError(f"PASCAL-Context split list not found: {list_file}")
-        stems = [line.strip() for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        stems = [line.strip() for line in list_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         if not stems:
             raise DatasetError(f"empty split: {list_file} lists no images")
+        repeated = sorted(s for s, n in Counter(stems).items() if n > 1)
+        if repeated:  # counted twice in training, and in a metric
+            more = f" and {len(repeated) - _SHOWN} more" if len(repeated) > _SHOWN else ""
+            raise DatasetError(f"{list_file} lists {', '.join(repeated[:_SHOWN])}{more} more than once")
         samples = [(base / "JPEGImages" / f"{s}.jpg", base / "SegmentationClassContext" / f"{s}.png") for s in stems]
         missing = [str(path) for pair in samples for path in pair if not path.is_file()]
         if missing:
@@ -397,8 +402,9 @@ def _split_dirs(image_dir: Path, mask_dir: Path, split: str) -> tuple[Path, Path
     for name in (split, aliases.get(split)):
         if name is not None and (image_dir / name).is_dir():
             return image_dir / name, mask_dir / name
-    raise FileNotFoundError(f"split {split!r} not found: no folder {image_dir / split} (evaluating a folder "
-                            "without split folders: --split none)")
+    raise FileNotFoundError(f"split {split!r} not found: no folder {image_dir / split} (python -m "
+                            "segvit_rt.evaluate takes a folder without split folders with --split none; training "
+                            "needs the split folders)")
 
 
 def _find_split_folder(root: Path, folder: str, splits: tuple[str, str], name: str) -> Path:
