@@ -476,7 +476,8 @@ class Trainer:
         raise DivergedError(
             f"training diverged: the model's parameters hold NaN or infinite values at step {self.step}, so "
             "nothing more is saved ("
-            + (f"the last checkpoint, from step {saved}, is left as it was" if saved else "no checkpoint was written")
+            + (f"the last checkpoint, from step {saved}, is left as it was" if saved is not None
+               else "no checkpoint was written")
             + "); start a new run (another --out) with a lower --lr, a longer --warmup or --clip-grad")
 
     def checkpoint(self, elapsed: float, metrics: dict | None) -> None:
@@ -646,7 +647,8 @@ def main(argv=None) -> dict:
     try:
         # Under torchrun every replica fails alike on arguments and data sets: rank 0 says it. A system
         # error (a full /dev/shm) or a sample that cannot be read may be one replica's own: each says it.
-        with sigterm_stops_like_ctrl_c(), exit_on(OSError, ReplicaError, prefix=f"rank {rank}: " if replicas > 1 else ""), \
+        with sigterm_stops_like_ctrl_c(), \
+                exit_on(OSError, ReplicaError, prefix=f"rank {rank}: " if replicas > 1 else ""), \
                 exit_on(UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError, DivergedError,
                         say=rank == "0"):
             return train(args)
