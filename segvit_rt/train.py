@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from .cli import UsageError, exit_on, user_message
 from .config import PRESETS, VARIANTS, SegViTConfig, get_config, input_multiple
-from .data import DatasetError, EvalTransform, TrainTransform, open_dataset
+from .data import DatasetError, EvalTransform, PascalContextDataset, TrainTransform, open_dataset
 from .evaluate import evaluate_model, use_interpreter_on_cpu
 from .inference import MODES
 from .io_utils import LockedError, hold_lock
@@ -270,6 +270,9 @@ def open_datasets(args):
                        context_classes=args.context_classes)
     if tuple(train.classes) != tuple(val.classes):
         raise DatasetError(f"{args.data}: the training and validation splits list different classes")
+    if args.context_classes != DEFAULTS["context_classes"] and not isinstance(train, PascalContextDataset):
+        raise UsageError(f"--context-classes {args.context_classes} picks a PASCAL-Context protocol, and {args.data} "
+                         f"is not PASCAL-Context")
     if len(train) < args.batch:
         raise UsageError(f"the training split has {len(train)} images, fewer than one batch (--batch {args.batch})")
     return train, val

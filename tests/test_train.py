@@ -599,6 +599,7 @@ def test_usage_and_data_errors_are_reported(synth, tmp_path, capsys):
     fails(["--batch", "64"], "fewer than one batch")
     fails(["--amp", "bf16", "--device", "cpu"], "needs a CUDA device")
     fails([], "no dataset at", data=tmp_path)
+    fails(["--context-classes", "59"], "--context-classes 59 picks a PASCAL-Context protocol", "is not PASCAL-Context")
 
     broken = tmp_path / "broken"
     ade = generate(broken, classes=3, train=4, val=1, size=64, seed=1, progress=False)
