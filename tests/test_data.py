@@ -233,6 +233,11 @@ def test_unpaired_files_are_listed_both_ways(tmp_path):
     message = str(err.value)
     assert "1 images without a mask" in message and "img_1" in message
     assert "1 masks without an image" in message and "orphan" in message
+    assert "not read" not in message
+    Image.fromarray(np.ones((4, 4), np.uint8)).save(base / "annotations" / "training" / "img_1.jpg")
+    with pytest.raises(DatasetError, match=r"none in .* for img_1; not read, for their suffix: img_1\.jpg, "
+                                           r"where \.png are read\)"):
+        ADE20KDataset(tmp_path)
 
 
 def test_two_images_with_one_stem_are_ambiguous(tmp_path):

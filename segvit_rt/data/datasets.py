@@ -111,6 +111,17 @@ def _files_by_stem(folder: Path, suffixes: tuple[str, ...], name_end: str = "") 
     return found
 
 
+def _unread_note(folder: Path, stems: list[str], suffixes: tuple[str, ...], name_end: str) -> str:
+    """Files of ``folder`` that would pair with ``stems`` but for their suffix, which is not read there."""
+    wanted = {stem + name_end for stem in stems}
+    unread = sorted(p.name for p in folder.iterdir()
+                    if p.stem in wanted and p.suffix.lower() not in suffixes and not p.name.startswith("."))
+    if not unread:
+        return ""
+    more = f" and {len(unread) - _SHOWN} more" if len(unread) > _SHOWN else ""
+    return f"; not read, for their suffix: {', '.join(unread[:_SHOWN])}{more}, where {'/'.join(suffixes)} are read"
+
+
 def pair_files(
     image_dir: Path,
     mask_dir: Path,
@@ -125,12 +136,13 @@ def pair_files(
     no_image = sorted(masks.keys() - images.keys())
     if no_mask or no_image:
         parts = []
-        for stems, what, where in ((no_mask, "images without a mask", mask_dir),
-                                   (no_image, "masks without an image", image_dir)):
+        for stems, what, where, read, end in ((no_mask, "images without a mask", mask_dir, mask_suffixes,
+                                               mask_name_end),
+                                              (no_image, "masks without an image", image_dir, image_suffixes, "")):
             if stems:
                 more = f" and {len(stems) - _SHOWN} more" if len(stems) > _SHOWN else ""
                 parts.append(f"{len(stems)} {what} (none in {where} for "
-                             f"{', '.join(stems[:_SHOWN])}{more})")
+                             f"{', '.join(stems[:_SHOWN])}{more}{_unread_note(where, stems, read, end)})")
         raise DatasetError(f"unpaired files between {image_dir} and {mask_dir}: " + "; ".join(parts))
     if not images:
         raise DatasetError(f"empty split: no images with suffix {'/'.join(image_suffixes)} in {image_dir}")
