@@ -175,6 +175,8 @@ def _from_array(arr: np.ndarray) -> np.ndarray:
 
 
 def _from_tensor(t: torch.Tensor) -> np.ndarray:
+    # (3, 90, 3): a 90x3 RGB image, or a 3x90 one channels last?
+    ambiguous = t.dim() == 3 and t.shape[0] in (1, 3, 4) and t.shape[2] in (3, 4) and t.shape[1] > 4
     if t.dim() == 2:
         t = t[None]
     if t.dim() != 3 or t.shape[0] not in (1, 3, 4):
@@ -184,6 +186,10 @@ def _from_tensor(t: torch.Tensor) -> np.ndarray:
         )
     if t.device.type == "meta":
         raise ValueError("a tensor on the meta device holds no pixels: pass a cpu or cuda tensor")
+    if ambiguous:
+        warnings.warn(f"an image tensor of shape {tuple(t.shape)} is read channels first ({t.shape[0]} channels, "
+                      f"{t.shape[1]}x{t.shape[2]} pixels); if it is channels last, pass t.permute(2, 0, 1)",
+                      stacklevel=_callers_stacklevel())
     t = t.detach().cpu()
     if t.is_floating_point():
         lo, hi = (t.min().item(), t.max().item()) if t.numel() else (0.0, 0.0)

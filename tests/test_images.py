@@ -128,6 +128,13 @@ def test_tensors_are_channels_first(rgb):
         load_image(chw.float())
     with pytest.raises(TypeError, match="uint8"):
         load_image(chw.long())
+    strip = rgb[:3]  # a 3x17 image: as a tensor channels last, (3, 17, 3) also reads as 3 channels of 17x3
+    with pytest.warns(UserWarning, match=r"shape \(3, 17, 3\) is read channels first .*t.permute\(2, 0, 1\)"):
+        assert load_image(torch.from_numpy(strip)).shape == (17, 3, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # unambiguous shapes say nothing
+        np.testing.assert_array_equal(load_image(torch.from_numpy(strip).permute(2, 0, 1)), strip)
+        load_image(torch.zeros(20, 3, dtype=torch.uint8))  # HxW
 
 
 def test_float_and_16_bit_arrays_as_tensors_and_files_are(rgb, tmp_path):
