@@ -19,6 +19,7 @@ else raises a ``TypeError`` or ``ValueError`` that says what was expected.
 """
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import re
@@ -140,11 +141,16 @@ def _from_wide_gray(values: np.ndarray, mode: str, fmt: str | None = None) -> np
 
 
 def _float_range_error(kind: str, lo: float, hi: float) -> str:
-    """Values shown in full (a rounding overshoot such as 1.0000001 must not print as 1), with the fix
-    that fits: clipping for an overshoot, uint8 for 0-255 values."""
-    fix = (f"pass uint8 {kind} for 0-255 values" if hi > 1.5
-           else "clip them to [0, 1] (np.clip / torch.clamp) if they overshoot by rounding")
-    return f"float image {kind} must hold values in [0, 1], got [{lo:.9g}, {hi:.9g}]; {fix}"
+    """The values in full (an overshoot such as 1.0000001 must not print as 1), with the fix that fits."""
+    if math.isnan(lo) or math.isnan(hi):
+        fix = "they hold NaN"
+    elif lo >= -0.01 and hi <= 1.01:
+        fix = "clip them to [0, 1] (np.clip / torch.clamp): they overshoot it, by rounding perhaps"
+    elif lo >= 0.0 and hi <= 255.0:
+        fix = f"pass uint8 {kind} for 0-255 values (or divide by 255)"
+    else:
+        fix = "scale them to [0, 1]"
+    return f"float image {kind} must hold values in [0, 1], got [{lo!r}, {hi!r}]; {fix}"
 
 
 def _from_array(arr: np.ndarray) -> np.ndarray:

@@ -96,15 +96,16 @@ def expand_inputs(args: list[str], out: Path | None = None,
 
 def _once_each(paths: list[Path], note: Callable[[str], None] | None) -> list[Path]:
     """``paths`` without repeats of one path (a folder and a file in it, overlapping globs), first kept.
-    Links are not followed: another name for a file is another input, with outputs of its own name."""
+    Links are not followed: another name for a file is another input, with outputs of its own name
+    (``samefile`` confirms a repeat: ``..`` after a linked folder is not where ``abspath`` puts it)."""
     kept, seen = [], {}
     for p in paths:
         key = os.path.abspath(p)
-        if key in seen:
+        if key in seen and p.is_file() and seen[key].is_file() and os.path.samefile(p, seen[key]):
             if note is not None:
                 note(f"{p} is given twice (also as {seen[key]}): segmented once")
             continue
-        seen[key] = p
+        seen.setdefault(key, p)
         kept.append(p)
     return kept
 

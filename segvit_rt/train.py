@@ -21,9 +21,7 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import traceback
 from contextlib import ExitStack, contextmanager, suppress
@@ -270,9 +268,6 @@ def open_datasets(args):
                        context_classes=args.context_classes)
     if tuple(train.classes) != tuple(val.classes):
         raise DatasetError(f"{args.data}: the training and validation splits list different classes")
-    if args.context_classes != DEFAULTS["context_classes"] and not isinstance(train, PascalContextDataset):
-        raise UsageError(f"--context-classes {args.context_classes} picks a PASCAL-Context protocol, and {args.data} "
-                         f"is not PASCAL-Context")
     if len(train) < args.batch:
         raise UsageError(f"the training split has {len(train)} images, fewer than one batch (--batch {args.batch})")
     return train, val
@@ -346,6 +341,10 @@ class Trainer:
         self.amp_dtype = autocast_dtype(args.amp, self.device)
 
         self.train_set, self.val_set = open_datasets(args)
+        if (state is None and args.context_classes != DEFAULTS["context_classes"]
+                and not isinstance(self.train_set, PascalContextDataset)):  # a resumed run keeps what it had
+            raise UsageError(f"--context-classes {args.context_classes} picks a PASCAL-Context protocol, and "
+                             f"{args.data} is not PASCAL-Context")
         for dataset in (self.train_set, self.val_set):
             dataset.check_writes_outside(self.out, "--out")
         # Read the (small) validation split now: a bad file there would otherwise stop the run at its
@@ -481,7 +480,8 @@ class Trainer:
             "nothing more is saved ("
             + (f"the last checkpoint, from step {saved}, is left as it was" if saved is not None
                else "no checkpoint was written")
-            + "); start a new run (another --out) with a lower --lr, a longer --warmup or --clip-grad")
+            + "); start a new run (another --out) with a lower --lr, a longer --warmup or a lower --clip-grad "
+            "(0 turns clipping off)")
 
     def checkpoint(self, elapsed: float, metrics: dict | None) -> None:
         """Save the training state, with what a resumed run needs to log as this one would have:
@@ -517,11 +517,14 @@ class Trainer:
                     self.log.append({"kind": "train", "step": self.step, "epoch": self.step // self.steps_per_epoch,
                                      "loss": loss, "ce": ce, "focal": focal, "dice": dice, "grad_norm": grad_norm,
                                      "lr": lr, "time": round(self.elapsed + time.perf_counter() - start, 3)})
-            if args.eval_every and self.step % args.eval_every == 0 or self.step == args.iters:
+            evaluating = args.eval_every and self.step % args.eval_every == 0 or self.step == args.iters
+            saving = args.ckpt_every and self.step % args.ckpt_every == 0 or self.step == args.iters
+            if evaluating or saving:
+                self.check_finite()
+            if evaluating:
                 metrics = self.evaluate()
                 bar.set_postfix(loss=f"{loss:.3f}", mIoU=f"{100 * metrics['mIoU']:.1f}")
-            if args.ckpt_every and self.step % args.ckpt_every == 0 or self.step == args.iters:
-                self.check_finite()
+            if saving:
                 self.checkpoint(self.elapsed + time.perf_counter() - start, metrics)
         bar.close()
         if metrics is None:  # resumed from a final checkpoint written before it kept its evaluation
@@ -623,43 +626,20 @@ def lock_run_folder(out: Path, stack: ExitStack) -> None:
         raise UsageError(f"--out {out} cannot be used as the run folder: {e.strerror}") from None
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``timeout``, ``docker stop``, a batch scheduler), stopped as Ctrl-C stops a run."""
-
-
-def _terminate(signum, frame):
-    raise Terminated
-
-
-@contextmanager
-def sigterm_stops_like_ctrl_c():
-    """While the run lasts (main thread only, where Python takes signals), SIGTERM raises :class:`Terminated`."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     rank, replicas = os.environ.get("RANK", "0"), int(os.environ.get("WORLD_SIZE", "1"))
     try:
         # Under torchrun every replica fails alike on arguments and data sets: rank 0 says it. A system
         # error (a full /dev/shm) or a sample that cannot be read may be one replica's own: each says it.
-        with sigterm_stops_like_ctrl_c(), \
-                exit_on(OSError, ReplicaError, prefix=f"rank {rank}: " if replicas > 1 else ""), \
+        with exit_on(OSError, ReplicaError, prefix=f"rank {rank}: " if replicas > 1 else ""), \
                 exit_on(UsageError, DatasetError, CheckpointError, WeightsError, FileNotFoundError, DivergedError,
                         say=rank == "0"):
             return train(args)
-    except KeyboardInterrupt as e:  # under torchrun every replica gets it: one says where the run stands
+    except KeyboardInterrupt:  # under torchrun every replica gets it: one says where the run stands
         if rank == "0":
-            print(f"\n{'terminated' if isinstance(e, Terminated) else 'interrupted'}: {interrupted_at(Path(args.out))}",
-                  file=sys.stderr)
-        raise SystemExit(143 if isinstance(e, Terminated) else 130) from None
+            print(f"\ninterrupted: {interrupted_at(Path(args.out))}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def interrupted_at(out: Path) -> str:

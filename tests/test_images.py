@@ -140,14 +140,23 @@ def test_tensors_are_channels_first(rgb):
 def test_float_and_16_bit_arrays_as_tensors_and_files_are(rgb, tmp_path):
     np.testing.assert_array_equal(load_image(rgb.astype(np.float64) / 255), rgb)
     np.testing.assert_array_equal(load_image(rgb.astype(np.float32) / 255), rgb)
-    with pytest.raises(ValueError, match=r"float image arrays must hold values in \[0, 1\], got \[0, 2.*pass uint8 arrays"):
+    with pytest.raises(ValueError, match=r"float image arrays must hold values in \[0, 1\], got \[0.0, 255.0\]; "
+                                         r"pass uint8 arrays"):
         load_image(rgb.astype(np.float32))
     overshoot = rgb.astype(np.float32) / 255
     overshoot[0, 0, 0] = np.nextafter(np.float32(1), np.float32(2))  # rounding past 1 must not print as 1
-    with pytest.raises(ValueError, match=r"got \[0, 1.00000012\]; clip them to \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"got \[0.0, 1.0000001192092896\]; clip them to \[0, 1\]"):
         load_image(overshoot)
-    with pytest.raises(ValueError, match=r"float image tensors .* got \[0, 1.00000012\]; clip them"):
+    with pytest.raises(ValueError, match=r"float image tensors .* got \[0.0, 1.0000001192092896\]; clip them"):
         load_image(torch.from_numpy(overshoot).permute(2, 0, 1))
+    wide = rgb.astype(np.float64) / 255
+    wide[0, 0, 0] = np.nextafter(1.0, 2.0)
+    with pytest.raises(ValueError, match=r"got \[0.0, 1.0000000000000002\]; clip them"):
+        load_image(wide)
+    with pytest.raises(ValueError, match=r"got \[-1.0, 1.0\]; scale them to \[0, 1\]"):
+        load_image(wide.clip(0, 1) * 2 - 1)
+    with pytest.raises(ValueError, match=r"got \[nan, nan\]; they hold NaN"):
+        load_image(np.full((2, 2, 3), np.nan))
     wide = (np.arange(12 * 17, dtype=np.uint16).reshape(12, 17) * 300)
     Image.fromarray(wide).save(tmp_path / "wide.png")
     np.testing.assert_array_equal(load_image(wide), load_image(tmp_path / "wide.png"))

@@ -301,6 +301,13 @@ def test_segment_cli_segments_a_file_given_twice_once(runtime, onnx_engine, tmp_
     assert f"note: {photos / 'a.png'} is given twice (also as {photos / 'a.png'}): segmented once" in captured.err
     assert captured.err.count("is given twice") == 2 and f"segmented 2 images into {out}" in captured.out
     assert sorted(p.name for p in out.iterdir()) == [f"{s}_{k}.png" for s in "ab" for k in ("labels", "overlay")]
+    other = tmp_path / "other"
+    (other / "sub").mkdir(parents=True)
+    Image.fromarray(image(30, 30, seed=2)).save(other / "a.png")
+    (photos / "link").symlink_to(other / "sub")
+    through_link = photos / "link" / ".." / "a.png"  # other/a.png, though abspath makes it photos/a.png
+    paths, _ = segment.expand_inputs([str(photos / "a.png"), str(through_link)])
+    assert paths == [photos / "a.png", through_link]  # two files: kept (and refused later for their one stem)
 
 
 def test_runtime_names_a_bad_device_or_a_file_given_as_the_engine(onnx_engine, tmp_path):
