@@ -412,7 +412,7 @@ def test_a_diverged_run_stops_and_saves_nothing_more(synth, tmp_path, capsys, mo
 
     monkeypatch.setattr(train_cli.Trainer, "train_step", poisoned)
     with pytest.raises(SystemExit) as exc:
-        train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "8", "--eval-every", "0",
+        train_cli.main(["--data", str(synth), "--out", str(out), "--iters", "8", "--eval-every", "2",
                         "--ckpt-every", "2", *FAST])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -420,6 +420,8 @@ def test_a_diverged_run_stops_and_saves_nothing_more(synth, tmp_path, capsys, mo
                    "nothing more is saved (the last checkpoint, from step 2, is left as it was); start a new run "
                    "(another --out) with a lower --lr, a longer --warmup or a lower --clip-grad (0 turns clipping off)")
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 2 and not (out / "weights.safetensors").exists()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [2]  # no evaluation of the NaN model
 
 
 def test_a_real_divergence_is_caught(synth, tmp_path, capsys):
