@@ -42,6 +42,8 @@ def check_available(device: torch.device, modules=BUILD_NEEDS) -> None:
     _import(modules)
     import onnxruntime as ort
 
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError("a CUDA onnx engine needs a CUDA GPU, and torch sees none: use the CPU (--device cpu)")
     if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise EngineError(
             f"onnxruntime {ort.__version__} has no CUDAExecutionProvider: install onnxruntime-gpu, or use the CPU"

@@ -26,7 +26,7 @@ import torch
 
 from . import engines
 from .class_names import palette
-from .cli import OutputPathError, check_output, exit_on
+from .cli import OutputPathError, check_output, exit_on, on_interrupt
 from .config import PRESETS, VARIANTS
 from .engines.format import FORMAT, META_FILE, PRECISIONS, EngineError, library_versions, write_engine_json
 from .engines.graph import DTYPES, LogitsGraph, example_input, output_shapes
@@ -182,6 +182,14 @@ def check_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).is_file():
         raise EngineError(f"--out {out} is a directory holding other things than an engine (no {META_FILE}); "
                           "the build replaces its directory whole, so give a new or an engine directory")
+    if out.is_dir():
+        engine_files = {META_FILE} | {engines.backend_module(b).ARTIFACT for b in engines.BACKENDS}
+        others = sorted(p.name for p in out.iterdir() if p.name not in engine_files)
+        if others:
+            shown = ", ".join(others[:5]) + (f" (+{len(others) - 5} more)" if len(others) > 5 else "")
+            raise EngineError(f"--out {out} holds an engine and other files ({shown}), which the build would delete "
+                              "with the old engine (it replaces the directory whole): move them out, or give "
+                              "another --out")
 
 
 def build_engine(
@@ -212,8 +220,8 @@ def build_engine(
     precision = resolve_precision(precision, backend, device)
     if batch is not None and not 1 <= batch <= 1024:
         raise EngineError(f"batch must be between 1 and 1024, got {batch}")
-    if batch is None and max_batch < 2:
-        raise EngineError(f"a dynamic batch needs max_batch >= 2, got {max_batch}")
+    if batch is None and not 2 <= max_batch <= 1024:
+        raise EngineError(f"a dynamic batch needs max_batch between 2 and 1024, got {max_batch}")
     cfg, variant = model.cfg, model.variant
     names = list(class_names if class_names is not None else cfg.names())
     if len(names) != cfg.num_classes:
@@ -270,7 +278,8 @@ def build_engine(
             "kernels": kernels,
             "kernel_choice": kernel_choice,  # --kernels auto: eager times of each setting (segvit_rt.kernel_choice)
             "versions": library_versions(),
-            "weights": None if weights is None else {"path": str(weights), "sha256": sha256_file(weights)},
+            "weights": None if weights is None else {"path": str(Path(weights).resolve()),
+                                                     "sha256": sha256_file(weights)},
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **extra,
         }
@@ -368,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
-    with exit_on(EngineError, WeightsError, BuildError, OSError):
+    with on_interrupt("no engine was written (an engine already at --out is left as it was)"), \
+            exit_on(EngineError, WeightsError, BuildError, OSError):
         if args.batch is not None and args.max_batch is not None:
             raise EngineError(f"--max-batch is for dynamic engines; --batch {args.batch} builds a static one")
         model, weights = load_build_model(args.variant, args.preset, args.weights)

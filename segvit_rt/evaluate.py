@@ -11,6 +11,7 @@ adds mmseg's multi-scale and mirrored testing (the papers' "MS" figures).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -20,9 +21,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .cli import UsageError, check_output, exit_on
+from .cli import UsageError, check_output, exit_on, on_interrupt
 from .config import input_multiple
 from .data import DatasetError, EvalTransform, open_dataset
+from .engines.format import META_FILE, engine_folder
 from .inference import MODES, MS_RATIOS, model_logits_fn, predict_image
 from .metrics import ConfusionMatrix, chance_levels
 from .training.distributed import all_reduce_sum_, pick_device
@@ -139,9 +141,23 @@ def check_windows(cfg, variant: str, mode: str, crop: int, stride: int | None) -
                          "the model's input)")
 
 
+def check_not_an_engine(path: Path) -> None:
+    """``--weights`` naming an engine (its folder, or a file in it) gets a hint instead of a weights-file error."""
+    folder = engine_folder(path)
+    if not (folder.is_dir() and (folder / META_FILE).is_file()):
+        return
+    try:
+        source = (json.loads((folder / META_FILE).read_text(encoding="utf-8")).get("weights") or {}).get("path")
+    except (OSError, ValueError, AttributeError):
+        source = None
+    built = f" (it was built from {source})" if source else ""
+    raise UsageError(f"--weights {path} is an engine; evaluate takes the weights file an engine is built from{built}")
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    with exit_on(UsageError, WeightsError, DatasetError, OSError):
+    with on_interrupt("no metrics were written"), exit_on(UsageError, WeightsError, DatasetError, OSError):
+        check_not_an_engine(Path(args.weights))
         outputs = [(flag, path) for flag, path in (("--json", args.json), ("--chart", args.chart)) if path]
         for flag, path in outputs:
             check_output(path, flag, folder=False)

@@ -103,7 +103,8 @@ def read_metadata(path) -> dict:
                                "weights.safetensors") from e
         raise WeightsError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
     if _META_KEY not in header:
-        raise WeightsError(f"{path} has no segvit_rt metadata: not a segvit_rt weights file")
+        raise WeightsError(f"{path} has no segvit_rt metadata: not a segvit_rt weights file (a plain state dict "
+                           "converts with python -m segvit_rt.convert FILE --preset P --variant V --out OUT)")
     try:
         meta = json.loads(header[_META_KEY])
     except json.JSONDecodeError as e:

@@ -21,9 +21,34 @@ def test_cli_builds_a_checked_engine(weights, tmp_path, capsys):
     assert "parity vs PyTorch fp32: labels agree on" in printed
     meta = read_engine(out)
     assert meta["backend"] == "onnx" and meta["precision"] == "fp32" and meta["variant"] == "shrunk"
-    assert meta["weights"] == {"path": str(weights), "sha256": sha256_file(weights)}
+    assert meta["weights"] == {"path": str(weights.resolve()), "sha256": sha256_file(weights)}
     assert meta["parity"]["label_agreement"] >= 0.995
     assert load_engine(out).meta["class_names"] == list(sharp_model("shrunk").cfg.names())
+    (out / "notes.txt").write_text("mine")  # beside an engine: a rebuild there would delete it
+    artifact = (out / "model.onnx").read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        build.main(["--variant", "shrunk", "--weights", str(weights), "--out", str(out), "--device", "cpu"])
+    assert exc.value.code == 2
+    assert f"--out {out} holds an engine and other files (notes.txt)" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.onnx").read_bytes() == artifact
+
+
+def test_ctrl_c_in_build_and_evaluate_is_one_line(weights, tmp_path, monkeypatch, capsys):
+    from segvit_rt import evaluate
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "build_engine", stopped)
+    with pytest.raises(SystemExit) as exc:
+        build.main(["--variant", "shrunk", "--weights", str(weights), "--out", str(tmp_path / "e")])
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.strip() == ("interrupted: no engine was written (an engine already at --out is "
+                                               "left as it was)")
+    monkeypatch.setattr(evaluate, "load_weights", stopped)
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--weights", str(weights), "--data", str(tmp_path), "--quiet"])
+    assert exc.value.code == 130 and capsys.readouterr().err.strip() == "interrupted: no metrics were written"
 
 
 @pytest.mark.parametrize(
@@ -35,6 +60,8 @@ def test_cli_builds_a_checked_engine(weights, tmp_path, capsys):
          "fp16 aoti engines need CUDA"),
         (["--variant", "shrunk", "--batch", "4", "--max-batch", "8"],
          "--max-batch is for dynamic engines; --batch 4 builds a static one"),
+        (["--variant", "shrunk", "--max-batch", "100000"], "a dynamic batch needs max_batch between 2 and 1024"),
+        (["--variant", "shrunk", "--max-batch", "1"], "a dynamic batch needs max_batch between 2 and 1024"),
     ],
 )
 def test_cli_refuses_mismatches_before_building(weights, tmp_path, capsys, args, message):

@@ -618,3 +618,9 @@ def test_outputs_that_differ_from_the_record_are_refused_at_the_call(tmp_path):
                     torch.device("cpu"))
     with pytest.raises(EngineError, match=r"artifact's class_logits are \[5, 6\] per image, its record says \[4, 5\]"):
         engine(randn(1))
+
+
+def test_a_cuda_onnx_engine_without_a_gpu_says_there_is_none(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(EngineError, match="a CUDA onnx engine needs a CUDA GPU, and torch sees none"):
+        onnx_backend.check_available(torch.device("cuda"))

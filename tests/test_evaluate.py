@@ -195,6 +195,13 @@ def test_errors_name_the_problem(setup, tmp_path, capsys):
     fails(["--weights", str(weights), "--data", str(ade), "--split", "none"],
           "holds the ADE20K layout: choose split 'training' or 'validation'")
     fails(["--weights", str(weights), "--data", str(ade), "--split", "bogus"], "split must be one of")
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    (engine / "engine.json").write_text(json.dumps({"weights": {"path": "/runs/w.safetensors"}}))
+    (engine / "model.onnx").write_bytes(b"")
+    for given in (engine, engine / "engine.json", engine / "model.onnx"):
+        fails(["--weights", str(given), "--data", str(ade)], f"--weights {given} is an engine; evaluate takes the "
+              "weights file an engine is built from (it was built from /runs/w.safetensors)")
 
 
 def test_multi_scale_and_flip_testing():

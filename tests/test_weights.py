@@ -81,7 +81,7 @@ def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path, tiny_shrunk):
         weights.read_metadata(garbage)
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, str(foreign))
-    with pytest.raises(WeightsError, match="no segvit_rt metadata"):
+    with pytest.raises(WeightsError, match="no segvit_rt metadata.*python -m segvit_rt.convert FILE --preset P"):
         weights.load_weights(foreign)
     with pytest.raises(WeightsError, match="not found"):
         weights.load_weights(tmp_path / "missing.safetensors")
