@@ -71,9 +71,13 @@ class Engine:
         if image.dtype != torch.float32:
             raise TypeError(f"{self.path}: the engine takes float32 images, got {image.dtype}")
 
-    def _check_outputs(self, cls: torch.Tensor, mask: torch.Tensor) -> None:
-        """The artifact's outputs must be what the record says (its class count names the labels)."""
+    def _check_outputs(self, cls: torch.Tensor, mask: torch.Tensor, batch: int) -> None:
+        """The artifact's outputs must be what the record says (its class count names the labels), one
+        per image sent (a package compiled for another batch may answer for fewer without an error)."""
         for name, got in zip(("class_logits", "mask_logits"), (cls, mask)):
+            if got.shape[0] != batch:
+                raise EngineError(f"{self.path}: the artifact gave {name} for {got.shape[0]} images when sent "
+                                  f"{batch}: its record's batch does not match it; rebuild the engine")
             if list(got.shape[1:]) != self.meta["outputs"][name][1:]:
                 raise EngineError(f"{self.path}: the artifact's {name} are {list(got.shape[1:])} per image, its "
                                   f"record says {self.meta['outputs'][name][1:]}: the record does not belong to "
@@ -92,7 +96,7 @@ class Engine:
             if size < run:
                 chunk = torch.cat([chunk, chunk.new_zeros(run - size, *chunk.shape[1:])])
             cls, mask = self._runner(chunk)
-            self._check_outputs(cls, mask)
+            self._check_outputs(cls, mask, run)
             classes.append(cls[:size])
             masks.append(mask[:size])
         return torch.cat(classes), torch.cat(masks)

@@ -618,6 +618,10 @@ def test_outputs_that_differ_from_the_record_are_refused_at_the_call(tmp_path):
                     torch.device("cpu"))
     with pytest.raises(EngineError, match=r"artifact's class_logits are \[5, 6\] per image, its record says \[4, 5\]"):
         engine(randn(1))
+    one_only = Engine(tmp_path, meta, lambda x: (x.new_zeros(1, 4, 5), x.new_zeros(1, 4, 8, 8)), torch.device("cpu"))
+    one_only(randn(1))  # sent alone: one answer is right
+    with pytest.raises(EngineError, match=r"gave class_logits for 1 images when sent 2: its record's batch does not"):
+        one_only(randn(2))  # a package compiled for batch 1 under a record of a dynamic batch
 
 
 def test_a_cuda_onnx_engine_without_a_gpu_says_there_is_none(monkeypatch):
