@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -94,6 +95,17 @@ def _close_held_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_held_in_child)  # e.g. DataLoader workers
 
+
+
+def json_safe(value):
+    """JSON has no NaN: undefined values (metrics of a split without a labelled pixel) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return value
 
 @contextmanager
 def hold_lock(path: str | os.PathLike):

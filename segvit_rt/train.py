@@ -540,7 +540,7 @@ class Trainer:
         if self.info.is_main:
             dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[self.args.weights_dtype]
             extra = {"trained_iters": self.step, "dataset": str(Path(self.args.data).resolve()),
-                     "miou": finite_or_none(metrics["mIoU"]), "aacc": finite_or_none(metrics["aAcc"]),
+                     "miou": metrics["mIoU"], "aacc": metrics["aAcc"],
                      "eval_mode": self.args.mode, "train_args": vars(self.args)}
             synth = synth_metadata(self.train_set)
             if synth is not None:
@@ -554,11 +554,6 @@ class Trainer:
             print(f"step {self.step}: mIoU {100 * metrics['mIoU']:.2f} aAcc {100 * metrics['aAcc']:.2f} ({against}) "
                   f"after {seconds:.0f} s; weights: {self.out / WEIGHTS}", file=sys.stderr)
         return summary
-
-
-def finite_or_none(value: float) -> float | None:
-    """NaN (a validation split without a labelled pixel) as JSON's null, as the run's other JSON files write it."""
-    return value if math.isfinite(value) else None
 
 
 def train(args: argparse.Namespace) -> dict:

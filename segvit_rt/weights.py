@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import PRESETS, SegViTConfig, get_config
-from .io_utils import atomic_path
+from .io_utils import atomic_path, json_safe
 from .models.vit import resize_token_grid
 
 FORMAT = "segvit_rt.weights/1"
@@ -72,7 +72,7 @@ def save_weights(path, model, class_names=None, extra: dict | None = None, dtype
     }
     with atomic_path(path, sweep=True) as tmp:
         try:
-            save_file(state, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+            save_file(state, str(tmp), metadata={_META_KEY: json.dumps(json_safe(meta))})
         except SafetensorError as e:  # its writer's I/O errors (a full disk) as the OSError they are
             raise OSError(f"{path} could not be written: {e}") from e
     return path

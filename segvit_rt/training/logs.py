@@ -8,28 +8,16 @@ record after the checkpoint, so the resumed log reads as if never interrupted.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-from ..io_utils import atomic_path
-
-
-def _finite(value):
-    """JSON has no NaN: undefined metrics are written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
+from ..io_utils import atomic_path, json_safe
 
 
 def write_json(path, obj) -> Path:
     """Write ``obj`` as indented JSON (NaN -> null), atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_finite(obj), indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(json_safe(obj), indent=2) + "\n", encoding="utf-8")
     return path
 
 
@@ -42,7 +30,7 @@ class JsonlLog:
     def append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(_finite(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
             f.flush()
 
     def records(self) -> list[dict]:
