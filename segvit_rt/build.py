@@ -26,7 +26,7 @@ import torch
 
 from . import engines
 from .class_names import palette
-from .cli import OutputPathError, check_output, exit_on, on_interrupt
+from .cli import OutputPathError, check_output, exit_on, few_names, on_interrupt
 from .config import PRESETS, VARIANTS
 from .engines.format import FORMAT, META_FILE, PRECISIONS, EngineError, library_versions, write_engine_json
 from .engines.graph import DTYPES, LogitsGraph, example_input, output_shapes
@@ -179,17 +179,18 @@ def check_out(out: Path) -> None:
         check_output(out.resolve().parent, "--out's folder", folder=True)  # the new engine is swapped in there
     except OutputPathError as e:
         raise EngineError(str(e)) from None
-    if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).is_file():
+    if not out.is_dir():
+        return
+    names = [p.name for p in out.iterdir()]
+    engine_files = {META_FILE} | {engines.backend_module(b).ARTIFACT for b in engines.BACKENDS}
+    others = sorted(name for name in names if name not in engine_files)
+    if names and not (out / META_FILE).is_file():
         raise EngineError(f"--out {out} is a directory holding other things than an engine (no {META_FILE}); "
                           "the build replaces its directory whole, so give a new or an engine directory")
-    if out.is_dir():
-        engine_files = {META_FILE} | {engines.backend_module(b).ARTIFACT for b in engines.BACKENDS}
-        others = sorted(p.name for p in out.iterdir() if p.name not in engine_files)
-        if others:
-            shown = ", ".join(others[:5]) + (f" (+{len(others) - 5} more)" if len(others) > 5 else "")
-            raise EngineError(f"--out {out} holds an engine and other files ({shown}), which the build would delete "
-                              "with the old engine (it replaces the directory whole): move them out, or give "
-                              "another --out")
+    if others:
+        raise EngineError(f"--out {out} holds an engine and other files ({few_names(others)}), which the build would "
+                          "delete with the old engine (it replaces the directory whole): move them out, or give "
+                          "another --out")
 
 
 def build_engine(

@@ -39,6 +39,11 @@ def check_output(path: str | Path, flag: str, folder: bool) -> None:
             break
 
 
+def few_names(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` of ``names`` for a message, and how many more."""
+    return ", ".join(names[:shown]) + (f" (+{len(names) - shown} more)" if len(names) > shown else "")
+
+
 def user_message(error: BaseException) -> str:
     """The error's own message; for one re-raised from a DataLoader worker, without the worker's
     traceback that torch puts in front of it; for the system's own errors (a full disk, a name too

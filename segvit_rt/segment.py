@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cli import UsageError, check_output, exit_on, on_interrupt
+from .cli import UsageError, check_output, exit_on, few_names, on_interrupt
 from .data.datasets import IMAGE_SUFFIXES
 from .engines import EngineError
 from .images import load_image, save_labels, save_png
@@ -47,10 +47,6 @@ def _count(n: int, thing: str) -> str:
     return f"{n} {_plural(n, thing)}"
 
 
-def _few(names: list[str], shown: int = 5) -> str:
-    return ", ".join(names[:shown]) + (f" (+{len(names) - shown} more)" if len(names) > shown else "")
-
-
 def expand_inputs(args: list[str], out: Path | None = None,
                   note: Callable[[str], None] | None = None) -> tuple[list[Path], list[Path]]:
     """Command-line inputs as image paths: a folder becomes the image files directly inside it, sorted
@@ -68,16 +64,16 @@ def expand_inputs(args: list[str], out: Path | None = None,
         found = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         folders = sorted(p.name for p in entries if p.is_dir())
         if not found:
-            inside = (f" ({_plural(len(folders), 'subfolder')} {_few(folders)} not searched: pass them too)"
+            inside = (f" ({_plural(len(folders), 'subfolder')} {few_names(folders)} not searched: pass them too)"
                       if folders else "")
             raise FileNotFoundError(f"no image files ({'/'.join(IMAGE_SUFFIXES)}) in folder {arg}{inside}")
         broken = sorted(p.name for p in entries if p.is_symlink() and not p.exists())
         others = sorted(p.name for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES)
         if note is not None and (folders or broken or others):
-            skipped = ([f"{_plural(len(folders), 'subfolder')} {_few(folders)} (not searched: pass them too)"]
+            skipped = ([f"{_plural(len(folders), 'subfolder')} {few_names(folders)} (not searched: pass them too)"]
                        if folders else [])
-            skipped += [f"{_plural(len(broken), 'broken link')} {_few(broken)}"] if broken else []
-            skipped += ([f"{_count(len(others), 'file')} without an image suffix {_few(others)} (pass one by name "
+            skipped += [f"{_plural(len(broken), 'broken link')} {few_names(broken)}"] if broken else []
+            skipped += ([f"{_count(len(others), 'file')} without an image suffix {few_names(others)} (pass one by name "
                          "to segment it anyway)"] if others else [])
             note(f"{arg}: skipped {' and '.join(skipped)}")
         if out is not None and out.is_dir() and arg.samefile(out):

@@ -111,6 +111,12 @@ def _files_by_stem(folder: Path, suffixes: tuple[str, ...], name_end: str = "") 
     return found
 
 
+def _listed(names: list[str]) -> str:
+    """The first :data:`_SHOWN` of ``names``, and how many more."""
+    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+    return ", ".join(names[:_SHOWN]) + more
+
+
 def _unread_note(folder: Path, stems: list[str], suffixes: tuple[str, ...], name_end: str) -> str:
     """Files of ``folder`` that would pair with ``stems`` but for their suffix, which is not read there."""
     wanted = {stem + name_end for stem in stems}
@@ -118,8 +124,7 @@ def _unread_note(folder: Path, stems: list[str], suffixes: tuple[str, ...], name
                     if p.stem in wanted and p.suffix.lower() not in suffixes and not p.name.startswith("."))
     if not unread:
         return ""
-    more = f" and {len(unread) - _SHOWN} more" if len(unread) > _SHOWN else ""
-    return f"; not read, for their suffix: {', '.join(unread[:_SHOWN])}{more}, where {'/'.join(suffixes)} are read"
+    return f"; not read, for their suffix: {_listed(unread)}, where {'/'.join(suffixes)} are read"
 
 
 def pair_files(
@@ -140,9 +145,8 @@ def pair_files(
                                                mask_name_end),
                                               (no_image, "masks without an image", image_dir, image_suffixes, "")):
             if stems:
-                more = f" and {len(stems) - _SHOWN} more" if len(stems) > _SHOWN else ""
                 parts.append(f"{len(stems)} {what} (none in {where} for "
-                             f"{', '.join(stems[:_SHOWN])}{more}{_unread_note(where, stems, read, end)})")
+                             f"{_listed(stems)}{_unread_note(where, stems, read, end)})")
         raise DatasetError(f"unpaired files between {image_dir} and {mask_dir}: " + "; ".join(parts))
     if not images:
         raise DatasetError(f"empty split: no images with suffix {'/'.join(image_suffixes)} in {image_dir}")
@@ -356,13 +360,11 @@ class PascalContextDataset(IgnoreIndexDataset):
             raise DatasetError(f"empty split: {list_file} lists no images")
         repeated = sorted(s for s, n in Counter(stems).items() if n > 1)
         if repeated:  # counted twice in training, and in a metric
-            more = f" and {len(repeated) - _SHOWN} more" if len(repeated) > _SHOWN else ""
-            raise DatasetError(f"{list_file} lists {', '.join(repeated[:_SHOWN])}{more} more than once")
+            raise DatasetError(f"{list_file} lists {_listed(repeated)} more than once")
         samples = [(base / "JPEGImages" / f"{s}.jpg", base / "SegmentationClassContext" / f"{s}.png") for s in stems]
         missing = [str(path) for pair in samples for path in pair if not path.is_file()]
         if missing:
-            more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
-            raise DatasetError(f"{list_file} lists files that are missing: {', '.join(missing[:_SHOWN])}{more}")
+            raise DatasetError(f"{list_file} lists files that are missing: {_listed(missing)}")
         super().__init__(samples, PASCAL_CONTEXT_CLASSES[60 - classes:], transform, seed)
         self.root = base
         self.split = split
