@@ -17,7 +17,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from collections import defaultdict
 
 import torch
@@ -29,7 +28,7 @@ if not ON_CUDA:
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import segvit_rt  # noqa: E402
-from segvit_rt.kernel_choice import SETTINGS  # noqa: E402  (the two op settings --kernels auto times)
+from segvit_rt.kernel_choice import SETTINGS, time_call_ms  # noqa: E402  (--kernels auto's settings and timer)
 
 
 def self_times_us(model, x: torch.Tensor, iters: int) -> dict[str, tuple[float, float]]:
@@ -63,15 +62,8 @@ def self_times_us(model, x: torch.Tensor, iters: int) -> dict[str, tuple[float, 
 def wall_ms(model, x: torch.Tensor, iters: int) -> float:
     """Median wall time of one forward in ms, each synchronized, without the profiler (after
     ``self_times_us`` has warmed the model up)."""
-    times = []
     with torch.no_grad():
-        for _ in range(iters):
-            start = time.perf_counter()
-            model(x)
-            if ON_CUDA:
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        return statistics.median(time_call_ms(model, x) for _ in range(iters))
 
 
 def short(name: str, width: int = 100) -> str:
