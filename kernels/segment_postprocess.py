@@ -6,9 +6,13 @@ every output pixel, each query's mask logit is sampled bilinearly from the
 below, the upper neighbour clamped at the border), passed through a sigmoid,
 and mixed with the class probabilities ``softmax(class_logits)[..., :-1]``
 ("no object" dropped): ``score[c] = Σ_q p[q, c]·m_q``. The label is the argmax
-over classes (ties → lowest class, like ``torch.argmax``). A NaN or infinite
-logit makes every class score of the pixels it reaches NaN: they get class 0,
-as the reference's argmax gives them, and max score -inf (the reference's NaN).
+over classes (ties → lowest class, like ``torch.argmax``). A NaN or +inf class
+logit makes the scores of every pixel NaN (-inf is a probability of 0): such
+pixels get class 0, as the reference's argmax gives them, and max score -inf
+(the reference's NaN). Infinite *mask* logits are outside what the two agree
+on: the kernel weighs all four neighbours, and 0·inf gives NaN where a
+neighbour's weight is 0 (at the grid's own size, say), which PyTorch's
+interpolation does not always compute.
 
 Design: the class probabilities and the mask logits are first packed in torch
 (:func:`pack_inputs`; tiny: Q·C and h·w·Q values per image) into fp32,

@@ -29,10 +29,10 @@ from .cli import UsageError, check_output, exit_on, on_interrupt
 from .data import IGNORE_INDEX, DatasetError, open_dataset
 from .data.synth import generate
 from .engines import EngineError
-from .evaluate import format_table
+from .evaluate import format_table, summarize
 from .images import image_grid, save_png
 from .io_utils import atomic_dir
-from .metrics import ConfusionMatrix, chance_levels
+from .metrics import ConfusionMatrix
 from .runtime import Runtime
 from .training.logs import write_json
 from .weights import WeightsError, read_metadata
@@ -147,9 +147,7 @@ def run_demo(out: Path, variant: str | None = "shrunk", weights=None, max_images
                 grid_rows.append([image, runtime.colorize(label), runtime.colorize(pred)])
     save_png(image_grid(grid_rows), out / "grid.png")
 
-    metrics = confusion.compute()
-    metrics.update(images=count, mode=runtime.mode, crop=runtime.crop, stride=runtime.stride,
-                   chance=chance_levels(confusion.mat.sum(1)))
+    metrics = summarize(confusion, count, runtime.mode, runtime.crop, runtime.stride)
     throughput = count / seconds
     trained = read_metadata(weights)
     results = {

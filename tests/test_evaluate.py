@@ -200,8 +200,8 @@ def test_errors_name_the_problem(setup, tmp_path, capsys):
     (engine / "engine.json").write_text(json.dumps({"weights": {"path": "/runs/w.safetensors"}}))
     (engine / "model.onnx").write_bytes(b"")
     for given in (engine, engine / "engine.json", engine / "model.onnx"):
-        fails(["--weights", str(given), "--data", str(ade)], f"--weights {given} is an engine; evaluate takes the "
-              "weights file an engine is built from (it was built from /runs/w.safetensors)")
+        fails(["--weights", str(given), "--data", str(ade)], f"--weights {given} is an engine: evaluate it with "
+              f"--engine {engine}, or --weights /runs/w.safetensors, the file it was built from")
 
 
 def test_multi_scale_and_flip_testing():
@@ -268,3 +268,59 @@ def test_a_split_without_labelled_pixels_gives_undefined_metrics_not_a_crash(set
     metrics = evaluate_model(model, AllIgnore(), "whole")
     assert metrics["chance"] is None and np.isnan(metrics["mIoU"]) and np.isnan(metrics["aAcc"])
     assert "no pixel of these images is labelled" in evaluate.format_table(metrics, ["a", "b", "c"])
+
+
+@pytest.fixture(scope="module")
+def engine(setup):
+    """An fp32 ONNX engine of the setup model (its logits agree with PyTorch to ~1e-6)."""
+    from segvit_rt.build import build_engine
+
+    root, _, model, weights = setup
+    return build_engine(model, backend="onnx", precision="fp32", max_batch=2, out=root / "engine", weights=weights,
+                        log=lambda _: None)
+
+
+@pytest.mark.parametrize("mode", ["slide", "whole"])
+def test_an_engine_is_evaluated_through_the_runtime(setup, engine, mode, capsys, monkeypatch):
+    root, ade, model, _ = setup
+    segmented = []
+    original = evaluate.Runtime.segment
+    monkeypatch.setattr(evaluate.Runtime, "segment", lambda self, img: (segmented.append(img.shape), original(self, img))[1])
+    out_json = root / f"engine_{mode}.json"
+    metrics = evaluate.main(["--engine", str(engine), "--data", str(ade.parent), "--mode", mode, "--json", str(out_json),
+                             "--quiet"])
+    # 3 images of 64x64, rounding-level logit differences: a flipped near-tie pixel moves mIoU ~1e-4
+    assert metrics["mIoU"] == pytest.approx(expected_miou(model, ade), abs=2e-3)
+    assert segmented == [(64, 64, 3)] * 3  # the images as stored (uint8 RGB), each through Runtime.segment
+    saved = json.loads(out_json.read_text())
+    assert (saved["engine"], saved["backend"], saved["precision"], saved["mode"]) == (str(engine), "onnx", "fp32", mode)
+    assert "weights" not in saved and saved["crop"] == 64 and saved["stride"] == 48
+    printed = capsys.readouterr().out
+    assert f"mIoU {100 * metrics['mIoU']:6.2f}" in printed and "stride 48, onnx fp32 engine)" in printed
+    stride = evaluate.main(["--engine", str(engine), "--data", str(ade.parent), "--stride", "32", "--quiet"])
+    assert stride["stride"] == 32
+
+
+def test_engine_evaluation_refuses_what_an_engine_cannot_do(setup, engine, tmp_path, capsys):
+    root, ade, _, weights = setup
+
+    def fails(args, needle):
+        with pytest.raises(SystemExit) as exc:
+            evaluate.main(["--quiet", "--data", str(ade), *args])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and needle in err, err
+
+    for flag, why in ((["--crop", "32"], "its window is its input size"),
+                      (["--kernels", "reference"], "its ops were compiled in by the build"),
+                      (["--tta"], "the Runtime segments one view")):
+        fails(["--engine", str(engine), *flag], f"{flag[0]} is for --weights, not an engine ({why}")
+    fails(["--engine", str(engine), "--stride", "65"], "--stride 65 is larger than the engine's window (64)")
+    fails(["--engine", str(weights)], f"--engine {weights} is a weights file: evaluate it with --weights")
+    fails(["--engine", str(engine / "engine.json"), "--json", str(engine / "m.json")],
+          f"--json {engine / 'm.json'} is inside the --engine folder {engine}")
+    fails(["--weights", str(engine)], f"evaluate it with --engine {engine}, or --weights {weights}")
+    other = generate(tmp_path / "five", classes=5, train=1, val=1, size=32, seed=0, progress=False)
+    with pytest.raises(SystemExit):
+        evaluate.main(["--quiet", "--engine", str(engine), "--data", str(other)])
+    assert "the dataset has 5 classes, the engine 3" in capsys.readouterr().err
+    assert sorted(p.name for p in engine.iterdir()) == ["engine.json", "model.onnx"]

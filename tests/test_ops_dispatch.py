@@ -121,3 +121,19 @@ def test_postprocess_takes_mixed_dtypes_and_names_logits_that_do_not_pair(monkey
     assert torch.equal(labels, ops.segment_postprocess(class_logits, mask_logits.half().float(), (8, 8)))
     with pytest.raises(ValueError, match=r"must share B and Q .*got \(2, 5, 4\) and \(2, 6, 3, 3\)"):
         ops.segment_postprocess(class_logits, torch.randn(2, 6, 3, 3), (8, 8))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda q, k: ops.atm_attention(q, k, k, 0, need_mask=False), "attention: num_heads must be a positive int, got 0"),
+    (lambda q, k: reference.atm_attention(q, k, k, 0), "atm_attention: num_heads must be a positive int, got 0"),
+    (lambda q, k: reference.qd_attention(k[:, :6], k[:, :6], k[:, :6], (2, 3), True),
+     "qd_attention: num_heads must be a positive int, got True"),
+    (lambda q, k: reference.atm_attention(q[0], k, k, 2), r"the queries must be \[B, N, D\], got \(5, 32\)"),
+    (lambda q, k: ops.atm_attention(q, k, k, 2, need_mask=False, scale=float("nan")), "scale must be finite, got nan"),
+    (lambda q, k: ops.atm_attention(q, k, k, 2, need_mask=False, sacle=0.1),
+     r"unexpected keyword arguments \['sacle'\]"),
+])
+def test_the_reference_ops_name_bad_heads_shapes_scales_and_keywords(call, message):
+    """As the kernels do, whichever impl runs (the one without a mask always runs the reference)."""
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(torch.randn(2, 5, 32), torch.randn(2, 7, 32))

@@ -12,6 +12,7 @@ import contextvars
 from . import full_size, reference
 
 IMPLS = ("reference", "triton", "tensorrt_plugin")
+ATM_OPTIONS = {"scale", "prev_mask", "need_mask", "sigmoid_mask"}  # atm_attention's keywords besides dropout_p
 # True while segvit_rt.flops counts: the reference ATM then runs in the official per-head form.
 official_atm_form = contextvars.ContextVar("official_atm_form", default=False)
 
@@ -34,6 +35,9 @@ def atm_attention(q, k, v, num_heads, *, impl="reference", dropout_p=0.0, **kw):
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"atm_attention: dropout_p must be in [0, 1), got {dropout_p!r}")
     check_impl(impl)
+    unknown = sorted(set(kw) - ATM_OPTIONS)
+    if unknown:
+        raise TypeError(f"atm_attention got unexpected keyword arguments {unknown}; it takes {sorted(ATM_OPTIONS)}")
     if not kw.get("need_mask", True):
         return reference.attention(q, k, v, num_heads, scale=kw.get("scale"), dropout_p=dropout_p), None
     if impl == "triton" and dropout_p == 0.0:

@@ -6,6 +6,8 @@ custom ops.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -20,10 +22,19 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * hd)
 
 
-def _scale(op: str, dim: int, num_heads: int, scale: float | None) -> float:
-    """``scale``, by default head_dim ** -0.5, once ``dim`` is checked to split into ``num_heads``."""
+def _scale(op: str, q: torch.Tensor, num_heads: int, scale: float | None) -> float:
+    """``scale``, by default head_dim ** -0.5, once ``q`` [B, N, D] is checked and D to split into
+    ``num_heads``."""
+    if not isinstance(q, torch.Tensor) or q.dim() != 3:
+        got = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
+        raise ValueError(f"{op}: the queries must be [B, N, D], got {got}")
+    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
+        raise ValueError(f"{op}: num_heads must be a positive int, got {num_heads!r}")
+    dim = q.shape[-1]
     if dim % num_heads:
         raise ValueError(f"{op}: dim {dim} is not divisible by num_heads={num_heads}")
+    if scale is not None and not math.isfinite(scale):
+        raise ValueError(f"{op}: scale must be finite, got {scale!r}")
     return (dim // num_heads) ** -0.5 if scale is None else scale
 
 
@@ -37,7 +48,7 @@ def attention(
 ) -> torch.Tensor:
     """Plain multi-head attention of ``q`` [B, N, D] over ``k``/``v`` [B, L, D] through PyTorch's
     ``scaled_dot_product_attention``: :func:`atm_attention`'s ``out`` where no mask is wanted."""
-    return _sdpa("attention", q, k, v, num_heads, _scale("attention", q.shape[-1], num_heads, scale), dropout_p)
+    return _sdpa("attention", q, k, v, num_heads, _scale("attention", q, num_heads, scale), dropout_p)
 
 
 def _sdpa(op: str, q, k, v, num_heads: int, scale: float, dropout_p: float = 0.0) -> torch.Tensor:
@@ -69,7 +80,7 @@ def atm_attention(
     ``sigmoid_mask``; ``None`` when ``need_mask`` is False. ``dropout_p`` drops
     attention probabilities (training only); it never touches the mask.
     """
-    scale = _scale("atm_attention", q.shape[-1], num_heads, scale)
+    scale = _scale("atm_attention", q, num_heads, scale)
     out = _sdpa("atm_attention", q, k, v, num_heads, scale, dropout_p)
     mask = None
     if need_mask:
@@ -101,7 +112,7 @@ def atm_attention_by_heads(
     """:func:`atm_attention` as the official code computes it: the per-head logits [B, H, N, L]
     formed once, their softmax weighting the values and their head-mean the mask. Slower, same
     results; ``segvit_rt.flops`` prices this form, as the paper's GFLOPs do."""
-    scale = _scale("atm_attention", q.shape[-1], num_heads, scale)
+    scale = _scale("atm_attention", q, num_heads, scale)
     qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))
     logits = torch.matmul(qh, kh.transpose(-2, -1)) * scale
     attn = logits.softmax(dim=-1)
@@ -136,7 +147,7 @@ def qd_attention(
     ``x_q`` at even rows and columns, keys/values stay at full resolution.
     Returns [B, L/4, D].
     """
-    scale = _scale("qd_attention", x_q.shape[-1], num_heads, scale)
+    scale = _scale("qd_attention", x_q, num_heads, scale)
     return _sdpa("qd_attention", downsample_tokens(x_q, grid_hw), k, v, num_heads, scale)
 
 
