@@ -131,7 +131,12 @@ def test_pascal_context_layout(tmp_path):
     with pytest.raises(DatasetError, match=r"2008_train0001\.png.*60.*0\.\.59 or 255"):
         open_dataset(tmp_path, "train")[1]
     (base / "JPEGImages" / "2008_train0002.jpg").unlink()
-    with pytest.raises(DatasetError, match=r"train\.txt lists files that are missing: .*2008_train0002\.jpg"):
+    with pytest.raises(DatasetError, match=r"train\.txt lists files that are missing: .*2008_train0002\.jpg$"):
+        open_dataset(tmp_path, "train")
+    mask = base / "SegmentationClassContext" / "2008_train0000.png"
+    mask.rename(mask.with_suffix(".jpg"))
+    with pytest.raises(DatasetError, match=r"missing: .*2008_train0000\.png.*; not read, for their suffix: "
+                                           r"2008_train0000\.jpg, where \.png are read$"):
         open_dataset(tmp_path, "train")
     (base / "ImageSets" / "SegmentationContext" / "val.txt").unlink()
     with pytest.raises(FileNotFoundError, match="split list not found.*val.txt"):
@@ -528,3 +533,17 @@ def test_augmentation_depends_only_on_seed_epoch_index(tmp_path):
     assert serial[0][0].shape == (2, 3, 32, 32) and serial[0][1].shape == (2, 32, 32)
     for (xs, ys), (xp, yp) in zip(serial, parallel):
         assert torch.equal(xs, xp) and torch.equal(ys, yp)
+
+
+def test_raw_coco_stuff_maps_are_named_with_the_converter_that_makes_train_ids(tmp_path):
+    """mmseg's guide unzips the raw stuffthingmaps into annotations/<split>/; its converter then writes
+    the *_labelTrainIds.png masks beside them. Without that step each image's raw map is right there."""
+    base = make_coco_stuff(tmp_path, {"train2017": [np.zeros((3, 3))] * 2, "val2017": [np.zeros((3, 3))]},
+                           folder="coco_stuff164k")
+    for trainids in (base / "annotations" / "train2017").glob("*_labelTrainIds.png"):
+        trainids.rename(trainids.with_name(trainids.name.replace("_labelTrainIds", "")))
+    with pytest.raises(DatasetError, match=r"2 images without a mask .*not read, for lacking _labelTrainIds: "
+                                           r"COCO_train2017_000000000000\.png, COCO_train2017_000000000001\.png, "
+                                           r"which look like raw maps: mmseg's converter \(tools/dataset_converters/"
+                                           r"coco_stuff164k\.py"):
+        open_dataset(tmp_path, "training")

@@ -37,6 +37,7 @@ __all__ = [
     "IGNORE_INDEX",
     "ADE20KDataset",
     "COCOStuff10kDataset",
+    "COCOStuff164kDataset",
     "DatasetError",
     "GenericSegDataset",
     "PascalContextDataset",
@@ -118,13 +119,19 @@ def _listed(names: list[str]) -> str:
 
 
 def _unread_note(folder: Path, stems: list[str], suffixes: tuple[str, ...], name_end: str) -> str:
-    """Files of ``folder`` that would pair with ``stems`` but for their suffix, which is not read there."""
+    """Files of ``folder`` that would pair with ``stems`` but for their suffix, which is not read there,
+    or (with a ``name_end``) for lacking that end: the raw maps mmseg's COCO-Stuff converters turn into
+    ``*_labelTrainIds.png``."""
     wanted = {stem + name_end for stem in stems}
     unread = sorted(p.name for p in folder.iterdir()
                     if p.stem in wanted and p.suffix.lower() not in suffixes and not p.name.startswith("."))
-    if not unread:
-        return ""
-    return f"; not read, for their suffix: {_listed(unread)}, where {'/'.join(suffixes)} are read"
+    note = f"; not read, for their suffix: {_listed(unread)}, where {'/'.join(suffixes)} are read" if unread else ""
+    raw = sorted(p.name for p in folder.iterdir() if name_end and p.stem in stems and not p.name.startswith("."))
+    if raw:
+        note += (f"; not read, for lacking {name_end}: {_listed(raw)}, which look like raw maps: mmseg's converter "
+                 f"(tools/dataset_converters/coco_stuff164k.py or coco_stuff10k.py) writes the *{name_end}.png "
+                 "masks read here")
+    return note
 
 
 def pair_files(
@@ -362,9 +369,12 @@ class PascalContextDataset(IgnoreIndexDataset):
         if repeated:  # counted twice in training, and in a metric
             raise DatasetError(f"{list_file} lists {_listed(repeated)} more than once")
         samples = [(base / "JPEGImages" / f"{s}.jpg", base / "SegmentationClassContext" / f"{s}.png") for s in stems]
-        missing = [str(path) for pair in samples for path in pair if not path.is_file()]
+        missing = [path for pair in samples for path in pair if not path.is_file()]
         if missing:
-            raise DatasetError(f"{list_file} lists files that are missing: {_listed(missing)}")
+            notes = "".join(_unread_note(folder, [m.stem for m in missing if m.parent == folder], (suffix,), "")
+                            for folder, suffix in ((base / "JPEGImages", ".jpg"),
+                                                   (base / "SegmentationClassContext", ".png")) if folder.is_dir())
+            raise DatasetError(f"{list_file} lists files that are missing: {_listed(list(map(str, missing)))}{notes}")
         super().__init__(samples, PASCAL_CONTEXT_CLASSES[60 - classes:], transform, seed)
         self.root = base
         self.split = split
