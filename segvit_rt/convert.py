@@ -25,7 +25,14 @@ from .config import PRESETS, VARIANTS
 from .models import SegViT
 from .train import run_config
 from .training.checkpoint import CheckpointError, load_checkpoint
-from .weights import ShapeMismatchError, WeightsError, import_official_segvit, read_checkpoint, save_weights
+from .weights import (
+    WEIGHTS_DTYPES,
+    ShapeMismatchError,
+    WeightsError,
+    import_official_segvit,
+    read_checkpoint,
+    save_weights,
+)
 
 
 def training_checkpoint(path) -> dict | None:
@@ -39,8 +46,8 @@ def training_checkpoint(path) -> dict | None:
 
 def convert_training_checkpoint(state: dict, checkpoint, out, preset: str | None = None,
                                 variant: str | None = None) -> tuple[Path, str]:
-    """Weights of a training run's checkpoint, as the run would write them at its end (without the
-    final evaluation's figures)."""
+    """Weights of a training run's checkpoint, as the run would write them at its end (in its
+    ``--weights-dtype``, without the final evaluation's figures)."""
     args, names = state["args"], state["extra"].get("class_names")
     for flag, given, saved in (("--preset", preset, args["preset"]), ("--variant", variant, args["variant"])):
         if given is not None and given != saved:
@@ -53,10 +60,15 @@ def convert_training_checkpoint(state: dict, checkpoint, out, preset: str | None
         model = SegViT(run_config(args, names), args["variant"])
     except ValueError as e:
         raise WeightsError(f"{checkpoint}: its run's arguments do not make a model this version builds: {e}") from e
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # a checkpoint edited, or written by another version
+        first = " ".join(str(e).strip().splitlines()[:3])[:300]
+        raise WeightsError(f"{checkpoint}: its model state does not fit the model its arguments describe ({first})") from e
     extra = {"converted_from": Path(checkpoint).name, "trained_iters": state["step"], "dataset": str(args["data"]),
              "train_args": args}
-    return save_weights(out, model, extra=extra), f"training checkpoint at step {state['step']}"
+    dtype = WEIGHTS_DTYPES[args.get("weights_dtype", "fp32")]
+    return save_weights(out, model, extra=extra, dtype=dtype), f"training checkpoint at step {state['step']}"
 
 
 def convert(checkpoint, preset: str, variant: str, out) -> tuple[Path, str]:
@@ -95,6 +107,7 @@ def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
     with exit_on(WeightsError, OSError):
         check_output(args.out, "--out", folder=False)
+        replacing = Path(args.out).is_file()
         if Path(args.out).suffix != ".safetensors":
             raise WeightsError(f"--out {args.out}: the weights are written as safetensors; name the file *.safetensors")
         if Path(args.out).resolve() == Path(args.checkpoint).resolve():
@@ -108,11 +121,14 @@ def main(argv=None) -> Path:
         else:
             missing = [flag for flag, value in (("--preset", args.preset), ("--variant", args.variant)) if not value]
             if missing:
+                read_checkpoint(args.checkpoint)  # a corrupt or truncated file says so first
                 raise WeightsError(f"{' and '.join(missing)} needed: {args.checkpoint} is not a segvit_rt training "
                                    "checkpoint, so the model it holds must be named")
             path, report = convert(args.checkpoint, args.preset, args.variant, args.out)
             variant = args.variant
     print(f"{args.checkpoint}: {report}")
+    if replacing:
+        print(f"note: {path} existed and was replaced")
     print(f"wrote {path} ({variant}); build an engine with: python -m segvit_rt.build --weights {path}")
     return path
 

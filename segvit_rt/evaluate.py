@@ -241,14 +241,12 @@ def main(argv=None) -> dict:
         dataset = open_dataset(args.data, split, transform=transform, context_classes=context_classes)
         for flag, path in outputs:
             dataset.check_writes_outside(path, flag)
+        warn_if_names_differ(dataset.classes, names, "engine" if args.engine else "weights")
         if args.engine:
             metrics = evaluate_runtime(runtime, dataset, progress=not args.quiet)
         else:
             metrics = evaluate_model(model, dataset, args.mode, args.crop, args.stride, progress=not args.quiet,
                                      tta=args.tta)
-    if tuple(dataset.classes) != tuple(names):
-        print(f"warning: the dataset's class names differ from the {'engine' if args.engine else 'weights'}' "
-              f"({list(dataset.classes)[:5]} ... vs {names[:5]} ...); the table uses the latter", file=sys.stderr)
     made_by = ({"engine": str(args.engine), "backend": runtime.meta["backend"], "precision": runtime.meta["precision"],
                 "device": str(runtime.device)} if args.engine else {"weights": str(args.weights)})
     metrics = {**metrics, **made_by, "data": str(args.data), "split": args.split, "class_names": names}
@@ -261,6 +259,20 @@ def main(argv=None) -> dict:
             plot_class_iou(metrics, names, args.chart)
             print(f"wrote {args.chart}")
     return metrics
+
+
+def warn_if_names_differ(data_names, names, source: str) -> None:
+    """Before the work: names that differ may only be spelt otherwise, but the same names in
+    another order mean the label indices differ, and the figures would be misattributed."""
+    if tuple(data_names) == tuple(names):
+        return
+    if sorted(data_names) == sorted(names):
+        print(f"warning: the dataset lists the {source}' class names in another order (first difference at index "
+              f"{next(i for i, (a, b) in enumerate(zip(data_names, names)) if a != b)}): its label numbers mean "
+              "other classes than the model's, so these metrics are not the model's", file=sys.stderr)
+    else:
+        print(f"warning: the dataset's class names differ from the {source}' ({list(data_names)[:5]} ... vs "
+              f"{list(names)[:5]} ...); the table uses the {source}'", file=sys.stderr)
 
 
 def load_model(args):

@@ -46,6 +46,7 @@ from .training.losses import ATMLoss
 from .training.optim import make_optimizer, make_scheduler
 from .training.sampler import ResumableSampler
 from .weights import (
+    WEIGHTS_DTYPES,
     WeightsError,
     import_full_into_shrunk,
     import_official_segvit,
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-format", choices=("timm", "official", "full"),
                    help="default timm; official: an official SegViT checkpoint, or our weights of the same "
                         "variant; full: our weights of a trained full model, to warm-start a Shrunk one")
-    p.add_argument("--weights-dtype", choices=("fp32", "fp16", "bf16"),
+    p.add_argument("--weights-dtype", choices=tuple(WEIGHTS_DTYPES),
                    help="storage dtype of the final weights file (default fp32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -538,7 +539,7 @@ class Trainer:
         summary = {"steps": self.step, "train_seconds": round(seconds, 1), "world_size": self.info.world_size,
                    "replica_digests": digests, "metrics": metrics, "weights": str(self.out / WEIGHTS)}
         if self.info.is_main:
-            dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[self.args.weights_dtype]
+            dtype = WEIGHTS_DTYPES[self.args.weights_dtype]
             extra = {"trained_iters": self.step, "dataset": str(Path(self.args.data).resolve()),
                      "miou": metrics["mIoU"], "aacc": metrics["aAcc"],
                      "eval_mode": self.args.mode, "train_args": vars(self.args)}

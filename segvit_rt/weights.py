@@ -7,6 +7,7 @@ and their description cannot drift apart. Files are written atomically.
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass, field, fields
@@ -26,6 +27,10 @@ _META_KEY = "segvit_rt"
 # Config fields that change no tensor shape and may differ between a file and a model.
 _FREE_FIELDS = {"class_names", "slide_stride", "image_scale", "test_min_size", "decoder_dropout", "drop_path_rate",
                 "dataset", "name"}
+
+
+# train --weights-dtype -> save_weights' dtype (None: as the model holds them, fp32)
+WEIGHTS_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class WeightsError(ValueError):
@@ -70,6 +75,7 @@ def save_weights(path, model, class_names=None, extra: dict | None = None, dtype
         k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).cpu().contiguous()
         for k, v in model.state_dict().items()
     }
+    _check_finite(state, f"{path} not written")
     with atomic_path(path, sweep=True) as tmp:
         try:
             save_file(state, str(tmp), metadata={_META_KEY: json.dumps(json_safe(meta))})
@@ -83,6 +89,14 @@ def _is_torch_save(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(2)
     return head == b"PK" or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file (its 8-byte header length, then the JSON header), or one named so that is not
+    ``torch.save`` output (whose reader then names what is wrong)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return head[8:9] == b"{" or (path.suffix == ".safetensors" and not _is_torch_save(path))
 
 
 def read_metadata(path) -> dict:
@@ -109,8 +123,14 @@ def read_metadata(path) -> dict:
         meta = json.loads(header[_META_KEY])
     except json.JSONDecodeError as e:
         raise WeightsError(f"{path}: segvit_rt metadata is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{path}: its segvit_rt metadata is a JSON {type(meta).__name__}, not an object")
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path}: unsupported weights format {meta.get('format')!r} (expected {FORMAT!r})")
+    lacking = [key for key, kind in (("variant", str), ("config", dict)) if not isinstance(meta.get(key), kind)]
+    if lacking:
+        raise WeightsError(f"{path}: its segvit_rt metadata lacks a valid {' and '.join(map(repr, lacking))} "
+                           "(edited by hand?); convert the state dict again with python -m segvit_rt.convert")
     return meta
 
 
@@ -163,6 +183,14 @@ def load_weights(path, model=None, kernels: str = "reference"):
     return model
 
 
+def _check_finite(state: dict, where) -> None:
+    """Our loader refuses weights holding NaN or inf (a diverged run's): none are written either."""
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise WeightsError(f"{where}: {k} holds NaN or infinite values (from a diverged run, or out of range "
+                               "for the dtype?)")
+
+
 def _load_exact(model, state: dict, source) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -172,8 +200,7 @@ def _load_exact(model, state: dict, source) -> None:
     for k, v in state.items():
         if v.shape != own[k].shape:
             raise WeightsError(f"{source}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise WeightsError(f"{source}: {k} holds NaN or infinite values (saved from a diverged run?)")
+    _check_finite(state, source)
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
@@ -231,7 +258,7 @@ def read_checkpoint(path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path} is a folder: give the checkpoint file in it{inside}")
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
+    if _is_safetensors(path):  # by content: a file may carry the other format's suffix
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
@@ -239,7 +266,8 @@ def read_checkpoint(path) -> dict[str, torch.Tensor]:
     try:
         with torch.serialization.safe_globals(_numpy_scalar_types()), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's own notes on legacy or odd files; the error says it all
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            with open(path, "rb") as f:  # a file object: torch >= 2.13 hands a *.safetensors path to safetensors
+                obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe pickles
         # torch's message: the reason, among advice to load with weights_only=False (which runs
         # whatever the file holds), kept out
@@ -262,8 +290,13 @@ def _unwrap(obj, source) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{source}: expected a state dict of tensors")
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{source}: expected a state dict of tensors, got a {type(obj).__name__}")
+    odd = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise WeightsError(f"{source}: expected a state dict of tensors; {odd!r} holds a {type(obj[odd]).__name__}")
+    if obj and all(isinstance(k, str) and k.startswith("module.") for k in obj):  # saved from DataParallel/DDP
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
     return obj
 
 
@@ -293,12 +326,20 @@ def _timm_name(key: str) -> str:
     return key
 
 
-def _resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
+def _with_cls_slot(pos: torch.Tensor) -> torch.Tensor:
+    """A position embedding [1, g*g, C] without timm's cls slot (``no_embed_class`` models) gets a zero
+    one, which our backbone drops anyway; [1, 1 + g*g, C] is returned as it is."""
+    n = pos.shape[1]
+    return torch.cat([pos.new_zeros(1, 1, pos.shape[2]), pos], dim=1) if math.isqrt(n) ** 2 == n else pos
+
+
+def _resize_pos_embed(pos: torch.Tensor, grid: int, source, key: str) -> torch.Tensor:
     """[1, 1 + g*g, C] (cls slot first) -> [1, 1 + grid*grid, C], bicubic on the grid part."""
     cls, rest = pos[:, :1], pos[:, 1:]
-    g = int(round(rest.shape[1] ** 0.5))
+    g = math.isqrt(rest.shape[1])
     if g * g != rest.shape[1]:
-        raise WeightsError(f"pos_embed with {rest.shape[1]} grid tokens is not a square grid")
+        raise WeightsError(f"{source}: {key} of shape {tuple(pos.shape)} is neither a square grid of position "
+                           "embeddings nor one after a class-token slot")
     return torch.cat([cls, resize_token_grid(rest.float(), g, (grid, grid)).to(pos.dtype)], dim=1)
 
 
@@ -311,9 +352,11 @@ def _match_partial(module: torch.nn.Module, state: dict, prefix: str, report: Im
         if k not in own:
             report.unexpected.append(prefix + k)
             continue
-        if k.rsplit(".", 1)[-1] == "pos_embed" and v.shape != own[k].shape:  # another crop or patch grid
-            v = _resize_pos_embed(v, int(round((own[k].shape[1] - 1) ** 0.5)))
-            report.resized.append(prefix + k)
+        if k.rsplit(".", 1)[-1] == "pos_embed" and v.dim() == 3:
+            v = _with_cls_slot(v)
+            if v.shape != own[k].shape:  # another crop or patch grid
+                v = _resize_pos_embed(v, math.isqrt(own[k].shape[1] - 1), source, prefix + k)
+                report.resized.append(prefix + k)
         if v.shape != own[k].shape:
             raise ShapeMismatchError(
                 f"{prefix}{k}: checkpoint shape {tuple(state[k].shape)} != model shape {tuple(own[k].shape)}", source)
@@ -355,16 +398,23 @@ def import_official_segvit(model, checkpoint) -> ImportReport:
     (``q`` grid queries, ``decoder_1.layers.0.multihead_attn.in_proj_weight``, ``atm.decoder_1`` ...).
     """
     state = _checkpoint_state(checkpoint)
-    backbone, head, other = {}, {}, []
+    source = "the checkpoint" if isinstance(checkpoint, dict) else checkpoint
+    backbone, head, other, named = {}, {}, [], {}
     for k, v in state.items():
         if k.startswith("backbone."):
-            backbone[_timm_name(k[len("backbone."):])] = v
+            name = _timm_name(k[len("backbone."):])
+            if name in named:
+                raise WeightsError(f"{source} holds backbone.{name} twice, as {named[name]} and {k} (mmseg and timm "
+                                   "names): which one is meant is not for us to guess; keep one")
+            named[name] = k
+            backbone[name] = v
         elif k.startswith("decode_head."):
             head[k[len("decode_head."):]] = v
         else:
             other.append(k)
     if not backbone and not head:
-        raise WeightsError("checkpoint has no backbone.* or decode_head.* keys: not an mmseg SegViT checkpoint")
+        raise WeightsError(f"{source} has no backbone.* or decode_head.* keys (it has e.g. "
+                           f"{', '.join(list(state)[:3]) or 'none'}): not an mmseg SegViT checkpoint")
     report = ImportReport(unexpected=other)
     pairs = _match_partial(model.backbone, backbone, "backbone.", report, checkpoint)
     _copy_pairs(pairs + _match_partial(model.decode_head, head, "decode_head.", report, checkpoint))

@@ -88,6 +88,14 @@ def test_split_none_evaluates_a_generic_folder_without_split_folders(setup, tmp_
     assert "split 'validation' not found" in capsys.readouterr().err
     metrics = evaluate.main(["--weights", str(weights), "--data", str(flat), "--split", "none", "--quiet"])
     assert metrics["images"] == 3 and metrics["mIoU"] == pytest.approx(expected_miou(model, ade), abs=1e-9)
+    split = tmp_path / "split"  # the generic layout with split folders, read with --split none
+    for sub in ("images", "masks"):
+        (split / sub).mkdir(parents=True)
+        (flat / sub).rename(split / sub / "validation")
+    (split / "classes.txt").write_text((ade / "classes.txt").read_text())
+    with pytest.raises(SystemExit):
+        evaluate.main(["--weights", str(weights), "--data", str(split), "--split", "none", "--quiet"])
+    assert "it holds folders (validation): name one as the split (evaluate --split NAME)" in capsys.readouterr().err
 
 
 def test_outputs_that_would_overwrite_an_input_or_each_other_and_zero_windows_are_refused(setup, capsys):
@@ -324,3 +332,20 @@ def test_engine_evaluation_refuses_what_an_engine_cannot_do(setup, engine, tmp_p
         evaluate.main(["--quiet", "--engine", str(engine), "--data", str(other)])
     assert "the dataset has 5 classes, the engine 3" in capsys.readouterr().err
     assert sorted(p.name for p in engine.iterdir()) == ["engine.json", "model.onnx"]
+
+
+def test_class_names_in_another_order_are_told_before_the_work(setup, tmp_path, capsys, monkeypatch):
+    from segvit_rt.weights import load_weights
+
+    _, ade, model, weights = setup
+    names = (ade / "classes.txt").read_text().split()
+    told_before = []
+    original = evaluate.evaluate_model
+    monkeypatch.setattr(evaluate, "evaluate_model",
+                        lambda *a, **k: (told_before.append(capsys.readouterr().err), original(*a, **k))[1])
+    for order, told in ((names[::-1], "lists the weights' class names in another order (first difference at "
+                                      "index 0): its label numbers mean other classes than the model's"),
+                        (["x", "y", "z"], f"the dataset's class names differ from the weights' ({names} ... vs ['x', 'y', 'z']")):
+        renamed = save_weights(tmp_path / "w.safetensors", load_weights(weights), class_names=order)
+        evaluate.main(["--weights", str(renamed), "--data", str(ade.parent), "--quiet"])
+        assert told in told_before[-1]

@@ -854,7 +854,25 @@ def test_a_training_checkpoint_converts_to_the_runs_weights(synth, tmp_path, cap
     torch.save(state, tmp_path / "odd.pt")
     refused.append((tmp_path / "odd.pt", [], "odd.pt: its run's arguments do not make a model this version builds: "
                                              "config 'tiny': decoder_dropout must be in [0, 1), got 1.0"))
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    del state["model"]["decode_head.q.weight"]  # edited, or another version's
+    torch.save(state, tmp_path / "edited.pt")
+    refused.append((tmp_path / "edited.pt", [], "edited.pt: its model state does not fit the model its arguments "
+                                                "describe (Error(s) in loading state_dict"))
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["model"]["decode_head.q.weight"][0, 0] = float("nan")  # a diverged run's last checkpoint
+    torch.save(state, tmp_path / "nan.pt")
+    refused.append((tmp_path / "nan.pt", [], "x.safetensors not written: decode_head.q.weight holds NaN or infinite"))
+    (tmp_path / "cut.pt").write_bytes((out / "checkpoint.pt").read_bytes()[:50_000])  # a copy cut short
+    refused.append((tmp_path / "cut.pt", [], "cut.pt is not a readable PyTorch checkpoint (corrupt, truncated"))
     for source, args, message in refused:
         with pytest.raises(SystemExit):
             convert.main([str(source), "--out", str(tmp_path / "x.safetensors"), *args])
         assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["args"]["weights_dtype"] = "bf16"  # the run's own choice of what it writes at its end
+    torch.save(state, tmp_path / "bf16.pt")
+    converted = convert.main([str(tmp_path / "bf16.pt"), "--out", str(converted)])
+    assert load_file(str(converted))["decode_head.q.weight"].dtype == torch.bfloat16
+    assert f"note: {converted} existed and was replaced" in capsys.readouterr().out

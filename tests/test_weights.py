@@ -380,3 +380,65 @@ def test_convert_cli_writes_weights_the_builder_takes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         convert.main([str(same), "--preset", "tiny", "--variant", "shrunk", "--out", str(same)])
     assert "is the checkpoint being converted" in capsys.readouterr().err
+
+
+def test_save_weights_writes_no_weights_its_loader_would_refuse(tmp_path, tiny_shrunk):
+    """NaN, or a value out of range for the dtype asked for: refused before anything is written."""
+    with torch.no_grad():
+        tiny_shrunk.decode_head.q.weight[1, 2] = 1e6  # fine in fp32 and bf16, inf in fp16
+    weights.save_weights(tmp_path / "bf16.safetensors", tiny_shrunk, dtype=torch.bfloat16)
+    with pytest.raises(WeightsError, match=r"fp16\.safetensors not written: decode_head\.q\.weight holds NaN or "
+                                           r"infinite values \(from a diverged run, or out of range for the dtype\?\)"):
+        weights.save_weights(tmp_path / "fp16.safetensors", tiny_shrunk, dtype=torch.float16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bf16.safetensors"]
+
+
+def test_metadata_without_what_builds_the_model_is_named(tmp_path, tiny_shrunk):
+    state = {k: v.contiguous() for k, v in tiny_shrunk.state_dict().items()}
+    meta = weights.model_metadata(tiny_shrunk)
+    path = tmp_path / "w.safetensors"
+    for record, message in (({k: v for k, v in meta.items() if k != "config"}, "lacks a valid 'config'"),
+                            ({**meta, "variant": None, "config": [1]}, "lacks a valid 'variant' and 'config'"),
+                            ([meta], "its segvit_rt metadata is a JSON list, not an object")):
+        save_file(state, str(path), metadata={"segvit_rt": json.dumps(record)})
+        with pytest.raises(WeightsError, match=re.escape(message)):
+            weights.load_weights(path)
+
+
+def test_checkpoints_are_read_by_content_whatever_their_suffix(tmp_path, tiny_shrunk):
+    state = official_state(tiny_shrunk)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "official.pth"))  # safetensors as .pth
+    torch.save({"state_dict": state}, tmp_path / "official.safetensors")  # torch.save as .safetensors
+    for name in ("official.pth", "official.safetensors"):
+        read = weights.read_checkpoint(tmp_path / name)
+        assert read.keys() == state.keys() and all(torch.equal(read[k], state[k]) for k in state)
+
+
+def test_state_dicts_saved_from_data_parallel_or_holding_odd_values_are_handled(tmp_path, tiny_shrunk):
+    state = official_state(tiny_shrunk)
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, tmp_path / "ddp.pth")
+    model = segvit_rt.create_model("tiny", "shrunk")
+    assert weights.import_official_segvit(model, tmp_path / "ddp.pth").missing == []
+    assert _same_state(model, tiny_shrunk)
+    torch.save({"state_dict": {**state, "decode_head.step": 3}}, tmp_path / "odd.pth")
+    with pytest.raises(WeightsError, match="expected a state dict of tensors; 'decode_head.step' holds a int"):
+        weights.read_checkpoint(tmp_path / "odd.pth")
+    twice = {**state, "backbone.blocks.0.norm1.weight": torch.zeros(128)}  # also under its mmseg name, layers.0.ln1
+    with pytest.raises(WeightsError, match=r"holds backbone\.blocks\.0\.norm1\.weight twice, as "
+                                           r"backbone\.layers\.0\.ln1\.weight and backbone\.blocks\.0\.norm1\.weight"):
+        weights.import_official_segvit(segvit_rt.create_model("tiny", "shrunk"), twice)
+    with pytest.raises(WeightsError, match=r"the checkpoint has no backbone\.\* or decode_head\.\* keys \(it has "
+                                           r"e\.g\. conv\.weight\)"):
+        weights.import_official_segvit(model, {"conv.weight": torch.zeros(1)})
+
+
+def test_a_timm_position_embedding_without_a_class_slot_loads(tiny_shrunk):
+    """timm's ``no_embed_class`` ViTs keep no cls slot in pos_embed: [1, g*g, C]; ours drops that slot."""
+    state = _timm_state(tiny_shrunk, grid=8)  # the tiny preset's own grid: no resize
+    state["pos_embed"] = state["pos_embed"][:, 1:]
+    report = weights.import_timm_vit(tiny_shrunk, state)
+    assert report.resized == [] and report.missing == []
+    assert torch.equal(tiny_shrunk.backbone.pos_embed[:, 1:], state["pos_embed"])
+    state["pos_embed"] = torch.randn(1, 51, 128)  # neither 1 + g*g nor g*g
+    with pytest.raises(WeightsError, match=r"backbone\.pos_embed of shape \(1, 51, 128\) is neither a square grid"):
+        weights.import_timm_vit(tiny_shrunk, state)

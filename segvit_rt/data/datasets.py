@@ -413,7 +413,14 @@ class GenericSegDataset(IgnoreIndexDataset):
         image_dir, mask_dir = root / "images", root / "masks"
         if split is not None:
             image_dir, mask_dir = _split_dirs(image_dir, mask_dir, split)
-        samples = pair_files(image_dir, mask_dir, IMAGE_SUFFIXES, MASK_SUFFIXES)
+        try:
+            samples = pair_files(image_dir, mask_dir, IMAGE_SUFFIXES, MASK_SUFFIXES)
+        except DatasetError as e:
+            folders = sorted(p.name for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if split is None and folders and str(e).startswith("empty split"):
+                raise DatasetError(f"{e}; it holds folders ({_listed(folders)}): name one as the split "
+                                   "(evaluate --split NAME)") from e
+            raise
         super().__init__(samples, classes, transform, seed)
         self.root = root
         self.split = split
