@@ -4,17 +4,23 @@ Precision comes from the graph, not from builder flags: an fp16 engine is
 exported as an fp16 ONNX graph (fp32 input and outputs cast at its edges) and
 parsed into a ``STRONGLY_TYPED`` network, so every tensor keeps the exported
 type. No precision flag is set: TensorRT 10 rejects precision flags on
-strongly-typed networks and TensorRT 11 has none (every network is strongly
-typed; the creation flag is accepted and ignored there, and only passed where
-it exists). Inference binds torch CUDA tensors by address and enqueues on a
-torch stream ordered with the caller's (``execute_async_v3``): no pycuda.
+strongly-typed networks and TensorRT 11 has no precision-lowering flags (FP16,
+BF16, INT8 ... are gone; TF32 remains and is cleared for fp32 engines); every
+network is strongly typed there, the creation flag is accepted and ignored, and
+only passed where it exists. Inference binds torch CUDA tensors by address and
+enqueues on a torch stream ordered with the caller's (``execute_async_v3``): no pycuda.
 
-A plan runs only under the TensorRT version that built it, on a GPU of the
-same compute capability; both are recorded and checked before loading.
+A plan runs only under the TensorRT version that built it and is tuned for the
+GPU model it was built on (no hardware-compatibility level is asked for, which
+would cost speed): another TensorRT version or compute capability is refused
+before loading, another GPU model of the same capability is warned about.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -46,8 +52,32 @@ def default_device() -> torch.device:
     return torch.device("cuda")
 
 
+@functools.cache
 def _logger(trt):
-    return trt.Logger(trt.Logger.WARNING)
+    """One logger for the process (TensorRT warns when its runtimes get different ones). It prints
+    warnings and errors to stderr, and keeps the errors: a failed build only returns None, and the
+    reason (a plugin's own error, say) is in the log alone."""
+
+    class RecordingLogger(trt.ILogger):
+        shown = (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR, trt.ILogger.Severity.WARNING)
+        failures = shown[:2]
+
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if severity in self.failures:
+                self.errors.append(msg)
+            if severity in self.shown:
+                print(f"TensorRT {getattr(severity, 'name', severity)}: {msg}", file=sys.stderr)
+
+    return RecordingLogger()
+
+
+def _errors_since(logger, start: int) -> str:
+    errors = logger.errors[start:]
+    return f": {'; '.join(errors[-3:])}" if errors else " (see its log above)"
 
 
 def check_plugin_available() -> None:
@@ -57,6 +87,11 @@ def check_plugin_available() -> None:
         tensorrt_plugin.check_available()
     except ImportError as e:
         raise EngineError(f"the ATM TensorRT plugin needs TensorRT's tensorrt.plugin API: {e}") from e
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        raise EngineError("the ATM TensorRT plugin is our Triton kernel compiled to PTX at build time: install "
+                          "triton, or build with --kernels reference") from e
 
 
 def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, max_batch: int) -> dict:
@@ -87,6 +122,7 @@ def export(graph: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic
 
 def _build_plan(trt, onnx_path: Path, shape, dynamic_batch: bool, max_batch: int, precision: str) -> bytes:
     logger = _logger(trt)
+    start = len(logger.errors)
     builder = trt.Builder(logger)
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
@@ -108,7 +144,7 @@ def _build_plan(trt, onnx_path: Path, shape, dynamic_batch: bool, max_batch: int
     config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EngineError("TensorRT failed to build the engine (see its log above)")
+        raise EngineError(f"TensorRT failed to build the engine{_errors_since(logger, start)}")
     return bytes(plan)
 
 
@@ -122,6 +158,11 @@ def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
             "the TensorRT version that built them; rebuild the engine with python -m segvit_rt.build"
         )
     check_compute_capability(meta, path, device)
+    gpu = torch.cuda.get_device_name(device)
+    if meta.get("gpu") and meta["gpu"] != gpu:
+        warnings.warn(f"{path} was built on a {meta['gpu']} and runs on a {gpu}: TensorRT tunes a plan for the GPU "
+                      "model it is built on, so it may run slower here (or not load); rebuild it here for the best",
+                      stacklevel=2)
     if "plugin_driver_cuda" in meta:  # Triton is needed to build the plugin, not to load its plan
         check_plugin_driver(meta, path, driver_cuda_version())
 
@@ -142,7 +183,8 @@ def load(path: Path, meta: dict, device: torch.device):
     plan = path.read_bytes()
     if hashlib.sha256(plan).hexdigest() != meta["sha256"]:  # the bytes deserialized are the bytes checked
         raise EngineError(f"engine artifact {path} changed since its sha256 check; rebuild the engine")
-    runtime = trt.Runtime(_logger(trt))
+    logger = _logger(trt)
+    runtime = trt.Runtime(logger)
     with torch.cuda.device(device):
         engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
@@ -152,7 +194,7 @@ def load(path: Path, meta: dict, device: torch.device):
             if engine.get_tensor_dtype(name) != trt.float32:
                 raise EngineError(f"{path}: tensor {name} is {engine.get_tensor_dtype(name)}, engines use float32 I/O")
         context = engine.create_execution_context()
-    return _PlanRunner(runtime, engine, context, device)
+    return _PlanRunner(runtime, engine, context, device, logger)
 
 
 class _PlanRunner:
@@ -160,8 +202,9 @@ class _PlanRunner:
     the caller's later work: TensorRT synchronises extra when enqueued on the legacy default
     stream, where torch runs unless told otherwise."""
 
-    def __init__(self, runtime, engine, context, device: torch.device):
+    def __init__(self, runtime, engine, context, device: torch.device, logger):
         self.runtime, self.engine, self.context = runtime, engine, context  # keep the owners alive
+        self.logger = logger
         self.device = device
         self.stream = torch.cuda.Stream(device)
 
@@ -178,11 +221,14 @@ class _PlanRunner:
             name: torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=torch.float32, device=self.device)
             for name in OUTPUT_NAMES
         }
-        ctx.set_tensor_address(INPUT_NAME, image.data_ptr())
-        for name, t in outs.items():
-            ctx.set_tensor_address(name, t.data_ptr())
+        for name, t in ((INPUT_NAME, image), *outs.items()):
+            if not ctx.set_tensor_address(name, t.data_ptr()):  # TensorRT wants 256-byte aligned addresses
+                raise EngineError(f"TensorRT refused the address of {name} ({t.data_ptr():#x}, "
+                                  f"{t.data_ptr() % 256} bytes past a 256-byte boundary): pass a tensor of its own, "
+                                  "not a view into another")
         self.stream.wait_stream(caller)  # the input is written and the outputs allocated on the caller's stream
+        start = len(self.logger.errors)
         if not ctx.execute_async_v3(self.stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed (see its log above)")
+            raise RuntimeError(f"TensorRT execution failed{_errors_since(self.logger, start)}")
         caller.wait_stream(self.stream)  # so the input's memory, too, is reused only after the plan read it
         return outs["class_logits"], outs["mask_logits"]

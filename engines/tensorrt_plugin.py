@@ -165,8 +165,9 @@ def register() -> None:
         tactics = aot.fitting_tactics(*plugin_attrs(num_heads, head_dim, scale), "fp16", *kernel_target())
         return [trtp.AutoTuneCombination("FP16, FP16, FP16, FP16, FP16", "LINEAR", tactics)]
 
-    # tensorrt.plugin hands autotune and aot_impl the attributes by position, in the order register
-    # declares them: both take all three, in that order.
+    # autotune gets the attributes by name; aot_impl gets all of them by position, in the order of
+    # the fields the plugin is created with, which the ONNX parser takes from the creator, that is,
+    # in the order register declares them (not the node's order). So both take all three, in that order.
     @trtp.aot_impl(PLUGIN_ID)
     def atm_aot(
         q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc,

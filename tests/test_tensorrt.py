@@ -69,6 +69,9 @@ def test_plans_from_another_tensorrt_or_gpu_are_refused(plan, tmp_path):
     (copy / "engine.json").write_text(json.dumps({**meta, "compute_capability": [1, 0]}))
     with pytest.raises(EngineError, match="compute capability"):
         load_engine(copy)
+    (copy / "engine.json").write_text(json.dumps({**meta, "gpu": "Other GPU"}))  # same capability, another model
+    with pytest.warns(UserWarning, match="was built on a Other GPU and runs on a .*: TensorRT tunes a plan"):
+        load_engine(copy)
 
 
 @pytest.mark.parametrize("variant", ["full", "shrunk"])

@@ -143,3 +143,34 @@ def test_a_plugin_plan_loads_without_triton():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "no CUDA driver" or re.fullmatch(r"\d+\.\d+", done.stdout.strip())
+
+
+def test_the_tensorrt_log_keeps_the_errors_a_failed_build_is_reported_with(capsys, monkeypatch):
+    """``_logger`` subclasses ``tensorrt.ILogger`` as TensorRT's Python docs show; here a stand-in
+    with its Severity names checks what our subclass prints and keeps (a plugin's error, raised in
+    a build callback, reaches the user through the log alone)."""
+    import enum
+    import types
+
+    from segvit_rt.engines import tensorrt_backend
+
+    class ILogger:
+        Severity = enum.Enum("Severity", "INTERNAL_ERROR ERROR WARNING INFO VERBOSE")
+
+        def __init__(self):
+            pass
+
+    fake = types.ModuleType("tensorrt")
+    fake.ILogger = ILogger
+    logger = tensorrt_backend._logger(fake)
+    assert tensorrt_backend._logger(fake) is logger  # one per process
+    start = len(logger.errors)
+    assert tensorrt_backend._errors_since(logger, start) == " (see its log above)"
+    severity = ILogger.Severity
+    for level, message in ((severity.VERBOSE, "tactic 3"), (severity.INFO, "built"), (severity.WARNING, "slow"),
+                           (severity.ERROR, "atm_attention: no kernel config fits; use --kernels reference")):
+        logger.log(level, message)
+    printed = capsys.readouterr().err
+    assert printed == ("TensorRT WARNING: slow\n"
+                       "TensorRT ERROR: atm_attention: no kernel config fits; use --kernels reference\n")
+    assert tensorrt_backend._errors_since(logger, start) == ": atm_attention: no kernel config fits; use --kernels reference"
