@@ -6,6 +6,7 @@ and their description cannot drift apart. Files are written atomically.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -24,6 +25,7 @@ from .models.vit import resize_token_grid
 
 FORMAT = "segvit_rt.weights/1"
 _META_KEY = "segvit_rt"
+DIGEST_KEY = "tensors_blake2b"  # metadata key of tensors_digest
 # Config fields that change no tensor shape and may differ between a file and a model.
 _FREE_FIELDS = {"class_names", "slide_stride", "image_scale", "test_min_size", "decoder_dropout", "drop_path_rate",
                 "dataset", "name"}
@@ -67,8 +69,21 @@ def model_metadata(model, class_names=None, extra: dict | None = None) -> dict:
     }
 
 
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """BLAKE2b of every tensor's name, dtype, shape and bytes, in name order. safetensors keeps no
+    checksum; this one, recorded when a file is written, tells one whose tensors changed since (a
+    bad copy or disk), which would otherwise load and segment wrongly without a word."""
+    digest = hashlib.blake2b(digest_size=32)
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def save_weights(path, model, class_names=None, extra: dict | None = None, dtype: torch.dtype | None = None) -> Path:
-    """Write ``model``'s state dict and metadata to ``path`` (.safetensors), atomically."""
+    """Write ``model``'s state dict and metadata (with :func:`tensors_digest`) to ``path``
+    (.safetensors), atomically."""
     path = Path(path)
     meta = model_metadata(model, class_names, extra)
     state = {
@@ -76,6 +91,7 @@ def save_weights(path, model, class_names=None, extra: dict | None = None, dtype
         for k, v in model.state_dict().items()
     }
     _check_finite(state, f"{path} not written")
+    meta[DIGEST_KEY] = tensors_digest(state)
     with atomic_path(path, sweep=True) as tmp:
         try:
             save_file(state, str(tmp), metadata={_META_KEY: json.dumps(json_safe(meta))})
@@ -179,6 +195,9 @@ def load_weights(path, model=None, kernels: str = "reference"):
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: cannot read tensors (corrupt or truncated?): {e}") from e
+    if meta.get(DIGEST_KEY) is not None and tensors_digest(state) != meta[DIGEST_KEY]:  # files of older versions have none
+        raise WeightsError(f"{path} is corrupt: its tensors differ from the digest recorded when it was written "
+                           "(a bad copy or disk?); copy it again from its source")
     _load_exact(model, state, path)
     return model
 

@@ -442,3 +442,19 @@ def test_a_timm_position_embedding_without_a_class_slot_loads(tiny_shrunk):
     state["pos_embed"] = torch.randn(1, 51, 128)  # neither 1 + g*g nor g*g
     with pytest.raises(WeightsError, match=r"backbone\.pos_embed of shape \(1, 51, 128\) is neither a square grid"):
         weights.import_timm_vit(tiny_shrunk, state)
+
+
+def test_a_byte_changed_in_the_tensor_data_is_told_as_corruption(tmp_path, tiny_shrunk):
+    """safetensors has no checksum: save_weights records a digest of the tensors, load_weights checks it.
+    Without it a flipped byte deep in the data loads silently (files of older versions, which have none)."""
+    path = weights.save_weights(tmp_path / "w.safetensors", tiny_shrunk)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x10  # inside the last tensor's bytes: the header (and its record) stay intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"w\.safetensors is corrupt: its tensors differ from the digest recorded"):
+        weights.load_weights(path)
+    meta = {k: v for k, v in weights.read_metadata(path).items() if k != weights.DIGEST_KEY}
+    from safetensors.torch import load_file
+
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata={"segvit_rt": json.dumps(meta)})
+    assert not _same_state(weights.load_weights(tmp_path / "old.safetensors"), tiny_shrunk)  # loads, changed
