@@ -4,11 +4,17 @@
 ``segvit_rt.kernels`` and ``segvit_rt.engines`` (PyPI already has unrelated
 packages called ``kernels`` and ``engines``).
 """
+import re
+from pathlib import Path
+
 from setuptools import setup
+
+VERSION = re.search(r'^__version__ = "([^"]+)"', (Path(__file__).parent / "segvit_rt" / "__init__.py").read_text(),
+                    re.M).group(1)
 
 setup(
     name="segvit_rt",
-    version="0.1.0",
+    version=VERSION,
     description="SegViT (ATM decoder, Shrunk variant) with fused Triton kernels, FP16 engines and a thin runtime",
     python_requires=">=3.10",
     packages=[

@@ -6,6 +6,8 @@ folders; an install maps them the same way through setuptools ``package_dir``.
 """
 import os as _os
 
+__version__ = "0.1.0"  # setup.py reads it from here
+
 _here = _os.path.dirname(_os.path.abspath(__file__))
 _root = _os.path.dirname(_here)
 if not _os.path.isdir(_os.path.join(_here, "kernels")) and _os.path.isfile(

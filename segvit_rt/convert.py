@@ -31,6 +31,7 @@ from .weights import (
     WeightsError,
     import_official_segvit,
     read_checkpoint,
+    read_metadata,
     save_weights,
 )
 
@@ -42,6 +43,16 @@ def training_checkpoint(path) -> dict | None:
         return load_checkpoint(path, mmap=True)
     except CheckpointError:
         return None
+
+
+def check_not_our_weights(path) -> None:
+    """A segvit_rt weights file needs no converting: say so, rather than ask what model it holds."""
+    try:
+        meta = read_metadata(path)
+    except WeightsError:
+        return
+    raise WeightsError(f"{path} is already segvit_rt weights ({meta.get('preset')} {meta['variant']}): build from it "
+                       f"as it is, python -m segvit_rt.build --weights {path}")
 
 
 def convert_training_checkpoint(state: dict, checkpoint, out, preset: str | None = None,
@@ -121,6 +132,7 @@ def main(argv=None) -> Path:
         else:
             missing = [flag for flag, value in (("--preset", args.preset), ("--variant", args.variant)) if not value]
             if missing:
+                check_not_our_weights(args.checkpoint)
                 read_checkpoint(args.checkpoint)  # a corrupt or truncated file says so first
                 raise WeightsError(f"{' and '.join(missing)} needed: {args.checkpoint} is not a segvit_rt training "
                                    "checkpoint, so the model it holds must be named")

@@ -116,12 +116,13 @@ def format_table(metrics: dict, class_names) -> str:
         return "   -  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}"
 
     width = max([len("class")] + [len(n) for n in class_names])
+    stride = "" if metrics["mode"] == "whole" else f", stride {metrics['stride']}"  # whole mode has no windows
     lines = [f"{'class':<{width}}    IoU    Acc"]
     lines += [f"{name:<{width}} {pct(iou)} {pct(acc)}"
               for name, iou, acc in zip(class_names, metrics["IoU"], metrics["Acc"])]
     chance = metrics.get("chance", {})  # None: evaluate_model found no labelled pixel
     lines.append(f"mIoU {pct(metrics['mIoU'])}  aAcc {pct(metrics['aAcc'])}  mAcc {pct(metrics['mAcc'])}  "
-                 f"({metrics['images']} images, {metrics['mode']}, crop {metrics['crop']}, stride {metrics['stride']}"
+                 f"({metrics['images']} images, {metrics['mode']}, crop {metrics['crop']}{stride}"
                  f"{', multi-scale + flip' if metrics.get('tta') else ''}{_engine_words(metrics)})")
     if chance:
         lines.append(f"chance: constant mIoU {pct(chance['constant_mIoU'])}, random mIoU {pct(chance['random_mIoU'])}")

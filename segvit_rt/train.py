@@ -244,7 +244,9 @@ def load_init(model: SegViT, path: str, fmt: str, info: DistInfo) -> None:
 
 
 def check_init_format(model: SegViT, path: str, fmt: str) -> None:
-    """Refuse an ``--init-format`` that would load the file only in part, silently."""
+    """Refuse a missing ``--init`` file, and an ``--init-format`` that would load it only in part, silently."""
+    if not Path(path).exists():
+        raise UsageError(f"--init {path}: no such file")
     if fmt == "full" and model.variant != "shrunk":
         raise UsageError("--init-format full warm-starts a Shrunk model from a full one; to start a full model "
                          "from full weights (ours or official), use --init-format official")
@@ -411,6 +413,8 @@ class Trainer:
         windows = extra.get("loss_windows")  # checkpoints from before they were kept have none
         self.window = [torch.tensor(row, device=self.device) for row in windows[self.info.rank]] if windows else []
         self.final_metrics = extra.get("final_metrics")
+        if self.info.is_main:
+            print(f"resuming {self.out} from step {step} of {self.args.iters}", file=sys.stderr)
         return step, float(extra["elapsed"])
 
     # ------------------------------------------------------------------ loop

@@ -128,9 +128,9 @@ def read_metadata(path) -> dict:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         if _is_torch_save(path):
-            raise WeightsError(f"{path} is a PyTorch checkpoint, not segvit_rt weights: convert an official SegViT "
-                               "checkpoint with python -m segvit_rt.convert, or use a training run's "
-                               "weights.safetensors") from e
+            raise WeightsError(f"{path} is a PyTorch checkpoint, not segvit_rt weights: convert it with python -m "
+                               "segvit_rt.convert (an official SegViT checkpoint, or a training run's checkpoint.pt), "
+                               "or use a training run's weights.safetensors") from e
         raise WeightsError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
     if _META_KEY not in header:
         raise WeightsError(f"{path} has no segvit_rt metadata: not a segvit_rt weights file (a plain state dict "

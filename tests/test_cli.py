@@ -177,3 +177,20 @@ def test_build_takes_the_variant_from_the_weights_file(tmp_path):
         build.load_build_model(None, None, None)
     assert build.build_parser().parse_args(["--weights", str(full)]).variant is None
     assert demo.build_parser().parse_args([]).variant is None
+
+
+def test_python_m_segvit_rt_lists_commands_that_exist(capsys):
+    import importlib.metadata
+    import importlib.util
+
+    import segvit_rt
+    from segvit_rt import __main__ as entry
+
+    assert entry.main([]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"segvit_rt {segvit_rt.__version__}: run a command as python -m segvit_rt.COMMAND")
+    for name, _ in entry.COMMANDS:
+        assert f"  {name} " in printed and importlib.util.find_spec(f"segvit_rt.{name}") is not None, name
+    assert importlib.metadata.version("segvit_rt") == segvit_rt.__version__  # setup.py reads it from the package
+    assert entry.main(["build", "--variant", "shrunk"]) == 2
+    assert "error: run it as python -m segvit_rt.build" in capsys.readouterr().err

@@ -93,7 +93,8 @@ def test_command_line(tmp_path, capsys):
         generate(tmp_path / "api", classes=3, train=2, val=1, size=32, seed=3, progress=False))
     with pytest.raises(SystemExit) as failed:
         synth.main([str(tmp_path), "--classes", "3", "--train", "2", "--val", "1"])
-    assert failed.value.code != 0 and "already exists" in capsys.readouterr().err
+    assert failed.value.code != 0 and "ADEChallengeData2016 already exists: pass --overwrite to replace it" in \
+        capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- what identifies a class

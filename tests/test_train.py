@@ -443,7 +443,8 @@ def test_resume_on_a_training_split_of_another_size_is_noted(synth, tmp_path, ca
         with pytest.raises(RuntimeError, match="killed"):
             train_cli.main([*args, "--iters", "4"])
     train_cli.main([*args, "--iters", "4", "--resume"])  # the same split: nothing to say
-    assert "note: the training split" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "note: the training split" not in err and f"resuming {out} from step 2 of 4\n" in err
     out2 = tmp_path / "run2"
     args2 = [a if a != str(out) else str(out2) for a in args]
     with pytest.MonkeyPatch.context() as patch:
@@ -732,6 +733,10 @@ def test_a_whole_segvit_checkpoint_under_the_timm_format_is_refused(synth, tmp_p
                         "--init", str(tmp_path / "segvit.pth"), *FAST])
     assert exc.value.code == 2
     assert "holds a whole SegViT model (decode_head.* weights)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a typo in the path
+        train_cli.main(["--data", str(synth), "--out", str(tmp_path / "run"), "--iters", "1",
+                        "--init", str(tmp_path / "segvit.ph"), *FAST])
+    assert f"error: --init {tmp_path / 'segvit.ph'}: no such file" in capsys.readouterr().err
 
 
 @pytest.mark.gpu
@@ -847,7 +852,8 @@ def test_a_training_checkpoint_converts_to_the_runs_weights(synth, tmp_path, cap
     assert meta["trained_iters"] == 2 and meta["variant"] == "shrunk"
     refused = [(out / "checkpoint.pt", ["--variant", "full"],
                 "a training checkpoint of a tiny shrunk run; --variant full"),
-               (out / "weights.safetensors", [], "--preset and --variant needed"),
+               (out / "weights.safetensors", [], "weights.safetensors is already segvit_rt weights (tiny shrunk): "
+                                                 "build from it as it is"),
                (out / "gone.pt", ["--variant", "full"], "checkpoint not found")]
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     state["args"]["dropout"] = 1.0  # a run this version would refuse to start

@@ -350,6 +350,10 @@ def test_convert_cli_writes_weights_the_builder_takes(tmp_path, capsys):
         weights.load_weights(tmp_path / "renamed.safetensors")
     assert weights.load_weights(weights.save_weights(tmp_path / "ours.pt", src)).cfg.name == "tiny"
 
+    with pytest.raises(SystemExit):
+        convert.main([str(tmp_path / "official.pth"), "--out", str(tmp_path / "x.safetensors")])
+    assert "--preset and --variant needed: " in capsys.readouterr().err
+
     del state["decode_head.atm.class_embed.weight"]
     torch.save({"state_dict": state}, tmp_path / "partial.pth")
     with pytest.raises(SystemExit) as exc:

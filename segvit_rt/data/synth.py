@@ -223,6 +223,8 @@ def main(argv=None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if (Path(args.out) / ADE_FOLDER).exists() and not args.overwrite:
+        parser.error(f"{Path(args.out) / ADE_FOLDER} already exists: pass --overwrite to replace it")
     try:
         check_output(args.out, "OUT", folder=True)
         root = generate(args.out, args.classes, args.train, args.val, args.size, args.seed,
