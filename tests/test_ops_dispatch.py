@@ -129,6 +129,8 @@ def test_postprocess_takes_mixed_dtypes_and_names_logits_that_do_not_pair(monkey
     (lambda q, k: reference.qd_attention(k[:, :6], k[:, :6], k[:, :6], (2, 3), True),
      "qd_attention: num_heads must be a positive int, got True"),
     (lambda q, k: reference.atm_attention(q[0], k, k, 2), r"the queries must be \[B, N, D\], got \(5, 32\)"),
+    (lambda q, k: reference.qd_attention(k[:, :6], k, k, (2, 3), 2),
+     r"qd_attention: k and v must hold the 6 tokens of x_q's grid, got k \(2, 7, 32\)"),
     (lambda q, k: ops.atm_attention(q, k, k, 2, need_mask=False, scale=float("nan")), "scale must be finite, got nan"),
     (lambda q, k: ops.atm_attention(q, k, k, 2, need_mask=False, sacle=0.1),
      r"unexpected keyword arguments \['sacle'\]"),

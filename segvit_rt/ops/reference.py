@@ -148,6 +148,9 @@ def qd_attention(
     Returns [B, L/4, D].
     """
     scale = _scale("qd_attention", x_q, num_heads, scale)
+    if k.dim() != 3 or k.shape[1] != x_q.shape[1]:  # keys/values are the same full-resolution tokens
+        raise ValueError(f"qd_attention: k and v must hold the {x_q.shape[1]} tokens of x_q's grid, got k "
+                         f"{tuple(k.shape)}")
     return _sdpa("qd_attention", downsample_tokens(x_q, grid_hw), k, v, num_heads, scale)
 
 
