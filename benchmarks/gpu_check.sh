@@ -9,7 +9,9 @@
 #
 # Time: each step has its own limit, 20+90+50+180+160+40 = 540 s by default, and 10 s more to stop
 # after its interrupt (gpu-tests' xdist workers need them); the summary, a few seconds, is written after
-# each bench step, outside the limits. That comes to about 570 s of a 600 s call. Limits come from two
+# each bench step, outside the limits. That comes to about 570 s of a 600 s call when steps end within
+# their limits (600 s if every step also used its 10 s stop allowance: gpu-tests, last and partial
+# anyway, would then lose its end). Limits come from two
 # runs on an H200 (2026-11-28, benchmarks/RESULTS.md): kernel-bench autotunes from cold caches on a
 # fresh machine (the three ViT-L fused ATM benchmarks took 13 s each; 75 s ended it in the fused QD
 # benchmark; KERNEL_BENCH_LIMIT gives it more, at the cost of the later steps); the eager throughput
@@ -47,22 +49,26 @@ if [ $# -lt 1 ]; then
     echo "usage: bash benchmarks/gpu_check.sh OUTDIR [STEP...]" >&2
     exit 2
 fi
+PY=${PYTHON:-python3}
+command -v "$PY" >/dev/null || PY=python
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    echo "gpu_check: torch does not import in $PY; nothing to check" >&2
+    exit 2
+fi
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: no CUDA GPU visible to torch ($PY: torch.cuda.is_available() is False); nothing to check" >&2
+    exit 2
+fi
 OUT=$(mkdir -p "$1" && cd "$1" && pwd) || { echo "gpu_check: cannot create $1" >&2; exit 2; }
 shift
 STEPS=${*:-probe kernel-bench throughput-eager throughput-aoti-shrunk throughput-aoti-shrunk-reference gpu-tests}
 cd "$(dirname "$0")/.." || exit 2
-PY=${PYTHON:-python3}
-command -v "$PY" >/dev/null || PY=python
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET            # the real compiler, not the CPU interpreter
 LOG="$OUT/log.txt"
 status=0
 
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "gpu_check: no CUDA GPU visible to torch ($PY: torch.cuda.is_available() is False); nothing to check" >&2
-    exit 2
-fi
 
 has() { "$PY" -c "import $1" 2>/dev/null; }
 PARALLEL=(); has xdist && PARALLEL=(-n 4)

@@ -1,6 +1,6 @@
 """Where one model forward spends its time, per kernel, with and without our Triton kernels.
 
-    python benchmarks/profile_model.py [--variant shrunk] [--preset P] [--batch 8] [--top 12]
+    python benchmarks/profile_model.py [--variant shrunk] [--preset P] [--batch 8] [--iters 5] [--top 12]
 
 On a GPU: ViT-L ADE20K 640, fp16, batch 8 (what the throughput benchmark times); on a CPU the tiny
 preset in fp32, the Triton kernels in the interpreter. For each ``kernels`` setting it prints the
@@ -91,12 +91,13 @@ def differences(a: dict, b: dict, top: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", choices=("full", "shrunk"), default="shrunk")
-    parser.add_argument("--preset", default="vit_l16_ade20k_640" if ON_CUDA else "tiny")
-    parser.add_argument("--batch", type=int, default=8 if ON_CUDA else 2)
-    parser.add_argument("--iters", type=int, default=5 if ON_CUDA else 2)
-    parser.add_argument("--top", type=int, default=12)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--variant", choices=("full", "shrunk"), default="shrunk", help="model variant")
+    parser.add_argument("--preset", default="vit_l16_ade20k_640" if ON_CUDA else "tiny", help="model preset")
+    parser.add_argument("--batch", type=int, default=8 if ON_CUDA else 2, help="images per forward")
+    parser.add_argument("--iters", type=int, default=5 if ON_CUDA else 2, help="profiled forwards per setting")
+    parser.add_argument("--top", type=int, default=12, help="entries listed per setting")
     args = parser.parse_args(argv)
     for name in ("batch", "iters", "top"):
         if getattr(args, name) < 1:

@@ -25,6 +25,7 @@ def load_rows(paths):
     """Rows of every readable file; an unreadable one (an empty file from a pytest run killed before
     it could write, say) is reported and left out, so the others still make a table."""
     rows = []
+    names = run_names(paths)
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
@@ -32,7 +33,7 @@ def load_rows(paths):
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
             print(f"summarize: left out {path}, not readable benchmark JSON: {err!r}", file=sys.stderr)
             continue
-        run = Path(path).stem.removeprefix("bench_")
+        run = names[path]
         for bench in benches:
             info, stats = bench.get("extra_info", {}), bench.get("stats") or {}
             median_ms = info.get("median_ms")
@@ -46,6 +47,14 @@ def load_rows(paths):
                 r["spread"] = stats["iqr"] / stats["median"]  # of the rounds: how steady the timing was
             rows.append(r)
     return rows
+
+
+def run_names(paths) -> dict:
+    """Each file's run: its name without ``bench_``, with its folder where two files share a name
+    (``gpu_check.sh``'s two calls each write ``OUT/bench_*.json``): they are two runs, not one."""
+    stems = {path: Path(path).stem.removeprefix("bench_") for path in paths}
+    shared = {stem for stem in stems.values() if list(stems.values()).count(stem) > 1}
+    return {path: (str(Path(path).with_suffix("")) if stem in shared else stem) for path, stem in stems.items()}
 
 
 def row(group: str, name: str, info: dict, median_ms: float, run: str = "") -> dict:
@@ -260,18 +269,26 @@ def throughput_chart(rows, path) -> None:
             if r is not None:
                 xs.append(j + (i - (len(runners) - 1) / 2) * width)
                 ys.append(r["images_per_s"])
-                eager = by_key.get((variant, "eager"))  # the ratio of the bars drawn, whatever their runs
-                labels.append(f"{r['images_per_s'] / eager['images_per_s']:.2f}x" if eager and r is not eager else "")
+                labels.append(_chart_speedup(r, by_key.get((variant, "eager"))))
         bars = ax.bar(xs, ys, width, label=runner)
         ax.bar_label(bars, labels=labels, fontsize=7)
     ax.set_xticks(range(len(variants)), variants)
-    ax.set_ylabel("images / s")
+    ax.set_ylabel("images / s (labels: speed vs eager)")
     ax.set_title(titles[-1], fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def _chart_speedup(r: dict, eager: dict | None) -> str:
+    """A bar's label: its speedup vs eager as the table gives it (eager of its own run, or of another
+    where the table took that), else the ratio of the two bars drawn."""
+    if eager is None or r is eager:
+        return ""
+    ratio = r["speedup_vs"].get("eager") or r["images_per_s"] / eager["images_per_s"]
+    return f"{ratio:.2f}x"
 
 
 def main(argv=None):

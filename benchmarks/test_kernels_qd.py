@@ -85,10 +85,11 @@ def test_qd_forward(benchmark, variant):
     fn = _variant(variant)
     bytes_moved, flops = _counts(backward=False)
     with torch.no_grad(), _sdpa_backend():
-        out = measure(benchmark, lambda: fn(x_q, k, v, grid_hw, heads), group="qd-attention-fwd", name=variant,
-                      baseline=_baseline(variant), bytes_moved=bytes_moved, flops=flops)
-        expected = gather_sdpa(x_q, k, v, grid_hw, heads)
-    torch.testing.assert_close(out.float(), expected.float(), atol=1e-2, rtol=1e-2)
+        # checked before timing: a wrong result must not reach the JSON as a speedup
+        torch.testing.assert_close(fn(x_q, k, v, grid_hw, heads).float(),
+                                   gather_sdpa(x_q, k, v, grid_hw, heads).float(), atol=1e-2, rtol=1e-2)
+        measure(benchmark, lambda: fn(x_q, k, v, grid_hw, heads), group="qd-attention-fwd", name=variant,
+                baseline=_baseline(variant), bytes_moved=bytes_moved, flops=flops)
     info = benchmark.extra_info
     if variant == "fused" and "tflops" in info and "matmul" in _PEAK_TFLOPS:
         info["fraction_of_matmul_peak"] = info["tflops"] / _PEAK_TFLOPS["matmul"]
@@ -105,10 +106,10 @@ def test_qd_backward(benchmark, variant):
     def backward():
         return torch.autograd.grad(out, (x_q, k, v), dout, retain_graph=True)
 
-    bytes_moved, flops = _counts(backward=True)
-    grads = measure(benchmark, backward, group="qd-attention-bwd", name=variant,
-                    baseline=_baseline(variant), bytes_moved=bytes_moved, flops=flops)
     with _sdpa_backend():
         expected = gather_sdpa(x_q, k, v, (SHAPE["h"], SHAPE["w"]), SHAPE["heads"])
-    for got, want in zip(grads, torch.autograd.grad(expected, (x_q, k, v), dout)):
+    for got, want in zip(backward(), torch.autograd.grad(expected, (x_q, k, v), dout)):  # before timing
         assert_near(got, want)
+    bytes_moved, flops = _counts(backward=True)
+    measure(benchmark, backward, group="qd-attention-bwd", name=variant,
+            baseline=_baseline(variant), bytes_moved=bytes_moved, flops=flops)

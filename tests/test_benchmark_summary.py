@@ -225,3 +225,36 @@ def test_profile_refuses_bad_arguments(capsys):
         with pytest.raises(SystemExit) as exit_info:
             profile_model.main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_files_of_one_name_in_two_folders_are_two_runs(tmp_path, capsys):
+    """gpu_check.sh's two calls each write OUT/bench_*.json: a second call's file of the same name is
+    another run, so a ratio across them says so."""
+    first, second = tmp_path / "OUT", tmp_path / "OUT2"
+    first.mkdir(), second.mkdir()
+    paths = _write(first, {"throughput_aoti": [_bench(FULL, "eager", 40.0, "full"),
+                                               _bench(FULL, "aoti", 25.0, "full", "eager", {"eager": 1.6})]})
+    paths += _write(second, {"throughput_aoti": [_bench(SHRUNK, "eager", 30.0, "shrunk"),
+                                                 _bench(SHRUNK, "aoti", 14.0, "shrunk", "eager", {"eager": 2.14})]})
+    assert summarize.run_names(paths) == {paths[0]: str(first / "bench_throughput_aoti"),
+                                          paths[1]: str(second / "bench_throughput_aoti")}
+    assert summarize.main(paths) == 0
+    goals = _goals(capsys.readouterr().out)
+    assert "met Shrunk/full time <= 0.65 (ViT-L 640 fp16 aoti): 0.56 (from two runs)" in goals
+
+
+def test_gpu_check_without_a_gpu_stops_before_writing_anything(tmp_path):
+    """With no GPU visible (CUDA_VISIBLE_DEVICES empty: also on a GPU machine) it exits 2, naming why,
+    and leaves no OUT folder behind; usage without OUT is 2 as well."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(script), str(tmp_path / "OUT")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "no CUDA GPU visible to torch" in done.stderr
+    assert not (tmp_path / "OUT").exists()
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("usage: bash benchmarks/gpu_check.sh OUTDIR")
