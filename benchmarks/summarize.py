@@ -215,6 +215,19 @@ def goal_figure(spec: tuple, r: dict, device: dict) -> tuple[float | None, bool]
 NOISY = 0.25  # a timing whose rounds spread (IQR) this much of its median is flagged in the goals
 
 
+def compared_rows(spec: tuple, r: dict, rows: list[dict]) -> list[dict]:
+    """The timings a goal's figure is made of: row ``r``, and for a ratio its baseline or full-model
+    counterpart (from ``r``'s run where there is one, as the figure takes it)."""
+    if spec[0] == "speedup":
+        group, name = r["group"], spec[1]
+    elif spec[0] == "shrunk_over_full":
+        group, name = r["group"].replace("-shrunk", "-full"), r["name"]
+    else:
+        return [r]
+    others = [x for x in rows if x["group"] == group and x["name"] == name]
+    return [r, *([x for x in others if x["run"] == r["run"]] or others)[-1:]]
+
+
 def goal_lines(rows, device: dict | None = None) -> list[str]:
     """Each goal of the judged device's kind (:func:`judged_device`), from that device's rows only:
     its figure and met / NOT met, or not measured (no row, or the row lacks the figure). A figure
@@ -236,7 +249,7 @@ def goal_lines(rows, device: dict | None = None) -> list[str]:
             continue
         met = value >= threshold if sense == ">=" else value <= threshold
         notes = ["from two runs"] if across else []
-        spreads = [r.get("spread") or 0 for r in mine if r["group"] == group and r["run"] == found[-1]["run"]]
+        spreads = [r.get("spread") or 0 for r in compared_rows(spec, found[-1], mine)]
         if max(spreads) > NOISY:
             notes.append(f"noisy: a timing's rounds spread {100 * max(spreads):.0f}% of its median")
         lines.append(f"{'met' if met else 'NOT met':<12}  {goal}: {value:.2f}" + "".join(f" ({n})" for n in notes))

@@ -174,6 +174,13 @@ def test_a_timing_whose_rounds_spread_widely_is_flagged(tmp_path, capsys):
     assert summarize.main(_write(tmp_path, runs)) == 0
     assert _goals(capsys.readouterr().out)[0] == (
         "met onnx engine >= 1.3x eager fp32 (tiny, full): 2.00 (noisy: a timing's rounds spread 40% of its median)")
+    # only the timings a figure is made of count: not another runner's of the same group
+    steady = {"cpu": [_bench("throughput-tiny-full", "eager", 10.0, device="cpu"), eager | {"name": "test[x]"},
+                      _bench("throughput-tiny-full", "onnx", 5.0, device="cpu", baseline="eager",
+                             speedups={"eager": 2.0})]}
+    steady["cpu"][1]["extra_info"] = {**eager["extra_info"], "variant": "onnx-cuda"}
+    assert summarize.main(_write(tmp_path, steady)) == 0
+    assert _goals(capsys.readouterr().out)[0] == "met onnx engine >= 1.3x eager fp32 (tiny, full): 2.00"
 
 
 def test_odd_json_is_left_out_not_a_crash(tmp_path, capsys):
