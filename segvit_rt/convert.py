@@ -75,7 +75,8 @@ def convert_training_checkpoint(state: dict, checkpoint, out, preset: str | None
         model.load_state_dict(state["model"])
     except RuntimeError as e:  # a checkpoint edited, or written by another version
         first = " ".join(str(e).strip().splitlines()[:3])[:300]
-        raise WeightsError(f"{checkpoint}: its model state does not fit the model its arguments describe ({first})") from e
+        raise WeightsError(f"{checkpoint}: its model state does not fit the model its arguments describe "
+                           f"({first})") from e
     extra = {"converted_from": Path(checkpoint).name, "trained_iters": state["step"], "dataset": str(args["data"]),
              "train_args": args}
     dtype = WEIGHTS_DTYPES[args.get("weights_dtype", "fp32")]

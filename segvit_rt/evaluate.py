@@ -1,6 +1,7 @@
 """Evaluate a SegViT model or a built engine: mIoU, aAcc, mAcc and per-class IoU on a dataset split.
 
-``python -m segvit_rt.evaluate (--weights W | --engine E) --data ROOT [--split validation] [--mode slide|whole] [--tta]``
+``python -m segvit_rt.evaluate (--weights W | --engine E) --data ROOT [--split validation]
+[--mode slide|whole] [--tta]``
 
 As the official evaluation: each image is resized keeping its aspect ratio
 (``inference.test_size``), predicted whole or by sliding ``crop`` windows every
@@ -298,7 +299,8 @@ def check_not_inside_input(path, flag: str, args) -> None:
     if args.engine:
         folder = engine_folder(args.engine).resolve()
         if folder in out.parents or out == folder:
-            raise UsageError(f"{flag} {path} is inside the --engine folder {engine_folder(args.engine)}: write it elsewhere")
+            raise UsageError(f"{flag} {path} is inside the --engine folder {engine_folder(args.engine)}: write it "
+                             "elsewhere")
 
 
 if __name__ == "__main__":

@@ -195,7 +195,8 @@ def load_weights(path, model=None, kernels: str = "reference"):
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: cannot read tensors (corrupt or truncated?): {e}") from e
-    if meta.get(DIGEST_KEY) is not None and tensors_digest(state) != meta[DIGEST_KEY]:  # files of older versions have none
+    recorded = meta.get(DIGEST_KEY)  # files written before it was kept have none
+    if recorded is not None and tensors_digest(state) != recorded:
         raise WeightsError(f"{path} is corrupt: its tensors differ from the digest recorded when it was written "
                            "(a bad copy or disk?); copy it again from its source")
     _load_exact(model, state, path)
