@@ -33,6 +33,8 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
+from segvit_rt.ops.reference import check_num_heads
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -225,11 +227,6 @@ def check_int_pair(op: str, name: str, pair, meaning: str) -> tuple[int, int]:
     if not (_is_int(first) and _is_int(second)):
         raise ValueError(f"{op}: {name} must be two ints {meaning}, got {pair!r}")
     return int(first), int(second)
-
-
-def check_num_heads(op: str, num_heads) -> None:
-    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
-        raise ValueError(f"{op}: num_heads must be a positive int, got {num_heads!r}")
 
 
 def check_head_dim(op: str, dim: int, num_heads: int, fix: str = "use kernels='reference' for this model") -> int:

@@ -24,7 +24,7 @@ from .cli import check_output, exit_on
 from .config import PRESETS, VARIANTS
 from .models import SegViT
 from .train import run_config
-from .training.checkpoint import CheckpointError, load_checkpoint
+from .training.checkpoint import CheckpointError, load_checkpoint, mismatch_summary
 from .weights import (
     WEIGHTS_DTYPES,
     ShapeMismatchError,
@@ -74,9 +74,8 @@ def convert_training_checkpoint(state: dict, checkpoint, out, preset: str | None
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:  # a checkpoint edited, or written by another version
-        first = " ".join(str(e).strip().splitlines()[:3])[:300]
         raise WeightsError(f"{checkpoint}: its model state does not fit the model its arguments describe "
-                           f"({first})") from e
+                           f"({mismatch_summary(e)})") from e
     extra = {"converted_from": Path(checkpoint).name, "trained_iters": state["step"], "dataset": str(args["data"]),
              "train_args": args}
     dtype = WEIGHTS_DTYPES[args.get("weights_dtype", "fp32")]

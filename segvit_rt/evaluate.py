@@ -234,13 +234,14 @@ def main(argv=None) -> dict:
                 raise UsageError(f"{flag} must be >= 1, got {value}")
         if args.engine:
             runtime = open_runtime(args)
-            names, context_classes = runtime.class_names, 59 if runtime.num_classes == 59 else 60
+            names = runtime.class_names
         else:
             model = load_model(args)
-            names, context_classes = list(model.cfg.names()), 59 if model.cfg.num_classes == 59 else 60
+            names = list(model.cfg.names())
         split = None if args.split == "none" else args.split
         transform = None if args.engine else EvalTransform(model.cfg.mean, model.cfg.std)
-        dataset = open_dataset(args.data, split, transform=transform, context_classes=context_classes)
+        dataset = open_dataset(args.data, split, transform=transform,
+                               context_classes=59 if len(names) == 59 else 60)  # the model's protocol
         for flag, path in outputs:
             dataset.check_writes_outside(path, flag)
         warn_if_names_differ(dataset.classes, names, "engine" if args.engine else "weights")

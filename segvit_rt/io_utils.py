@@ -96,7 +96,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_held_in_child)  # e.g. DataLoader workers
 
 
-
 def json_safe(value):
     """JSON has no NaN: undefined values (metrics of a split without a labelled pixel) become null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -106,6 +105,7 @@ def json_safe(value):
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     return value
+
 
 @contextmanager
 def hold_lock(path: str | os.PathLike):

@@ -320,6 +320,11 @@ def _unwrap(obj, source) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _checkpoint_name(checkpoint) -> str:
+    """How messages name an importer's ``checkpoint``: its path, or "the checkpoint" for a loaded dict."""
+    return "the checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
+
+
 def _checkpoint_state(checkpoint) -> dict[str, torch.Tensor]:
     """An importer's ``checkpoint``: a file (:func:`read_checkpoint`) or a loaded dict, unwrapped alike."""
     return _unwrap(checkpoint, "the checkpoint") if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
@@ -401,8 +406,7 @@ def import_timm_vit(model, checkpoint) -> ImportReport:
     """
     state = _checkpoint_state(checkpoint)
     if any(k.startswith("decode_head.") for k in state):
-        source = "the checkpoint" if isinstance(checkpoint, dict) else checkpoint
-        raise WeightsError(f"{source} holds a whole SegViT model (decode_head.* weights), not a ViT backbone: "
+        raise WeightsError(f"{_checkpoint_name(checkpoint)} holds a whole SegViT model (decode_head.* weights), not a ViT backbone: "
                            "import it with import_official_segvit (train --init-format official), which keeps its head")
     state = {_timm_name(k.removeprefix("backbone.")): v for k, v in state.items()}
     report = ImportReport()
@@ -418,7 +422,7 @@ def import_official_segvit(model, checkpoint) -> ImportReport:
     (``q`` grid queries, ``decoder_1.layers.0.multihead_attn.in_proj_weight``, ``atm.decoder_1`` ...).
     """
     state = _checkpoint_state(checkpoint)
-    source = "the checkpoint" if isinstance(checkpoint, dict) else checkpoint
+    source = _checkpoint_name(checkpoint)
     backbone, head, other, named = {}, {}, [], {}
     for k, v in state.items():
         if k.startswith("backbone."):

@@ -22,14 +22,19 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * hd)
 
 
+def check_num_heads(op: str, num_heads) -> None:
+    """Shared with the kernels (``segvit_rt.kernels._common``), so every impl words it alike."""
+    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
+        raise ValueError(f"{op}: num_heads must be a positive int, got {num_heads!r}")
+
+
 def _scale(op: str, q: torch.Tensor, num_heads: int, scale: float | None) -> float:
     """``scale``, by default head_dim ** -0.5, once ``q`` [B, N, D] is checked and D to split into
     ``num_heads``."""
     if not isinstance(q, torch.Tensor) or q.dim() != 3:
         got = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
         raise ValueError(f"{op}: the queries must be [B, N, D], got {got}")
-    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
-        raise ValueError(f"{op}: num_heads must be a positive int, got {num_heads!r}")
+    check_num_heads(op, num_heads)
     dim = q.shape[-1]
     if dim % num_heads:
         raise ValueError(f"{op}: dim {dim} is not divisible by num_heads={num_heads}")

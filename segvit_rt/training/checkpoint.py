@@ -90,6 +90,11 @@ def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
     return state
 
 
+def mismatch_summary(error: RuntimeError) -> str:
+    """The start of ``load_state_dict``'s error (its first lines, which name the keys), for a message."""
+    return " ".join(str(error).strip().splitlines()[:3])[:300]
+
+
 def restore(state: dict, *, model, optimizer, scheduler, rank: int = 0, world_size: int = 1, scaler=None) -> int:
     """Load a checkpoint's states into the training objects and this replica's RNGs; returns the
     step to continue from."""
@@ -101,8 +106,7 @@ def restore(state: dict, *, model, optimizer, scheduler, rank: int = 0, world_si
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:  # another class count, crop or variant than the run it continues
-        first = str(e).strip().splitlines()
-        raise CheckpointError(f"the checkpoint's model does not fit this run's ({' '.join(first[:3])[:300]}): "
+        raise CheckpointError(f"the checkpoint's model does not fit this run's ({mismatch_summary(e)}): "
                               "resume with the run's data and arguments") from e
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
