@@ -123,10 +123,10 @@ def _unread_note(folder: Path, stems: list[str], suffixes: tuple[str, ...], name
     or (with a ``name_end``) for lacking that end: the raw maps mmseg's COCO-Stuff converters turn into
     ``*_labelTrainIds.png``."""
     wanted = {stem + name_end for stem in stems}
-    unread = sorted(p.name for p in folder.iterdir()
-                    if p.stem in wanted and p.suffix.lower() not in suffixes and not p.name.startswith("."))
+    visible = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    unread = sorted(p.name for p in visible if p.stem in wanted and p.suffix.lower() not in suffixes)
     note = f"; not read, for their suffix: {_listed(unread)}, where {'/'.join(suffixes)} are read" if unread else ""
-    raw = sorted(p.name for p in folder.iterdir() if name_end and p.stem in stems and not p.name.startswith("."))
+    raw = sorted(p.name for p in visible if name_end and p.stem in stems)
     if raw:
         note += (f"; not read, for lacking {name_end}: {_listed(raw)}, which look like raw maps: mmseg's converter "
                  f"(tools/dataset_converters/coco_stuff164k.py or coco_stuff10k.py) writes the *{name_end}.png "
