@@ -172,8 +172,9 @@ for s in $STEPS; do
         kernel-bench) step kernel-bench "${KERNEL_BENCH_LIMIT:-90}" bench kernels 50 benchmarks/test_kernels.py benchmarks/test_kernels_qd.py benchmarks/test_kernels_postprocess.py benchmarks/test_labels_full_size.py ;;
         # Eager ViT-L (plain ops, and our Triton kernels), both variants, plus ONNX Runtime/TensorRT where present.
         throughput-eager) step throughput-eager 50 bench throughput_eager 40 benchmarks/test_throughput.py -k "not aoti" ;;
-        # Eager again (plain ops, "not triton"): the aoti speedup over it from the same process. The first
-        # aoti build of a machine compiles from cold caches: this step comes first and has the most time.
+        # Eager again (plain ops, "not triton"): the aoti speedup over it from the same process; the engine
+        # timed with its CUDA graph (aoti) and without (aoti-nograph). The first aoti build of a machine
+        # compiles from cold caches: this step comes first and has the most time.
         throughput-aoti-shrunk) step throughput-aoti-shrunk 180 bench throughput_aoti_shrunk 160 benchmarks/test_throughput.py -k "shrunk and (aoti or eager) and not triton and not reference" ;;
         # The aoti engine with the reference ops (SDPA-based) instead of the Triton kernels.
         throughput-aoti-shrunk-reference) step throughput-aoti-shrunk-reference 160 bench throughput_aoti_shrunk_reference 150 benchmarks/test_throughput.py -k "shrunk-aoti-reference" ;;

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .cuda_graph import GraphedRunner
 from .format import BACKENDS, FORMAT, EngineError, artifact_path, engine_folder, read_engine
 
 __all__ = ["BACKENDS", "FORMAT", "Engine", "EngineError", "auto_backend", "backend_module", "load_engine", "read_engine"]
@@ -60,8 +61,15 @@ class Engine:
 
     def __repr__(self) -> str:
         batch = self.static_batch or f"dynamic<= {self.max_batch}"
+        graph = ", cuda_graph=True" if self.cuda_graph else ""
         return (f"Engine({self.path}, backend={self.meta['backend']}, precision={self.meta['precision']}, "
-                f"batch={batch}, device={self.device})")
+                f"batch={batch}, device={self.device}{graph})")
+
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether the engine's calls at its batch replay a CUDA graph (one that could not be
+        captured, with a warning, makes this False)."""
+        return isinstance(self._runner, GraphedRunner) and self._runner.failed is None
 
     def check_input(self, image: torch.Tensor) -> None:
         expected = (3, *self.input_hw)
@@ -102,10 +110,12 @@ class Engine:
         return torch.cat(classes), torch.cat(masks)
 
 
-def load_engine(directory, device=None, verify: bool = True) -> Engine:
+def load_engine(directory, device=None, verify: bool = True, cuda_graph: bool | None = None) -> Engine:
     """Check and load an engine directory (or the one holding a file of it given instead: see
     ``format.engine_folder``); ``device`` defaults to the backend's choice
-    (onnx: CUDA where ONNX Runtime has the provider, else CPU; aoti: the device it was compiled for)."""
+    (onnx: CUDA where ONNX Runtime has the provider, else CPU; aoti: the device it was compiled for).
+    ``cuda_graph``: replay an aoti engine on CUDA as a CUDA graph at its batch (``cuda_graph.py``);
+    None (default): wherever that is possible."""
     directory = engine_folder(directory)
     meta = read_engine(directory, verify=verify)
     backend = backend_module(meta["backend"])
@@ -121,4 +131,9 @@ def load_engine(directory, device=None, verify: bool = True) -> Engine:
         device = torch.device("cuda", torch.cuda.current_device())
     path = artifact_path(directory, meta)
     backend.check_compatible(meta, path, device)
-    return Engine(directory, meta, backend.load(path, meta, device), device)
+    graphable = meta["backend"] == "aoti" and device.type == "cuda"
+    if cuda_graph and not graphable:
+        raise EngineError(f"CUDA graphs replay aoti engines on CUDA only; this is a {meta['backend']} engine "
+                          f"on {device}: load it with cuda_graph=False or None")
+    options = {"cuda_graph": True} if graphable and cuda_graph is not False else {}
+    return Engine(directory, meta, backend.load(path, meta, device, **options), device)

@@ -99,12 +99,15 @@ def check_compatible(meta: dict, path: Path, device: torch.device) -> None:
         check_compute_capability(meta, path, device)
 
 
-def load(path: Path, meta: dict, device: torch.device):
+def load(path: Path, meta: dict, device: torch.device, cuda_graph: bool = False):
+    """The package's runner; with ``cuda_graph`` (CUDA only) replayed as a CUDA graph at the engine's
+    batch (``cuda_graph.GraphedRunner``), for which AOTInductor's runtime must run single-threaded: its
+    default one synchronises its model instances in ways a stream capture refuses."""
     import torch._inductor
 
     try:
         index = -1 if device.index is None else device.index  # -1: the current device
-        runner = torch._inductor.aoti_load_package(str(path), device_index=index)
+        runner = torch._inductor.aoti_load_package(str(path), run_single_threaded=cuda_graph, device_index=index)
     except Exception as e:  # the loader raises RuntimeError or C++ errors alike
         raise EngineError(f"cannot load the AOTInductor package {path}: {e}") from e
 
@@ -112,4 +115,8 @@ def load(path: Path, meta: dict, device: torch.device):
         cls, masks = runner(image.contiguous())
         return cls, masks
 
-    return run
+    if not cuda_graph:
+        return run
+    from .cuda_graph import GraphedRunner
+
+    return GraphedRunner(run, (meta["batch"] or meta["max_batch"], 3, *meta["input_size"]))

@@ -51,11 +51,14 @@ class Runtime:
     ``engine``: an engine directory (from ``python -m segvit_rt.build``), or its ``engine.json`` or artifact.
     ``device``: where the engine runs (default: the backend's choice).
     ``mode``: ``"slide"`` or ``"whole"``.
+    ``cuda_graph``: replay an aoti engine on CUDA as a CUDA graph (``engines.load_engine``; default:
+    wherever possible).
     """
 
-    def __init__(self, engine, device=None, mode: str = "slide"):
+    def __init__(self, engine, device=None, mode: str = "slide", cuda_graph: bool | None = None):
         self.mode = mode
-        self.engine = engines.load_engine(engine, device=device)
+        self.engine = engines.load_engine(engine, device=device, cuda_graph=cuda_graph)
+        self._cuda_graph = cuda_graph
         self.meta = self.engine.meta
         self.device = self.engine.device
         try:
@@ -76,7 +79,7 @@ class Runtime:
     def __reduce__(self):
         """Pickled (for a process pool) as its engine's path, device and mode: the other process loads
         the engine again, checks included."""
-        return type(self), (os.path.abspath(self.engine.path), str(self.device), self.mode)
+        return type(self), (os.path.abspath(self.engine.path), str(self.device), self.mode, self._cuda_graph)
 
     @property
     def mode(self) -> str:

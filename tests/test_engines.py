@@ -18,6 +18,7 @@ from segvit_rt import engines, kernel_choice
 from segvit_rt.build import TOLERANCES, BuildError, Parity, build_engine, check_parity
 from segvit_rt.data import normalize
 from segvit_rt.engines import Engine, EngineError, load_engine, onnx_backend, read_engine
+from segvit_rt.engines.cuda_graph import GraphedRunner, check_replay
 from segvit_rt.engines.graph import LogitsGraph, example_input
 from segvit_rt.io_utils import sha256_file
 from segvit_rt.ops.reference import segment_postprocess
@@ -508,9 +509,18 @@ def test_aoti_cuda_fp16_engine_keeps_the_triton_ops(tmp_path):
     assert meta["parity"]["label_agreement"] >= 0.995
     engine = load_engine(out)
     x = randn(3, seed=3).cuda()
-    cls, masks = engine(x)
+    cls, masks = engine(x)  # batch 2 then 1 padded: the first chunk captured the CUDA graph, the second replays it
     ref_cls, ref_masks = model_outputs(model, x)
     assert (masks - ref_masks).abs().max() <= TOLERANCES["fp16"].bound(ref_masks)
+    # The graph replays each call's own input into outputs of its own, as the package run plainly does.
+    plain = load_engine(out, cuda_graph=False)
+    assert engine.cuda_graph and engine._runner.graph is not None and not plain.cuda_graph
+    first, second = randn(2, seed=4).cuda(), randn(2, seed=5).cuda()
+    got_first, got_second = engine(first), engine(second)
+    for got, x in ((got_first, first), (got_second, second)):
+        for a, b in zip(got, plain(x)):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+    assert engine.cuda_graph
     # The runtime's whole mode post-processes with the fused kernel on CUDA.
     runtime = segvit_rt.Runtime(out, mode="whole")
     assert runtime._post_impl == "triton"
@@ -582,6 +592,43 @@ def test_onnx_export_says_nothing_about_itself(shrunk, tmp_path, recwarn, capfd)
     printed = capfd.readouterr()
     assert "Skipping constant folding" not in printed.err + printed.out
     assert [str(w.message) for w in recwarn if issubclass(w.category, FutureWarning)] == []
+
+
+def test_cuda_graphs_are_for_aoti_engines_on_cuda(onnx_engine):
+    assert not load_engine(onnx_engine).cuda_graph and not load_engine(onnx_engine, cuda_graph=None).cuda_graph
+    with pytest.raises(EngineError, match="CUDA graphs replay aoti engines on CUDA only; this is a onnx engine on cpu"):
+        load_engine(onnx_engine, cuda_graph=True)
+    with pytest.raises(EngineError, match="CUDA graphs replay aoti engines on CUDA only"):
+        segvit_rt.Runtime(onnx_engine, cuda_graph=True)
+
+
+def test_a_graphed_runner_that_cannot_capture_runs_plainly_and_says_why():
+    """Capture failing (here: CPU tensors, no CUDA stream) warns once and leaves every later call to the
+    plain runner; shapes other than the graph's never try."""
+    calls = []
+
+    def runner(image):
+        calls.append(tuple(image.shape))
+        return image.sum(dim=(1, 2, 3)), image * 2
+
+    graphed = GraphedRunner(runner, (2, 3, 4, 4))
+    other = torch.ones(1, 3, 4, 4)
+    assert torch.equal(graphed(other)[1], other * 2) and graphed.failed is None and graphed.graph is None
+    image = torch.arange(96.0).reshape(2, 3, 4, 4)
+    with pytest.warns(UserWarning, match="CUDA graph capture failed, the engine runs without it: "):
+        cls, masks = graphed(image)
+    assert torch.equal(masks, image * 2) and graphed.failed and graphed.graph is None
+    calls.clear()
+    assert torch.equal(graphed(image)[1], image * 2) and calls == [(2, 3, 4, 4)]  # plain, no second try
+
+
+def test_a_replay_that_differs_from_the_plain_run_is_refused():
+    plain = (torch.tensor([[1.0, 2.0]]), torch.tensor([[10.0, -20.0]]))
+    check_replay((plain[0] + 1e-6, plain[1] - 1e-5), plain)  # rounding
+    with pytest.raises(RuntimeError, match="replayed graph's mask_logits differ from the plain run's by 0.5"):
+        check_replay((plain[0], plain[1] + 0.5), plain)
+    with pytest.raises(RuntimeError, match="class_logits differ .* by nan"):
+        check_replay((torch.full_like(plain[0], float("nan")), plain[1]), plain)
 
 
 def test_an_engine_runs_on_cpu_or_cuda_only(onnx_engine):
