@@ -8,6 +8,7 @@ as ViT-L's block 8 follows its block 7, is our choice.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 
 
@@ -100,13 +101,21 @@ class SegViTConfig:
         return asdict(self)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _config_problems(c: SegViTConfig) -> list[str]:
     """What makes a config unbuildable, field by field (empty when it is sound)."""
     problems = []
 
     def positive(*names):
         problems.extend(f"{n} must be a positive integer, got {getattr(c, n)!r}" for n in names
-                        if not (isinstance(getattr(c, n), int) and getattr(c, n) >= 1))
+                        if not (_is_int(getattr(c, n)) and getattr(c, n) >= 1))
 
     positive("num_classes", "crop_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_dim",
              "decoder_heads", "decoder_layers", "slide_stride")
@@ -119,17 +128,19 @@ def _config_problems(c: SegViTConfig) -> list[str]:
             problems.append(f"{dim} {getattr(c, dim)} is not divisible by {heads} {getattr(c, heads)}")
     # out_indices (full) and shrink_idx (Shrunk) are checked against depth for the variant built: check_blocks
     blocks = tuple(c.out_indices)
-    if not blocks or any(not isinstance(i, int) for i in blocks) or len(set(blocks)) != len(blocks):
+    if not blocks or any(not _is_int(i) for i in blocks) or len(set(blocks)) != len(blocks):
         problems.append(f"out_indices {blocks} must be distinct block numbers")
-    if not isinstance(c.shrink_idx, int):
+    if not _is_int(c.shrink_idx):
         problems.append(f"shrink_idx must be a block number, got {c.shrink_idx!r}")
     for name in ("mean", "std"):
         if len(getattr(c, name)) != 3:
             problems.append(f"{name} needs 3 values (R, G, B), got {tuple(getattr(c, name))}")
-    if any(v <= 0 for v in c.std):
-        problems.append(f"std values must be positive, got {tuple(c.std)}")
-    if not c.mlp_ratio > 0:
-        problems.append(f"mlp_ratio must be positive, got {c.mlp_ratio!r}")
+    if not all(_is_real(v) and math.isfinite(v) for v in c.mean):
+        problems.append(f"mean values must be finite numbers, got {tuple(c.mean)}")
+    if not all(_is_real(v) and 0 < v < math.inf for v in c.std):
+        problems.append(f"std values must be positive finite numbers, got {tuple(c.std)}")
+    if not (_is_real(c.mlp_ratio) and 0 < c.mlp_ratio < math.inf):
+        problems.append(f"mlp_ratio must be positive and finite, got {c.mlp_ratio!r}")
     for name in ("drop_path_rate", "decoder_dropout"):
         if not 0 <= getattr(c, name) < 1:
             problems.append(f"{name} must be in [0, 1), got {getattr(c, name)!r}")

@@ -29,6 +29,7 @@ DIGEST_KEY = "tensors_blake2b"  # metadata key of tensors_digest
 # Config fields that change no tensor shape and may differ between a file and a model.
 _FREE_FIELDS = {"class_names", "slide_stride", "image_scale", "test_min_size", "decoder_dropout", "drop_path_rate",
                 "dataset", "name"}
+_UNUSED_BY = {"full": "shrink_idx", "shrunk": "out_indices"}  # each variant's block field the other ignores
 
 
 # train --weights-dtype -> save_weights' dtype (None: as the model holds them, fp32)
@@ -162,7 +163,7 @@ def _check_fits(path, meta: dict, model) -> None:
         problems.append(f"variant {meta['variant']!r} != model's {model.variant!r}")
     file_cfg, cfg = meta["config"], model.cfg.to_dict()
     for key in cfg:
-        if key in _FREE_FIELDS:
+        if key in _FREE_FIELDS or key == _UNUSED_BY[model.variant]:
             continue
         want, got = file_cfg.get(key), cfg[key]
         if (list(want) if isinstance(want, (list, tuple)) else want) != (
@@ -450,8 +451,10 @@ def _full_to_shrunk_name(key: str) -> str | None:
 
     The backbone is shared. The full head's projections run deepest stage first,
     so ``input_proj_1`` (last block) feeds QU's 1/32 side (``input_proj_2``) and
-    ``input_proj_3`` (the block before QD) its 1/16 side (``input_proj_1``); the
-    last ATM stage, the class queries and the classifier become the single ATM stage.
+    ``input_proj_3`` (the first feature block: the block before QD in the ViT
+    presets, block 1 where the Shrunk ``tiny`` reads block 2) its 1/16 side
+    (``input_proj_1``), a start that training adapts; the last ATM stage, the
+    class queries and the classifier become the single ATM stage.
     """
     if key.startswith("backbone."):
         return key

@@ -206,6 +206,13 @@ def test_unknown_options_are_rejected():
     ("crop_size", 100, "crop_size 100 is not a multiple of patch_size 16"),
     ("mean", (1.0, 2.0), "mean needs 3 values"),
     ("std", (1.0, 0.0, 1.0), "std values must be positive"),
+    ("std", (float("nan"), 1.0, 1.0), r"std values must be positive finite numbers, got \(nan"),
+    ("std", (float("inf"), 1.0, 1.0), "std values must be positive finite"),
+    ("mean", (float("nan"), 1.0, 1.0), r"mean values must be finite numbers, got \(nan"),
+    ("mean", ("a", 1.0, 1.0), "mean values must be finite numbers"),
+    ("mlp_ratio", float("inf"), "mlp_ratio must be positive and finite, got inf"),
+    ("num_classes", True, "num_classes must be a positive integer, got True"),
+    ("shrink_idx", True, "shrink_idx must be a block number, got True"),
     ("decoder_dropout", 1.0, r"decoder_dropout must be in \[0, 1\)"),
     ("class_names", ("a", "b"), "2 class names for 5 classes"),
 ])
@@ -231,6 +238,12 @@ def test_each_variant_ignores_the_other_variants_block_field():
     x = torch.randn(1, 3, 128, 128)
     assert _tiny("full", depth=3, out_indices=(0, 1, 2)).eval()(x)["pred_masks"].shape == (1, 5, 8, 8)
     assert _tiny("shrunk", depth=4).eval()(x)["pred_masks"].shape == (1, 5, 8, 8)
+
+
+@pytest.mark.parametrize("variant", ["full", "shrunk"])
+def test_an_empty_image_batch_is_named(variant):
+    with pytest.raises(ValueError, match=f"image size 0x32 must be a positive multiple of {16 if variant == 'full' else 32}"):
+        _tiny(variant)(torch.zeros(1, 3, 0, 32))
 
 
 @pytest.mark.parametrize("dtype, message", [(torch.uint8, "normalised float image"),

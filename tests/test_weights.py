@@ -68,6 +68,20 @@ def test_mismatched_model_is_refused(tmp_path, tiny_shrunk):
         weights.load_weights(path, segvit_rt.create_model("tiny", "shrunk", num_classes=7))
 
 
+@pytest.mark.parametrize("variant, other", [("full", {"shrink_idx": 2}), ("shrunk", {"out_indices": (0, 2, 5)})])
+def test_the_block_field_a_variant_ignores_may_differ(tmp_path, variant, other):
+    """shrink_idx moves no full-model tensor and out_indices no Shrunk one: a model differing there loads,
+    while the field the variant reads must match."""
+    saved = segvit_rt.create_model("tiny", variant)
+    path = weights.save_weights(tmp_path / "w.safetensors", saved)
+    loaded = weights.load_weights(path, segvit_rt.create_model("tiny", variant, **other))
+    key = "backbone.blocks.2.attn.qkv.weight"
+    assert torch.equal(loaded.state_dict()[key], saved.state_dict()[key])
+    used = {"full": {"out_indices": (0, 3, 5)}, "shrunk": {"shrink_idx": 2}}[variant]
+    with pytest.raises(WeightsError, match=f"{next(iter(used))}=.* != model's"):
+        weights.load_weights(path, segvit_rt.create_model("tiny", variant, **used))
+
+
 def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path, tiny_shrunk):
     path = weights.save_weights(tmp_path / "w.safetensors", tiny_shrunk)
     data = path.read_bytes()

@@ -66,9 +66,9 @@ class SegViT(nn.Module):
                             f"convert one to the other (or run under torch.autocast)")
         multiple = input_multiple(self.cfg, self.variant)
         h, w = img.shape[-2:]
-        if h % multiple or w % multiple:
+        if not h or not w or h % multiple or w % multiple:
             raise ValueError(
-                f"image size {h}x{w} must be a multiple of {multiple} for the {self.variant} model "
+                f"image size {h}x{w} must be a positive multiple of {multiple} for the {self.variant} model "
                 f"(patch {self.cfg.patch_size}{', even token grid for QD' if self.variant == 'shrunk' else ''})"
             )
 
