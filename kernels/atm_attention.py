@@ -617,6 +617,7 @@ def _setup_context(ctx, inputs, output):
     ctx.need_mask, ctx.sigmoid_mask = need_mask, sigmoid_mask
     ctx.prev_dtype = prev_mask.dtype if (prev_mask is not None and need_mask) else None
     ctx.save_for_backward(q, k, v, out, lse, mask if (need_mask and sigmoid_mask) else None)
+    ctx.mark_non_differentiable(lse)  # a softmax statistic the backward reuses, not a result
 
 
 def _backward(ctx, dout, dmask, _dlse):

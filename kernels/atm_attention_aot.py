@@ -35,8 +35,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, check_head_dim, check_num_heads
+from ._common import LOG2E, check_head_dim, check_num_heads, check_same, check_shape, check_tensor
 from .atm_attention import _atm_fwd_kernel
+
+PLUGIN_OP = "atm_attention plugin"  # names the plugin kernel in its errors
 
 # (BLOCK_N, BLOCK_L, num_warps, num_stages): the plugin's tactics, timed by TensorRT at build time.
 PLUGIN_CONFIGS = (
@@ -72,18 +74,18 @@ def _atm_plugin_kernel(
 
 def check_plugin_shape(num_heads: int, head_dim: int, scale: float) -> None:
     """Raise ``ValueError`` unless the plugin kernel supports this attention."""
-    check_num_heads("atm_attention plugin", num_heads)
-    check_head_dim("atm_attention plugin", head_dim * num_heads, num_heads,
+    check_num_heads(PLUGIN_OP, num_heads)
+    check_head_dim(PLUGIN_OP, head_dim * num_heads, num_heads,
                    fix="build this model with --kernels reference")
     if not math.isfinite(scale):
-        raise ValueError(f"atm_attention plugin: scale must be finite, got {scale}")
+        raise ValueError(f"{PLUGIN_OP}: scale must be finite, got {scale}")
 
 
 def head_dim_and_scale(dim: int, num_heads: int, scale: float | None = None) -> tuple[int, float]:
     """``(head_dim, scale)`` of an attention of width ``dim`` (``scale`` defaults to head_dim ** -0.5),
     checked against what the plugin kernel supports."""
     if dim % num_heads:
-        raise ValueError(f"atm_attention plugin: dim {dim} is not divisible by num_heads={num_heads}")
+        raise ValueError(f"{PLUGIN_OP}: dim {dim} is not divisible by num_heads={num_heads}")
     head_dim = dim // num_heads
     scale = head_dim ** -0.5 if scale is None else float(scale)
     check_plugin_shape(num_heads, head_dim, scale)
@@ -95,7 +97,7 @@ def plugin_constexprs(num_heads: int, head_dim: int, scale: float, dtype: str, t
     :data:`PLUGIN_CONFIGS`)."""
     check_plugin_shape(num_heads, head_dim, scale)
     if dtype not in DTYPES:
-        raise ValueError(f"atm_attention plugin: dtype must be one of {DTYPES}, got {dtype!r}")
+        raise ValueError(f"{PLUGIN_OP}: dtype must be one of {DTYPES}, got {dtype!r}")
     block_n, block_l, _, _ = config(tactic)
     return dict(
         NUM_HEADS=num_heads, HEADS_P2=triton.next_power_of_2(num_heads), HEAD_DIM=head_dim,
@@ -107,7 +109,7 @@ def plugin_constexprs(num_heads: int, head_dim: int, scale: float, dtype: str, t
 def config(tactic: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_L, num_warps, num_stages) of a tactic."""
     if not 1 <= tactic <= len(PLUGIN_CONFIGS):
-        raise ValueError(f"atm_attention plugin: tactic must be in 1..{len(PLUGIN_CONFIGS)}, got {tactic}")
+        raise ValueError(f"{PLUGIN_OP}: tactic must be in 1..{len(PLUGIN_CONFIGS)}, got {tactic}")
     return PLUGIN_CONFIGS[tactic - 1]
 
 
@@ -121,12 +123,16 @@ def launch(q, k, v, num_heads: int, scale: float | None = None, tactic: int = 1)
     """Run ``_atm_plugin_kernel`` from PyTorch exactly as TensorRT launches it (same arguments,
     constants and grid): ``(out [B, N, D], mask [B, N, L])``. For checking the plugin's kernel
     on a GPU, or on CPU tensors under the Triton interpreter."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(PLUGIN_OP, name, t, ndim=3, dtypes=(torch.float16, torch.float32))
+    check_same(PLUGIN_OP, "device", q=q, k=k, v=v)
+    check_same(PLUGIN_OP, "dtype", q=q, k=k, v=v)
     b, n, d = q.shape
     length = k.shape[1]
+    check_shape(PLUGIN_OP, "k", k, (b, length, d), "[B, L, D] (B and D from q)")
+    check_shape(PLUGIN_OP, "v", v, (b, length, d), "[B, L, D] (same as k)")
     head_dim, scale = head_dim_and_scale(d, num_heads, scale)
-    dtype = {torch.float16: "fp16", torch.float32: "fp32"}.get(q.dtype)
-    if dtype is None:
-        raise TypeError(f"atm_attention plugin: fp16 or fp32 inputs, got {q.dtype}")
+    dtype = "fp16" if q.dtype == torch.float16 else "fp32"
     q, k, v = (t.contiguous() for t in (q, k, v))
     out, mask = torch.empty_like(q), q.new_empty((b, n, length))
     constexprs = plugin_constexprs(num_heads, head_dim, scale, dtype, tactic)
@@ -170,7 +176,7 @@ def compile_ptx(
     meta = compiled.metadata
     for scratch in ("global_scratch_size", "profile_scratch_size"):
         if getattr(meta, scratch, 0):
-            raise RuntimeError(f"atm_attention plugin: the kernel needs {scratch}={getattr(meta, scratch)} bytes, "
+            raise RuntimeError(f"{PLUGIN_OP}: the kernel needs {scratch}={getattr(meta, scratch)} bytes, "
                                "which an external launcher does not provide")
     return AotKernel(meta.name, strip_hidden_params(compiled.asm["ptx"], meta.name, len(RUNTIME_ARGS)),
                      meta.num_warps, meta.shared)
@@ -183,7 +189,7 @@ def fitting_tactics(num_heads: int, head_dim: int, scale: float, dtype: str, tar
         if compile_ptx(num_heads, head_dim, scale, dtype, t, target, ptx_version).shared <= SHARED_LIMIT
     ]
     if not tactics:
-        raise ValueError(f"atm_attention plugin: no kernel config for {num_heads} heads of {head_dim} {dtype} fits in "
+        raise ValueError(f"{PLUGIN_OP}: no kernel config for {num_heads} heads of {head_dim} {dtype} fits in "
                          f"{SHARED_LIMIT // 1024} KiB of shared memory; build with --kernels reference")
     return tactics
 

@@ -435,6 +435,7 @@ def _setup_context(ctx, inputs, output):
     out, lse = output
     ctx.args = (grid_h, grid_w, num_heads, scale)
     ctx.save_for_backward(x_q, k, v, out, lse)
+    ctx.mark_non_differentiable(lse)  # a softmax statistic the backward reuses, not a result
 
 
 def _backward(ctx, dout, _dlse):

@@ -15,7 +15,7 @@ import triton
 from tuning_keys import recorded_keys
 
 from segvit_rt import ops
-from segvit_rt.kernels.atm_attention import atm_attention, launch_backward, launch_forward
+from segvit_rt.kernels.atm_attention import atm_attention, atm_attention_op, launch_backward, launch_forward
 from segvit_rt.ops import reference
 
 atm_module = importlib.import_module("segvit_rt.kernels.atm_attention")
@@ -464,6 +464,15 @@ def test_torch_compile_forward_and_backward(device):
     torch.testing.assert_close(mask, ref_mask, atol=1e-5, rtol=1e-5)
     for got, want in zip(inputs, eager_inputs):
         torch.testing.assert_close(got.grad, want.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_the_raw_ops_lse_is_not_differentiable(device):
+    """The op's third output is the softmax statistic its backward reuses: it takes no gradient
+    (one through it would be dropped silently)."""
+    q = torch.randn(1, 3, 32, device=device, requires_grad=True)
+    k = torch.randn(1, 5, 32, device=device)
+    out, mask, lse = atm_attention_op(q, k, k, 2, 0.25, None, True, False)
+    assert out.requires_grad and mask.requires_grad and not lse.requires_grad
 
 
 @pytest.mark.slow

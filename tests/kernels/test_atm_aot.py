@@ -41,8 +41,22 @@ def test_plugin_arguments_are_checked(device):
         aot.plugin_constexprs(2, 32, 0.2, "fp16", 0)
     with pytest.raises(ValueError, match="dtype"):
         aot.plugin_constexprs(2, 32, 0.2, "bf16", 1)
-    with pytest.raises(TypeError, match="fp16 or fp32"):
+    with pytest.raises(TypeError, match=r"atm_attention plugin: q must have dtype in \(float16, float32\)"):
         aot.launch(*_inputs(1, 2, 3, 32, torch.bfloat16, device), 2)
+
+
+@pytest.mark.parametrize("k_shape, v_shape, match", [
+    ((1, 7, 32), (1, 7, 32), r"k must have shape \(2, 7, 32\) \[B, L, D\] \(B and D from q\), got \(1, 7, 32\)"),
+    ((2, 7, 64), (2, 7, 64), r"k must have shape \(2, 7, 32\)"),
+    ((2, 7, 32), (2, 3, 32), r"v must have shape \(2, 7, 32\) \[B, L, D\] \(same as k\), got \(2, 3, 32\)"),
+])
+def test_plugin_launch_refuses_keys_and_values_that_do_not_fit_the_queries(device, k_shape, v_shape, match):
+    """The kernel reads k and v with q's batch and width: a mismatch would read out of bounds."""
+    q = torch.randn(2, 5, 32, device=device)
+    with pytest.raises(ValueError, match=f"atm_attention plugin: {match}"):
+        aot.launch(q, torch.randn(k_shape, device=device), torch.randn(v_shape, device=device), 2)
+    with pytest.raises(TypeError, match="atm_attention plugin: inputs must share one dtype"):
+        aot.launch(q, torch.randn(2, 7, 32, device=device).half(), torch.randn(2, 7, 32, device=device).half(), 2)
 
 
 PTX = """.version 8.4

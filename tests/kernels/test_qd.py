@@ -173,6 +173,14 @@ def test_dispatcher_routes_to_the_fused_op(device, monkeypatch):
     torch.testing.assert_close(fused, ops.qd_attention(x_q, k, v, (h, w), heads), atol=2e-5, rtol=1e-4)
 
 
+def test_the_raw_ops_lse_is_not_differentiable(device):
+    """The op's second output is the softmax statistic its backward reuses: it takes no gradient
+    (one through it would be dropped silently)."""
+    x = torch.randn(1, 16, 32, device=device, requires_grad=True)
+    out, lse = qd_attention_op(x, x, x, 4, 4, 2, 0.25)
+    assert out.requires_grad and not lse.requires_grad
+
+
 def test_opcheck_and_export(device):
     """Schema, fake impl and autograd registration pass torch's op checks; torch.export keeps one op node."""
     b, h, w, heads, d = 1, 4, 6, 2, 32
