@@ -116,7 +116,7 @@ def load_engine(directory, device=None, verify: bool = True, cuda_graph: bool | 
     (onnx: CUDA where ONNX Runtime has the provider, else CPU; aoti: the device it was compiled for).
     ``cuda_graph``: replay an aoti engine on CUDA as a CUDA graph at its batch (``cuda_graph.py``);
     None (default): wherever that is possible."""
-    directory = engine_folder(directory)
+    directory = engine_folder(directory).resolve()  # the Runtime pickles it: not relative to this folder
     meta = read_engine(directory, verify=verify)
     backend = backend_module(meta["backend"])
     if device is None:

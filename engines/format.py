@@ -184,6 +184,10 @@ def check_record(meta: dict, meta_path) -> None:
     for field in ("mean", "std", "slide_stride", "crop_size"):  # the runtime reads them here, the model there
         if field in config and meta.get(field) != config[field]:
             raise EngineError(f"{meta_path}: {field} {meta.get(field)!r} differs from the config's {config[field]!r}")
+    if config.get("class_names") not in (None, names):  # the runtime names classes by the one, the model the other
+        raise EngineError(f"{meta_path}: class_names differ from the config's class_names")
+    if not isinstance(meta.get("versions", {}), dict):
+        bad("versions", "an object of library versions")
     scale, min_size = config.get("image_scale"), config.get("test_min_size")
     if not (scale is None or (isinstance(scale, list) and len(scale) == 2 and all(map(_positive_int, scale)))):
         raise EngineError(f"{meta_path}: config.image_scale must be null or 2 positive pixel sizes, got {scale!r}")

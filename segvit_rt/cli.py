@@ -39,6 +39,16 @@ def check_output(path: str | Path, flag: str, folder: bool) -> None:
             break
 
 
+def check_outside_engine(path: str | Path, flag: str, engine: str | Path) -> None:
+    """An output must not land in the --engine folder: a rebuild there refuses a folder holding other files."""
+    from .engines.format import engine_folder  # imports torch
+
+    folder = engine_folder(engine)
+    out = Path(path).resolve()
+    if folder.resolve() in out.parents or out == folder.resolve():
+        raise UsageError(f"{flag} {path} is inside the --engine folder {folder}: write it elsewhere")
+
+
 def few_names(names: list[str], shown: int = 5) -> str:
     """The first ``shown`` of ``names`` for a message, and how many more."""
     return ", ".join(names[:shown]) + (f" (+{len(names) - shown} more)" if len(names) > shown else "")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cli import UsageError, check_output, exit_on, on_interrupt
+from .cli import UsageError, check_output, check_outside_engine, exit_on, on_interrupt
 from .config import input_multiple
 from .data import DatasetError, EvalTransform, open_dataset
 from .engines import EngineError
@@ -298,10 +298,7 @@ def check_not_inside_input(path, flag: str, args) -> None:
     if args.weights and out == Path(args.weights).resolve():
         raise UsageError(f"{flag} {path} is the --weights file: it would be overwritten")
     if args.engine:
-        folder = engine_folder(args.engine).resolve()
-        if folder in out.parents or out == folder:
-            raise UsageError(f"{flag} {path} is inside the --engine folder {engine_folder(args.engine)}: write it "
-                             "elsewhere")
+        check_outside_engine(path, flag, args.engine)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,9 @@ def _from_pil(im: Image.Image, exif_turn: bool = True) -> np.ndarray:
         why, fix = _NO_RGB_MEANING[im.mode]
         raise ValueError(f"{im.mode!r} images are not taken ({why}): {fix}")
     if im.mode != "RGB":
-        im = im.convert("RGBA" if "A" in im.mode or im.mode == "P" else "RGB")
+        if im.mode == "La":  # premultiplied alpha, which Pillow converts only to LA
+            im = im.convert("LA")
+        im = im.convert("RGBA" if "A" in im.mode.upper() or im.mode == "P" else "RGB")
     return np.array(np.asarray(im)[..., :3])  # a writable copy
 
 
@@ -136,6 +138,10 @@ def _from_wide_gray(values: np.ndarray, mode: str, fmt: str | None = None) -> np
     if values.size and (values.min() < 0 or values.max() > 65535):
         raise ValueError(f"unsupported {mode!r} image: values outside 0..65535")
     if mode.startswith("I;16") or fmt == "PNG" or (values.size and values.max() > 255):
+        if fmt is None and values.size and 0 < values.max() <= 255:  # made in memory, from a uint16 array perhaps
+            warnings.warn(f"a {mode!r} image holding only values 0-255 is read as 16-bit (0-65535), so nearly "
+                          "black; if it holds 8-bit values, make it from arr.astype(np.uint8)",
+                          stacklevel=_callers_stacklevel())
         values = (values + 128) // 257
     return np.repeat(values.astype(np.uint8)[..., None], 3, axis=2)
 

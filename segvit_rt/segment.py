@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cli import UsageError, check_output, exit_on, few_names, on_interrupt
+from .cli import UsageError, check_output, check_outside_engine, exit_on, few_names, on_interrupt
 from .data.datasets import IMAGE_SUFFIXES
 from .engines import EngineError
 from .images import load_image, save_labels, save_png
@@ -54,11 +54,13 @@ def expand_inputs(args: list[str], out: Path | None = None,
     earlier outputs left out). When
     the folder is ``out`` itself, its files named as outputs (``*_labels.png``, ``*_overlay.png``) are
     an earlier run's, not inputs: returned second, to be protected from overwriting but not
-    segmented."""
+    segmented; so are the existing outputs of an image named in ``out``."""
     paths, earlier = [], []
     for arg in map(Path, args):
         if not arg.is_dir():
             paths.append(arg)
+            if out is not None and out.is_dir() and arg.is_file() and arg.parent.samefile(out):
+                earlier.extend(o for o in output_paths(arg, out) if o.is_file())
             continue
         entries = [p for p in arg.iterdir() if not p.name.startswith(".")]
         found = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -244,6 +246,7 @@ def main(argv=None) -> list[Path]:
             if kind not in ("cpu", "cuda"):
                 raise UsageError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
         out = Path(args.out)
+        check_outside_engine(out, "--out", args.engine)
         paths, earlier = expand_inputs(args.images, out, note=lambda text: print(f"note: {text}", file=sys.stderr))
         plan = planned_writes(paths, out, args.skip_existing)
         check_inputs(paths, out, plan, earlier)

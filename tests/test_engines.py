@@ -244,6 +244,18 @@ def edit_meta(engine_dir, **changes):
     return meta
 
 
+def test_a_record_whose_versions_or_config_class_names_do_not_fit_is_refused(engine_copy):
+    meta = json.loads((engine_copy / "engine.json").read_text())
+    edit_meta(engine_copy, versions=["torch 2.13.0"])
+    with pytest.raises(EngineError, match=r"versions must be an object of library versions, got \['torch 2.13.0'\]"):
+        load_engine(engine_copy)
+    edit_meta(engine_copy, versions=meta["versions"], config={**meta["config"], "class_names": ["x"] * 5})
+    with pytest.raises(EngineError, match="class_names differ from the config's class_names"):
+        segvit_rt.Runtime(engine_copy)
+    edit_meta(engine_copy, config={**meta["config"], "class_names": meta["class_names"]})
+    assert segvit_rt.Runtime(engine_copy).class_names == meta["class_names"]
+
+
 def test_refuses_unknown_format_backend_and_bad_json(engine_copy):
     edit_meta(engine_copy, format="segvit_rt.engine/99")
     with pytest.raises(EngineError, match="unknown engine format"):

@@ -48,6 +48,15 @@ def test_alpha_is_dropped(rgb):
     np.testing.assert_array_equal(load_image(torch.from_numpy(rgba).permute(2, 0, 1)), rgb)
 
 
+def test_premultiplied_alpha_modes_are_converted(rgb):
+    """La and RGBa (alpha premultiplied): opaque pixels keep their values; Pillow cannot turn La into RGB."""
+    rgba = np.concatenate([rgb, np.full((12, 17, 1), 255, np.uint8)], axis=2)
+    np.testing.assert_array_equal(load_image(Image.fromarray(rgba, mode="RGBA").convert("RGBa")), rgb)
+    gray = Image.fromarray(rgb).convert("L")
+    la = Image.merge("LA", (gray, Image.new("L", gray.size, 255))).convert("La")
+    np.testing.assert_array_equal(load_image(la), np.repeat(np.asarray(gray)[..., None], 3, axis=2))
+
+
 def test_palette_and_16_bit_images(rgb, tmp_path):
     pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     np.testing.assert_array_equal(load_image(pal), np.asarray(pal.convert("RGB")))
@@ -114,6 +123,9 @@ def test_an_8_bit_image_stored_as_uint16_is_warned_about(rgb):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_image(rgb.astype(np.uint16) * 257)  # real 16-bit values: no warning
+    gray = rgb[..., 0].astype(np.uint16)
+    with pytest.warns(UserWarning, match="'I;16' image holding only values 0-255"):  # the same pixels as a PIL image
+        assert load_image(Image.fromarray(gray)).max() <= 1
 
 
 def test_tensors_are_channels_first(rgb):

@@ -182,6 +182,14 @@ def test_a_runtime_pickles_as_its_engine(runtime):
     np.testing.assert_array_equal(copy.segment(img), runtime.segment(img))
 
 
+def test_a_runtime_of_a_relative_engine_path_pickles_from_another_folder(onnx_engine, monkeypatch, tmp_path):
+    monkeypatch.chdir(onnx_engine.parent)
+    runtime = segvit_rt.Runtime(onnx_engine.name)
+    monkeypatch.chdir(tmp_path)
+    copy = pickle.loads(pickle.dumps(runtime))
+    assert copy.engine.path == onnx_engine.resolve()
+
+
 def test_segment_batch_refuses_a_single_image(runtime, tmp_path):
     img = image(40, 50)
     Image.fromarray(img).save(tmp_path / "one.png")
@@ -439,6 +447,30 @@ def test_segment_cli_never_writes_over_an_input(onnx_engine, tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(Image.open(folder / "img_labels.png")), mask)
     assert f"segmented 0 images into {folder} (1 image already done there" in capsys.readouterr().out
     assert sorted(p.name for p in folder.iterdir()) == ["img.png", "img_labels.png", "img_overlay.png"]
+
+
+def test_segment_cli_protects_earlier_outputs_of_images_named_in_out(onnx_engine, tmp_path, capsys):
+    """The images given by name (or a shell glob) instead of their folder: the same protection."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    Image.fromarray(image(40, 40, seed=1)).save(folder / "img.png")
+    mask = np.full((40, 40), 3, np.uint8)
+    Image.fromarray(mask).save(folder / "img_labels.png")
+    with pytest.raises(SystemExit) as exc:
+        segment.main([str(folder / "img.png"), "--engine", str(onnx_engine), "--out", str(folder), "--quiet"])
+    assert exc.value.code == 2 and "img_labels.png of " in capsys.readouterr().err
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / "img_labels.png")), mask)
+    segment.main([str(folder / "img.png"), "--engine", str(onnx_engine), "--out", str(folder / "new"), "--quiet"])
+    assert (folder / "new" / "img_labels.png").is_file()
+
+
+def test_segment_cli_refuses_an_out_inside_the_engine_folder(onnx_engine, tmp_path, capsys):
+    Image.fromarray(image(40, 40, seed=1)).save(tmp_path / "img.png")
+    for out in (onnx_engine, onnx_engine / "labels"):
+        with pytest.raises(SystemExit) as exc:
+            segment.main([str(tmp_path / "img.png"), "--engine", str(onnx_engine / "engine.json"), "--out", str(out)])
+        assert exc.value.code == 2 and f"--out {out} is inside the --engine folder" in capsys.readouterr().err
+    assert not (onnx_engine / "labels").exists() and not (onnx_engine / "img_labels.png").exists()
 
 
 def test_segment_cli_into_its_input_folder_resumes_without_segmenting_its_outputs(onnx_engine, tmp_path, capsys):
