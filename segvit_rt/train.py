@@ -116,6 +116,7 @@ RUN_DEFINING = ("preset", "variant", "iters", "batch", "lr", "weight_decay", "he
                 "clip_grad", "crop", "stride", "dropout", "drop_path", "seed", "amp", "init", "init_format",
                 "context_classes")
 RUN_DEFINING_BEFORE = {"poly_power": 1.0, "drop_path": 0.0, "context_classes": 60}
+PATH_ARGS = ("data", "init")  # recorded resolved: a resume may run from another folder
 # Arguments a resumed run takes from the checkpoint when its command line leaves them unset, but may change.
 RUN_SETTINGS = ("kernels", "threads", "workers", "eval_every", "ckpt_every", "log_every", "mode", "weights_dtype")
 
@@ -202,6 +203,9 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.crop % multiple:
         why = f"patch {preset.patch_size}" + (", and an even token grid for QD" if args.variant == "shrunk" else "")
         raise UsageError(f"--crop {args.crop} must be a multiple of {multiple} for a {args.variant} model ({why})")
+    for key in ("lr", "head_lr_mult", "weight_decay", "clip_grad", "poly_power", "dropout", "drop_path"):
+        if not math.isfinite(getattr(args, key)):
+            raise UsageError(f"--{key.replace('_', '-')} must be a finite number, got {getattr(args, key)}")
     for key in ("lr", "head_lr_mult"):
         if not getattr(args, key) > 0:
             raise UsageError(f"--{key.replace('_', '-')} must be > 0, got {getattr(args, key)}")
@@ -212,6 +216,11 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key) < 0:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 0, got {getattr(args, key)}")
     return args
+
+
+def recorded_args(args: argparse.Namespace) -> dict:
+    """The arguments as checkpoints and weights record them: paths resolved."""
+    return {**vars(args), **{k: str(Path(getattr(args, k)).resolve()) for k in PATH_ARGS if getattr(args, k)}}
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -228,8 +237,13 @@ def check_same_run(saved: dict, args: argparse.Namespace) -> None:
     def was(key):
         return saved.get(key, RUN_DEFINING_BEFORE.get(key))
 
+    def same(key, saved_value, value):
+        if key in PATH_ARGS and saved_value is not None:  # another spelling, or another working folder
+            return Path(saved_value).resolve() == Path(value).resolve()
+        return saved_value == value
+
     changed = [f"--{k.replace('_', '-')} {was(k)!r} -> {getattr(args, k)!r}"
-               for k in RUN_DEFINING if getattr(args, k) is not None and was(k) != getattr(args, k)]
+               for k in RUN_DEFINING if getattr(args, k) is not None and not same(k, was(k), getattr(args, k))]
     if changed:
         raise UsageError("--resume must continue the same run; these arguments differ from the checkpoint's: "
                          + ", ".join(changed))
@@ -237,8 +251,13 @@ def check_same_run(saved: dict, args: argparse.Namespace) -> None:
 
 def load_init(model: SegViT, path: str, fmt: str, info: DistInfo) -> None:
     check_init_format(model, path, fmt)
-    importer = {"timm": import_timm_vit, "official": import_official_segvit, "full": import_full_into_shrunk}[fmt]
-    report = importer(model, path)
+    if fmt == "official":  # fine-tuning on the data's classes: a checkpoint of other classes keeps all but its own
+        report = import_official_segvit(model, path, other_classes=True)
+    else:
+        report = {"timm": import_timm_vit, "full": import_full_into_shrunk}[fmt](model, path)
+    if not any(k.startswith("backbone.") for k in report.loaded):
+        raise UsageError(f"--init {path} ({fmt}): no backbone tensor loaded ({report}): not a checkpoint of "
+                         "this --init-format (or of another model)")
     if info.is_main:
         print(f"--init {path} ({fmt}): {report}", file=sys.stderr)
 
@@ -497,7 +516,7 @@ class Trainer:
         if self.info.is_main:
             final = metrics if self.step == self.args.iters else None
             save_checkpoint(self.out / CHECKPOINT, model=self.model, optimizer=self.optimizer,
-                            scheduler=self.scheduler, scaler=self.scaler, step=self.step, args=vars(self.args),
+                            scheduler=self.scheduler, scaler=self.scaler, step=self.step, args=recorded_args(self.args),
                             rng=rng, extra={"elapsed": elapsed, "loss_windows": windows, "final_metrics": final,
                                             "class_names": list(self.cfg.names()),
                                             "train_samples": len(self.train_set)})
@@ -519,7 +538,7 @@ class Trainer:
                     self.check_finite()
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
                 if main:
-                    self.log.append({"kind": "train", "step": self.step, "epoch": self.step // self.steps_per_epoch,
+                    self.log.append({"kind": "train", "step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch,
                                      "loss": loss, "ce": ce, "focal": focal, "dice": dice, "grad_norm": grad_norm,
                                      "lr": lr, "time": round(self.elapsed + time.perf_counter() - start, 3)})
             evaluating = args.eval_every and self.step % args.eval_every == 0 or self.step == args.iters
@@ -546,7 +565,7 @@ class Trainer:
             dtype = WEIGHTS_DTYPES[self.args.weights_dtype]
             extra = {"trained_iters": self.step, "dataset": str(Path(self.args.data).resolve()),
                      "miou": metrics["mIoU"], "aacc": metrics["aAcc"],
-                     "eval_mode": self.args.mode, "train_args": vars(self.args)}
+                     "eval_mode": self.args.mode, "train_args": recorded_args(self.args)}
             synth = synth_metadata(self.train_set)
             if synth is not None:
                 extra["synth"] = synth

@@ -246,6 +246,7 @@ class ImportReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
+    other_classes: list[str] = field(default_factory=list)  # left out: sized for another class count
 
     def __str__(self) -> str:
         def few(keys):
@@ -254,6 +255,8 @@ class ImportReport:
         lines = [f"loaded {len(self.loaded)} tensors"]
         if self.resized:
             lines.append(f"resized: {few(self.resized)}")
+        if self.other_classes:
+            lines.append(f"left to start fresh, sized for another class count: {few(self.other_classes)}")
         if self.missing:
             lines.append(f"missing ({len(self.missing)}): {few(self.missing)}")
         if self.unexpected:
@@ -415,12 +418,14 @@ def import_timm_vit(model, checkpoint) -> ImportReport:
     return report
 
 
-def import_official_segvit(model, checkpoint) -> ImportReport:
+def import_official_segvit(model, checkpoint, other_classes: bool = False) -> ImportReport:
     """Load an official SegViT checkpoint (mmseg layout: ``backbone.*``, ``decode_head.*``).
 
     Backbone keys may use timm or mmseg ViT names. Decode-head keys match ours
     one to one, full (``input_proj_1``, ``decoder_1.layers.0.multihead_attn.q`` ...) and Shrunk
     (``q`` grid queries, ``decoder_1.layers.0.multihead_attn.in_proj_weight``, ``atm.decoder_1`` ...).
+    ``other_classes``: a checkpoint for another class count loads all but the class queries and the
+    classifier, which keep the model's values (fine-tuning on other classes); else it is refused.
     """
     state = _checkpoint_state(checkpoint)
     source = _checkpoint_name(checkpoint)
@@ -441,9 +446,21 @@ def import_official_segvit(model, checkpoint) -> ImportReport:
         raise WeightsError(f"{source} has no backbone.* or decode_head.* keys (it has e.g. "
                            f"{', '.join(list(state)[:3]) or 'none'}): not an mmseg SegViT checkpoint")
     report = ImportReport(unexpected=other)
+    if other_classes:
+        own = model.decode_head.state_dict()
+        for name in _class_tensors(model):
+            if name in head and name in own and head[name].shape != own[name].shape:
+                del head[name]
+                report.other_classes.append("decode_head." + name)
     pairs = _match_partial(model.backbone, backbone, "backbone.", report, checkpoint)
     _copy_pairs(pairs + _match_partial(model.decode_head, head, "decode_head.", report, checkpoint))
     return report
+
+
+def _class_tensors(model) -> list[str]:
+    """The decode head's tensors sized by the class count: class queries and classifier."""
+    stage = "atm." if model.variant == "shrunk" else ""
+    return [stage + name for name in ("q.weight", "class_embed.weight", "class_embed.bias")]
 
 
 def _full_to_shrunk_name(key: str) -> str | None:

@@ -19,6 +19,7 @@ import segvit_rt
 from dataset_layouts import make_coco_stuff, make_context
 from segvit_rt import evaluate as evaluate_cli
 from segvit_rt import train as train_cli
+from segvit_rt import weights
 from segvit_rt.class_names import COCO_STUFF_CLASSES, PASCAL_CONTEXT_CLASSES
 from segvit_rt.data.synth import generate
 from segvit_rt.io_utils import hold_lock
@@ -33,7 +34,7 @@ from segvit_rt.training.checkpoint import (
 )
 from segvit_rt.training.optim import WarmupPoly, make_optimizer, make_scheduler, param_groups
 from segvit_rt.training.sampler import ResumableSampler
-from segvit_rt.weights import load_weights, read_metadata, save_weights
+from segvit_rt.weights import WeightsError, load_weights, read_metadata, save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 # Small and quick: 64-pixel crops of 64-pixel synthetic images.
@@ -491,6 +492,25 @@ def test_resume_on_other_data_is_refused_or_noted(synth, tmp_path, capsys):
     assert f"note: resuming on --data {moved}; the run started on {synth}" in capsys.readouterr().err
 
 
+def test_a_run_started_with_relative_paths_resumes_from_another_folder(synth, tmp_path, monkeypatch, capsys):
+    init = save_weights(tmp_path / "init.safetensors", segvit_rt.create_model("tiny", num_classes=3, crop_size=64))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    train_cli.main(["--data", os.path.relpath(synth), "--out", str(out), "--iters", "2", "--eval-every", "0",
+                    "--init", "init.safetensors", "--init-format", "official", *FAST])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    train_cli.main(["--data", str(synth), "--out", str(out), "--resume", "--init", "../init.safetensors", *FAST])
+    err = capsys.readouterr().err
+    assert "note: resuming on --data" not in err and "differ from the checkpoint's" not in err
+    record = read_metadata(out / "weights.safetensors")["train_args"]
+    assert record["data"] == str(synth.resolve()) and record["init"] == str(init.resolve())
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if r["kind"] == "train"] == [0, 0]  # 8 images in batches of 4: steps 1-2, epoch 0
+
+
 def test_a_bare_resume_keeps_the_runs_settings(synth, tmp_path, monkeypatch):
     """``--resume`` with only --data and --out: the run's checkpoint/eval/log cadence, evaluation mode and
     weights dtype come from its checkpoint, not from the defaults."""
@@ -626,6 +646,10 @@ def test_defaults_follow_preset_and_variant():
             resolved(*bad)
     with pytest.raises(train_cli.UsageError, match="--crop 48 must be a multiple of 32 .* even token grid"):
         resolved("--variant", "shrunk", "--crop", "48")
+    for flag in ("--weight-decay", "--clip-grad", "--poly-power", "--lr", "--head-lr-mult"):
+        for value in ("nan", "inf"):
+            with pytest.raises(train_cli.UsageError, match=f"{flag} must be a finite number, got {value}"):
+                resolved(flag, value)
 
 
 def test_resume_takes_unset_arguments_from_the_checkpoint(synth, tmp_path):
@@ -749,6 +773,35 @@ def test_mixed_precision_training_on_cuda(synth, tmp_path, amp):
               if json.loads(line)["kind"] == "train"]
     assert len(losses) == 20 and all(np.isfinite(losses)) and np.mean(losses[-5:]) < np.mean(losses[:5])
     assert 0.0 <= summary["metrics"]["mIoU"] <= 1.0
+
+
+def test_an_init_that_loads_no_backbone_tensor_is_refused(tmp_path):
+    """A file of other names (a torchvision or HuggingFace ViT, the wrong file) would train from scratch."""
+    from safetensors.torch import save_file
+
+    save_file({"foo.weight": torch.zeros(3, 3)}, tmp_path / "foo.safetensors")
+    one = train_cli.DistInfo(0, 1, 0, torch.device("cpu"))
+    for variant, fmt in (("full", "timm"), ("shrunk", "timm"), ("shrunk", "full")):
+        with pytest.raises(train_cli.UsageError, match=rf"--init .*foo.safetensors \({fmt}\): no backbone tensor "
+                                                       r"loaded \(loaded 0 tensors; missing"):
+            train_cli.load_init(segvit_rt.create_model("tiny", variant), str(tmp_path / "foo.safetensors"), fmt, one)
+
+
+@pytest.mark.parametrize("variant", ["full", "shrunk"])
+def test_an_official_init_of_other_classes_fine_tunes_all_but_the_class_tensors(tmp_path, variant, capsys):
+    source = segvit_rt.create_model("tiny", variant)  # 5 classes
+    path = tmp_path / "ade.pth"
+    torch.save({"state_dict": source.state_dict()}, path)
+    model = segvit_rt.create_model("tiny", variant, num_classes=7)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    train_cli.load_init(model, str(path), "official", train_cli.DistInfo(0, 1, 0, torch.device("cpu")))
+    assert "left to start fresh, sized for another class count: decode_head." in capsys.readouterr().err
+    class_keys = {f"decode_head.{'atm.' if variant == 'shrunk' else ''}{n}"
+                  for n in ("q.weight", "class_embed.weight", "class_embed.bias")}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, fresh[k] if k in class_keys else source.state_dict()[k]), k
+    with pytest.raises(WeightsError, match=r"q.weight: checkpoint shape \(5, 64\) != model shape \(7, 64\)"):
+        weights.import_official_segvit(segvit_rt.create_model("tiny", variant, num_classes=7), str(path))
 
 
 def test_init_formats_that_would_load_a_file_only_in_part_are_refused(tmp_path):
