@@ -622,9 +622,10 @@ def run_lock(out: Path, info: DistInfo):
             yield
         except BaseException:
             if info.is_main and lock_made:
-                stack.close()  # release the lock first
-                with suppress(OSError):
+                with suppress(OSError):  # unlinked while held: no other run can have locked that file meanwhile
                     (out / ".lock").unlink()
+                stack.close()
+                with suppress(OSError):
                     for folder in made:
                         folder.rmdir()  # only an empty one: stops at the first that holds something
             raise

@@ -146,6 +146,9 @@ def test_checkpoint_errors(tmp_path):
     torch.save({"some": torch.zeros(1)}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a segvit_rt training checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
+    save_weights(tmp_path / "weights.pt", segvit_rt.create_model("tiny"))  # weights renamed as a checkpoint
+    with pytest.raises(CheckpointError, match="weights.pt is a safetensors file \\(weights\\), not a training"):
+        load_checkpoint(tmp_path / "weights.pt")
     three = segvit_rt.create_model("tiny", num_classes=3, crop_size=64)
     opt = make_optimizer(three, lr=1e-3)
     save_checkpoint(tmp_path / "c.pt", model=three, optimizer=opt, scheduler=make_scheduler(opt, 10, 2), step=1,

@@ -79,6 +79,10 @@ def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        if f.read(9)[8:9] == b"{":  # a safetensors header: 8 bytes of length, then JSON
+            raise CheckpointError(f"{path} is a safetensors file (weights), not a training checkpoint: start a "
+                                  "new run from it with --init, or build and evaluate it as it is")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises several types for truncated or foreign files
