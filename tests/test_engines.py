@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from segvit_rt import engines, kernel_choice
 from segvit_rt.build import TOLERANCES, BuildError, Parity, build_engine, check_parity
 from segvit_rt.data import normalize
 from segvit_rt.engines import Engine, EngineError, load_engine, onnx_backend, read_engine
+from segvit_rt.engines import cuda_graph
 from segvit_rt.engines.cuda_graph import GraphedRunner, check_replay
 from segvit_rt.engines.graph import LogitsGraph, example_input
 from segvit_rt.io_utils import sha256_file
@@ -528,11 +530,21 @@ def test_aoti_cuda_fp16_engine_keeps_the_triton_ops(tmp_path):
     plain = load_engine(out, cuda_graph=False)
     assert engine.cuda_graph and engine._runner.graph is not None and not plain.cuda_graph
     first, second = randn(2, seed=4).cuda(), randn(2, seed=5).cuda()
-    got_first, got_second = engine(first), engine(second)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):  # calls from two streams: the second waits for the first's copies
+        got_first = engine(first)
+    got_second = engine(second)
+    torch.cuda.synchronize()
     for got, x in ((got_first, first), (got_second, second)):
         for a, b in zip(got, plain(x)):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
     assert engine.cuda_graph
+    captured_in_inference_mode = load_engine(out)
+    with torch.inference_mode():
+        captured_in_inference_mode(first)
+    for a, b in zip(captured_in_inference_mode(second), got_second):  # outside it: its buffers still take input
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+    assert captured_in_inference_mode.cuda_graph
     # The runtime's whole mode post-processes with the fused kernel on CUDA.
     runtime = segvit_rt.Runtime(out, mode="whole")
     assert runtime._post_impl == "triton"
@@ -614,9 +626,10 @@ def test_cuda_graphs_are_for_aoti_engines_on_cuda(onnx_engine):
         segvit_rt.Runtime(onnx_engine, cuda_graph=True)
 
 
-def test_a_graphed_runner_that_cannot_capture_runs_plainly_and_says_why():
-    """Capture failing (here: CPU tensors, no CUDA stream) warns once and leaves every later call to the
-    plain runner; shapes other than the graph's never try."""
+def test_a_graphed_runner_that_cannot_capture_runs_plainly_and_says_why(monkeypatch):
+    """Capture failing (here: CPU tensors, no CUDA stream) warns once and leaves every later call, of
+    every runner of the process, to the plain runner; shapes other than the graph's never try."""
+    monkeypatch.setattr(cuda_graph, "_process_failure", None)  # restored after the test
     calls = []
 
     def runner(image):
@@ -627,11 +640,16 @@ def test_a_graphed_runner_that_cannot_capture_runs_plainly_and_says_why():
     other = torch.ones(1, 3, 4, 4)
     assert torch.equal(graphed(other)[1], other * 2) and graphed.failed is None and graphed.graph is None
     image = torch.arange(96.0).reshape(2, 3, 4, 4)
-    with pytest.warns(UserWarning, match="CUDA graph capture failed, the engine runs without it: "):
+    with pytest.warns(UserWarning, match="CUDA graph capture failed, engines in this process run without graphs: "):
         cls, masks = graphed(image)
     assert torch.equal(masks, image * 2) and graphed.failed and graphed.graph is None
     calls.clear()
     assert torch.equal(graphed(image)[1], image * 2) and calls == [(2, 3, 4, 4)]  # plain, no second try
+    another = GraphedRunner(runner, (2, 3, 4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(another(image)[1], image * 2)
+    assert another.failed == graphed.failed and another.graph is None
 
 
 def test_a_replay_that_differs_from_the_plain_run_is_refused():
