@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -200,16 +201,18 @@ def load(path: Path, meta: dict, device: torch.device):
 class _PlanRunner:
     """Runs the plan on a stream of its own, ordered after the caller's current stream and before
     the caller's later work: TensorRT synchronises extra when enqueued on the legacy default
-    stream, where torch runs unless told otherwise."""
+    stream, where torch runs unless told otherwise. Calls are serialised: they share one execution
+    context, whose input shape and tensor addresses each call sets."""
 
     def __init__(self, runtime, engine, context, device: torch.device, logger):
         self.runtime, self.engine, self.context = runtime, engine, context  # keep the owners alive
         self.logger = logger
         self.device = device
         self.stream = torch.cuda.Stream(device)
+        self._lock = threading.Lock()
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.cuda.device(self.device):  # the context belongs to the device it was made on
+        with self._lock, torch.cuda.device(self.device):  # the context belongs to the device it was made on
             return self._run(image.contiguous())
 
     def _run(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
