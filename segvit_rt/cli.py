@@ -29,6 +29,9 @@ def check_output(path: str | Path, flag: str, folder: bool) -> None:
         raise OutputPathError(f"{flag} {path} is a file, not a folder")
     if not folder and path.is_dir():
         raise OutputPathError(f"{flag} {path} is a folder; a file path is needed")
+    if not folder and path.exists() and not path.is_file():
+        raise OutputPathError(f"{flag} {path} is not a regular file (a device, pipe or socket): outputs are "
+                              "written whole to a file; name one")
     for place in ([path] if folder else []) + list(path.parents):
         if place.exists():
             if not place.is_dir():

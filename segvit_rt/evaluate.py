@@ -108,7 +108,7 @@ def evaluate_runtime(runtime: Runtime, dataset, progress: bool = False) -> dict:
 def summarize(confusion: ConfusionMatrix, images: int, mode: str, crop: int, stride: int, tta: bool = False) -> dict:
     """The metrics of ``confusion`` with how they were made; ``chance``: see ``metrics.chance_levels``."""
     return {**confusion.compute(), "chance": chance_levels(confusion.mat.sum(1)), "images": images,
-            "mode": mode, "crop": crop, "stride": stride, "tta": tta}
+            "mode": mode, "crop": crop, "stride": stride if mode == "slide" else None, "tta": tta}
 
 
 def format_table(metrics: dict, class_names) -> str:
@@ -151,9 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slide (default): crop-sized windows, as the official evaluation; whole: the whole image "
                         "at once (an engine's: the image resized to its input size)")
     p.add_argument("--crop", type=int,
-                   help="window size (default: the crop size the weights were trained at; an engine's is fixed)")
+                   help="window size (default: the crop size the weights were trained at; an engine's is fixed); "
+                        "the test scale is scaled with it, in whole mode too")
     p.add_argument("--stride", type=int,
-                   help="window stride (default: the weights' slide stride, scaled with --crop when that is given)")
+                   help="window stride, slide mode only (default: the weights' slide stride, scaled with --crop "
+                        "when that is given)")
     p.add_argument("--kernels", choices=("reference", "triton"),
                    help="ops of the PyTorch model (default: reference; an engine's were chosen when it was built)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -232,6 +234,8 @@ def main(argv=None) -> dict:
         for flag, value in (("--crop", args.crop), ("--stride", args.stride)):
             if value is not None and value < 1:
                 raise UsageError(f"{flag} must be >= 1, got {value}")
+        if args.stride is not None and args.mode == "whole":
+            raise UsageError("--stride is the slide mode's window stride: --mode whole has no windows")
         if args.engine:
             runtime = open_runtime(args)
             names = runtime.class_names
@@ -244,7 +248,7 @@ def main(argv=None) -> dict:
                                context_classes=59 if len(names) == 59 else 60)  # the model's protocol
         for flag, path in outputs:
             dataset.check_writes_outside(path, flag)
-        warn_if_names_differ(dataset.classes, names, "engine" if args.engine else "weights")
+        warn_if_names_differ(dataset.classes, names, "the engine's" if args.engine else "the weights'")
         if args.engine:
             metrics = evaluate_runtime(runtime, dataset, progress=not args.quiet)
         else:
@@ -270,12 +274,12 @@ def warn_if_names_differ(data_names, names, source: str) -> None:
     if tuple(data_names) == tuple(names):
         return
     if sorted(data_names) == sorted(names):
-        print(f"warning: the dataset lists the {source}' class names in another order (first difference at index "
+        print(f"warning: the dataset lists {source} class names in another order (first difference at index "
               f"{next(i for i, (a, b) in enumerate(zip(data_names, names)) if a != b)}): its label numbers mean "
               "other classes than the model's, so these metrics are not the model's", file=sys.stderr)
     else:
-        print(f"warning: the dataset's class names differ from the {source}' ({list(data_names)[:5]} ... vs "
-              f"{list(names)[:5]} ...); the table uses the {source}'", file=sys.stderr)
+        print(f"warning: the dataset's class names differ from {source} ({list(data_names)[:5]} ... vs "
+              f"{list(names)[:5]} ...); the table uses {source}", file=sys.stderr)
 
 
 def load_model(args):

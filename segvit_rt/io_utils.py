@@ -257,9 +257,12 @@ def atomic_path(path: str | os.PathLike, sweep: bool = False):
 
     ``sweep``: first clear killed writers' temporaries (:func:`sweep_leftovers`); worth a
     directory scan for big artifacts, not for each of thousands of small outputs (their
-    writer sweeps the folder once: :func:`sweep_folder`).
+    writer sweeps the folder once: :func:`sweep_folder`). A symbolic link is followed: the file it
+    points to is replaced, and the link stays; anything but a regular file is refused.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        raise OSError(f"{path} is not a regular file (a folder, device, pipe or socket): it is not replaced")
     path.parent.mkdir(parents=True, exist_ok=True)
     if sweep:
         sweep_leftovers(path, stacklevel=4)

@@ -72,7 +72,9 @@ def metrics_from_confusion(mat: torch.Tensor) -> dict:
 def chance_levels(label_counts: torch.Tensor) -> dict | None:
     """What predictions that ignore the image score, given each class's labelled pixel count:
     ``constant`` always predicts the most frequent class; ``random`` draws a class uniformly per
-    pixel (expected counts: IoU_c = n_c / (N + (K - 1) n_c), aAcc = 1 / K). ``None`` when no
+    pixel (expected counts: IoU_c = n_c / (N + (K - 1) n_c), aAcc = 1 / K; a class never labelled
+    is still predicted, so its IoU 0 counts in the mean, where the constant prediction leaves it
+    out, as the metric does a class absent from labels and predictions). ``None`` when no
     pixel is labelled."""
     n = label_counts.double().cpu()
     total, k = n.sum(), n.numel()
@@ -86,6 +88,6 @@ def chance_levels(label_counts: torch.Tensor) -> dict | None:
     return {
         "constant_mIoU": constant_iou[present].mean().item(),
         "constant_aAcc": (n[majority] / total).item(),
-        "random_mIoU": random_iou[present].mean().item(),
+        "random_mIoU": random_iou.mean().item(),
         "random_aAcc": 1.0 / k,
     }

@@ -1,6 +1,7 @@
 """What the command-line tools share: bad output paths and wrapped worker errors reported as
 one line, exit status 2, before any work."""
 import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,13 @@ def test_output_paths_are_checked_for_what_they_must_be(tmp_path, a_file):
     for folder in (True, False):
         with pytest.raises(OutputPathError, match="notes.txt is a file, not a folder"):
             check_output(a_file / "sub" / "x", "--out", folder=folder)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    for special in (fifo, Path("/dev/null")):  # an atomic write would put a plain file in its place
+        with pytest.raises(OutputPathError, match=f"--json {special} is not a regular file"):
+            check_output(special, "--json", folder=False)
+    (tmp_path / "link.json").symlink_to(a_file)
+    check_output(tmp_path / "link.json", "--json", folder=False)  # a link to a file: written through
 
 
 def test_warnings_under_a_cli_print_as_one_line():

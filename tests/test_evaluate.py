@@ -63,7 +63,8 @@ def test_cli_metrics_match_a_hand_computation(setup, mode, capsys):
     printed = capsys.readouterr().out
     metrics = json.loads(out_json.read_text())
     assert metrics["mIoU"] == pytest.approx(expected_miou(model, ade), abs=1e-9)
-    assert metrics["images"] == 3 and metrics["mode"] == mode and metrics["crop"] == 64 and metrics["stride"] == 48
+    assert metrics["images"] == 3 and metrics["mode"] == mode and metrics["crop"] == 64
+    assert metrics["stride"] == (48 if mode == "slide" else None)  # whole mode has no windows
     assert len(metrics["IoU"]) == K and metrics["class_names"] == (ade / "classes.txt").read_text().split()
     assert f"mIoU {100 * metrics['mIoU']:6.2f}" in printed
     assert all(name in printed for name in metrics["class_names"])
@@ -302,12 +303,20 @@ def test_an_engine_is_evaluated_through_the_runtime(setup, engine, mode, capsys,
     assert segmented == [(64, 64, 3)] * 3  # the images as stored (uint8 RGB), each through Runtime.segment
     saved = json.loads(out_json.read_text())
     assert (saved["engine"], saved["backend"], saved["precision"], saved["mode"]) == (str(engine), "onnx", "fp32", mode)
-    assert "weights" not in saved and saved["crop"] == 64 and saved["stride"] == 48
+    assert "weights" not in saved and saved["crop"] == 64 and saved["stride"] == (48 if mode == "slide" else None)
     printed = capsys.readouterr().out
     windows = "crop 64, stride 48" if mode == "slide" else "crop 64"  # whole mode has no stride to tell
     assert f"mIoU {100 * metrics['mIoU']:6.2f}" in printed and f"{mode}, {windows}, onnx fp32 engine)" in printed
     stride = evaluate.main(["--engine", str(engine), "--data", str(ade.parent), "--stride", "32", "--quiet"])
     assert stride["stride"] == 32
+
+
+def test_a_stride_in_whole_mode_is_refused(setup, capsys):
+    root, ade, _, weights = setup
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--weights", str(weights), "--data", str(ade.parent), "--mode", "whole", "--stride", "7"])
+    assert exc.value.code == 2 and "--stride is the slide mode's window stride: --mode whole has no windows" in (
+        capsys.readouterr().err)
 
 
 def test_engine_evaluation_refuses_what_an_engine_cannot_do(setup, engine, tmp_path, capsys):

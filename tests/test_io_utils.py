@@ -44,6 +44,22 @@ def test_atomic_path_replaces_whole_or_not_at_all(tmp_path):
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["w.bin"]
 
 
+def test_atomic_path_writes_through_a_link_and_refuses_what_is_not_a_file(tmp_path):
+    target = tmp_path / "real" / "w.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    (tmp_path / "link.json").symlink_to(target)
+    with atomic_path(tmp_path / "link.json") as tmp:
+        tmp.write_text("new")
+    assert (tmp_path / "link.json").is_symlink() and target.read_text() == "new"
+    os.mkfifo(tmp_path / "fifo")
+    for special in (tmp_path / "fifo", tmp_path / "real"):
+        with pytest.raises(OSError, match="is not a regular file .*: it is not replaced"):
+            with atomic_path(special) as tmp:
+                tmp.write_text("x")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode) and target.read_text() == "new"
+
+
 def test_atomic_dir_keeps_old_directory_on_failure(tmp_path):
     target = tmp_path / "engine"
     with atomic_dir(target) as tmp:

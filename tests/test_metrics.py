@@ -75,18 +75,20 @@ def test_chance_levels_by_hand():
     # constant "class 0": IoU 6/10 for class 0, 0 for classes 1 and 3 (class 2 never labelled).
     assert c["constant_mIoU"] == pytest.approx(0.6 / 3)
     assert c["constant_aAcc"] == pytest.approx(0.6)
-    # uniform over 4 classes: IoU_c = n_c / (N + 3 n_c)
-    assert c["random_mIoU"] == pytest.approx((6 / 28 + 2 / 16 + 2 / 16) / 3)
+    # uniform over 4 classes: IoU_c = n_c / (N + 3 n_c); class 2 is predicted, never labelled: IoU 0
+    assert c["random_mIoU"] == pytest.approx((6 / 28 + 2 / 16 + 0 + 2 / 16) / 4)
     assert c["random_aAcc"] == 0.25
     assert chance_levels(torch.zeros(4)) is None  # nothing labelled: no chance level to speak of
 
 
-def test_random_chance_formula_matches_simulation():
+@pytest.mark.parametrize("counts", [[50_000, 30_000, 15_000, 5_000], [60_000, 40_000, 0, 0, 0]])
+def test_random_chance_formula_matches_simulation(counts):
+    """Also with classes never labelled, which the uniform prediction still predicts."""
     g = torch.Generator().manual_seed(0)
-    counts = torch.tensor([50_000, 30_000, 15_000, 5_000])
-    label = torch.repeat_interleave(torch.arange(4), counts)
-    cm = ConfusionMatrix(4)
-    cm.update(torch.randint(0, 4, label.shape, generator=g), label)
+    counts = torch.tensor(counts)
+    label = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    cm = ConfusionMatrix(len(counts))
+    cm.update(torch.randint(0, len(counts), label.shape, generator=g), label)
     simulated = cm.compute()
     c = chance_levels(counts)
     assert simulated["mIoU"] == pytest.approx(c["random_mIoU"], abs=5e-3)

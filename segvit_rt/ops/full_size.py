@@ -4,7 +4,8 @@ Upsampling the scores (or mask logits) of a 12-megapixel photo to its size befor
 ``channels x 12M x 4`` bytes: 7 GB for the 150 ADE20K classes.
 
 * ``upsample_argmax`` (scores -> labels, the sliding-window path) upsamples a few classes at a time
-  with ``F.interpolate`` itself and keeps a running maximum: exactly the same labels. On the CPU it
+  with ``F.interpolate`` itself and keeps a running maximum: the same labels, but where interpolating
+  fewer channels rounds a score by an ulp and so breaks an exact tie otherwise. On the CPU it
   is also faster than an argmax across full-size planes (``benchmarks/test_labels_full_size.py``),
   so it is used there at every size; on CUDA above ``BUDGET``.
 * ``segment_postprocess`` (class and mask logits -> labels, the whole-image path) needs every query
