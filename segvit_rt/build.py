@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import copy
 import json
+import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -181,6 +182,9 @@ def check_out(out: Path) -> None:
         raise EngineError(str(e)) from None
     if not out.is_dir():
         return
+    if os.path.ismount(out):
+        raise EngineError(f"--out {out} is a mount point, which the build cannot swap a new folder into the place "
+                          "of: give a folder inside it")
     names = [p.name for p in out.iterdir()]
     engine_files = {META_FILE} | {engines.backend_module(b).ARTIFACT for b in engines.BACKENDS}
     others = sorted(name for name in names if name not in engine_files)
@@ -229,7 +233,14 @@ def build_engine(
         raise EngineError(f"{len(names)} class names for a model with {cfg.num_classes} classes")
     out = Path(out) if out is not None else default_out(cfg.name, variant, backend, precision)
     check_out(out)
-    replaced = earlier_engine(out)
+    replaced = []  # what the swap replaced, found then: --out may have changed during the build
+
+    def check_again(_):
+        try:
+            check_out(out)
+        except EngineError as e:
+            raise EngineError(f"{e} (changed while the engine was built: it was not written)") from None
+        replaced.append(earlier_engine(out))
 
     reference = copy.deepcopy(model).float().eval().to(device).set_kernels("reference")
     # ONNX export traces on the CPU (the graph is device-free); aoti compiles for its device.
@@ -249,7 +260,7 @@ def build_engine(
     log(f"building {backend} {precision} engine of {cfg.name} {variant} "
         f"(batch {batch or f'1..{max_batch}'}, input {cfg.crop_size}x{cfg.crop_size}, kernels {kernels}, device {device})")
 
-    with atomic_dir(out) as tmp, on_device:
+    with atomic_dir(out, before_swap=check_again) as tmp, on_device:
         artifact = tmp / module.ARTIFACT
         extra = module.export(graph, example, artifact, dynamic_batch=batch is None, max_batch=max_batch)
         del graph, exported
@@ -295,7 +306,7 @@ def build_engine(
         meta["parity"] = {**asdict(parity), "min_label_agreement": MIN_LABEL_AGREEMENT,
                           "tolerance": asdict(TOLERANCES[precision])}
         write_engine_json(tmp, meta)
-    log(f"engine written to {out}" + (f" (replacing {replaced})" if replaced else ""))
+    log(f"engine written to {out}" + (f" (replacing {replaced[0]})" if replaced[0] else ""))
     return out
 
 

@@ -288,10 +288,11 @@ def atomic_path(path: str | os.PathLike, sweep: bool = False):
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike):
+def atomic_dir(path: str | os.PathLike, before_swap=None):
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` whole.
 
-    Its files are flushed to disk before the swap. An existing ``path`` is moved aside under a
+    Its files are flushed to disk before the swap; ``before_swap(path)``, if given, is called then
+    (to check again what is about to be replaced: it may raise). An existing ``path`` is moved aside under a
     name of its own (so concurrent builds do not collide) and put back if the new one cannot
     take its place; it is deleted only once the new directory is in. A symbolic link is
     followed: the directory it points to is the one replaced, and the link stays. Killed
@@ -312,6 +313,8 @@ def atomic_dir(path: str | os.PathLike):
             if file.is_file():
                 _fsync(file)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only
+        if before_swap is not None:
+            before_swap(path)
         if not path.exists():
             os.replace(tmp, path)
         else:

@@ -401,6 +401,44 @@ def test_build_refuses_to_replace_what_is_not_an_engine(shrunk, tmp_path):
     assert os.listdir(tmp_path) == ["models"]
 
 
+def test_what_appears_in_out_during_a_build_is_checked_again_before_the_swap(shrunk, tmp_path, onnx_engine,
+                                                                            monkeypatch):
+    """A file of the user's put in --out while the engine was built is not deleted with the old engine,
+    and an engine another build wrote there meanwhile is named as replaced."""
+    out = tmp_path / "engine"
+    real_export = onnx_backend.export
+
+    def export_while(arrival):
+        def export(*args, **kwargs):
+            arrival()
+            return real_export(*args, **kwargs)
+        return export
+
+    def user_file():
+        out.mkdir()
+        (out / "mywork.txt").write_text("precious")
+
+    monkeypatch.setattr(onnx_backend, "export", export_while(user_file))
+    with pytest.raises(EngineError, match=r"holding other things than an engine .*\(changed while the engine was "
+                                          "built: it was not written\)"):
+        build_engine(shrunk, backend="onnx", precision="fp32", out=out, log=quiet)
+    assert os.listdir(out) == ["mywork.txt"] and not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+    monkeypatch.setattr(onnx_backend, "export", export_while(lambda: shutil.copytree(onnx_engine, tmp_path / "other")))
+    said = []
+    other = tmp_path / "other"
+    build_engine(shrunk, backend="onnx", precision="fp32", out=other, log=said.append)
+    built_at = json.loads((onnx_engine / "engine.json").read_text())["built_at"]
+    assert said[-1] == f"engine written to {other} (replacing the engine built there on {built_at} from unrecorded weights)"
+
+
+def test_a_mount_point_as_out_is_refused_before_the_build(shrunk, tmp_path, monkeypatch):
+    out = tmp_path / "volume"
+    out.mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == out)
+    with pytest.raises(EngineError, match="--out .*volume is a mount point, .* give a folder inside it"):
+        build_engine(shrunk, backend="onnx", out=out, log=quiet)
+
+
 def test_aoti_dynamic_batch_range_of_one_size_exports_a_fixed_batch():
     """``Dim(min=2, max=2)`` is refused by torch.export; max_batch 2 is then a fixed batch of 2."""
     from segvit_rt.engines import aoti_backend
