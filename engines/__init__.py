@@ -32,6 +32,8 @@ def auto_backend(device=None) -> tuple[str, str]:
     else aoti on a GPU, else onnx on the CPU. ``device="cpu"`` asks for a CPU engine: onnx."""
     if device is not None and torch.device(device).type == "cpu":
         return "onnx", "a CPU engine was asked for: ONNX Runtime on the CPU"
+    if device is not None and not torch.cuda.is_available():
+        raise EngineError(f"a {device} engine was asked for, and torch sees no CUDA GPU: use the CPU (--device cpu)")
     if not torch.cuda.is_available():
         return "onnx", "no CUDA GPU: ONNX Runtime on the CPU"
     try:

@@ -116,9 +116,24 @@ def _is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" or (path.suffix == ".safetensors" and not _is_torch_save(path))
 
 
+def _refuse_an_engine(path: Path) -> None:
+    """An engine folder, or a file in one, is named as an engine, with the weights it was built from."""
+    folder = path if path.is_dir() else path.parent
+    record = folder / "engine.json"
+    if not record.is_file():
+        return
+    try:
+        source = (json.loads(record.read_text(encoding="utf-8")).get("weights") or {}).get("path")
+    except (OSError, ValueError, AttributeError):
+        source = None
+    built = f"; it was built from {source}" if source else ""
+    raise WeightsError(f"{path} is an engine (python -m segvit_rt.build), not a weights file{built}")
+
+
 def read_metadata(path) -> dict:
     """The JSON record of one of our weights files; a clear error for anything else."""
     path = Path(path)
+    _refuse_an_engine(path)
     if path.is_dir():
         hint = f"; did you mean {path / 'weights.safetensors'}?" if (path / "weights.safetensors").is_file() else ""
         raise WeightsError(f"weights path {path} is a folder, not a weights file{hint}")

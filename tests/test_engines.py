@@ -373,6 +373,8 @@ def test_engine_rejects_wrong_input(onnx_engine):
 def test_auto_backend_choices(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert engines.auto_backend()[0] == "onnx"
+    with pytest.raises(EngineError, match="a cuda:1 engine was asked for, and torch sees no CUDA GPU"):
+        engines.auto_backend("cuda:1")  # not "onnx: no CUDA GPU", then an error about onnx
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # "import tensorrt" raises ImportError
     name, why = engines.auto_backend()

@@ -476,3 +476,29 @@ def test_a_byte_changed_in_the_tensor_data_is_told_as_corruption(tmp_path, tiny_
 
     save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata={"segvit_rt": json.dumps(meta)})
     assert not _same_state(weights.load_weights(tmp_path / "old.safetensors"), tiny_shrunk)  # loads, changed
+
+
+@pytest.mark.parametrize("variant", ["full", "shrunk"])
+def test_the_bundled_demo_weights_carry_their_digest(variant, tmp_path):
+    """The default build's weights get the corruption check too: a flipped byte is refused."""
+    from segvit_rt.build import default_weights
+
+    bundled = default_weights(variant)
+    assert weights.DIGEST_KEY in weights.read_metadata(bundled)
+    data = bytearray(bundled.read_bytes())
+    data[-5000] ^= 0x01
+    flipped = tmp_path / "flipped.safetensors"
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="is corrupt"):
+        weights.load_weights(flipped)
+
+
+def test_an_engine_given_as_weights_is_named_with_its_source(tmp_path):
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    (engine / "engine.json").write_text(json.dumps({"weights": {"path": "/runs/a/weights.safetensors"}}))
+    (engine / "model.pt2").write_bytes(b"PK\x03\x04 a zip")
+    for path in (engine, engine / "model.pt2", engine / "engine.json"):
+        with pytest.raises(WeightsError, match=f"{path} is an engine .*not a weights file; it was built from "
+                                               "/runs/a/weights.safetensors"):
+            weights.load_weights(path)
