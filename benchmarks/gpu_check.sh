@@ -42,13 +42,19 @@
 # as time allows) have none, so a slow test there ends the step as "not run to the end", not as a
 # failure (also when pytest had to be killed 10 s after its interrupt). summary.txt and throughput.png
 # are rewritten after every bench step.
-# Exit status: 0 when every step passed, 1 otherwise; 2 on bad usage or no CUDA GPU.
+# Exit status: 0 when every step passed, 1 otherwise; 2 on bad usage (an unknown step, before any work) or
+# no CUDA GPU.
 set -uo pipefail
 
 if [ $# -lt 1 ]; then
     echo "usage: bash benchmarks/gpu_check.sh OUTDIR [STEP...]" >&2
     exit 2
 fi
+KNOWN=" probe kernel-bench throughput-eager throughput-aoti-shrunk throughput-aoti-shrunk-reference gpu-tests
+throughput-aoti-full throughput-aoti-full-reference profile aoti-tests config-sweep kernel-tests "
+for s in "${@:2}"; do
+    [[ $KNOWN == *[[:space:]]"$s"[[:space:]]* ]] || { echo "gpu_check: unknown step $s (steps:$(printf ' %s' $KNOWN))" >&2; exit 2; }
+done
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null || PY=python
 if ! "$PY" -c "import torch" 2>/dev/null; then

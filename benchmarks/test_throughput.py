@@ -167,6 +167,8 @@ def runner_fn(runner: str, model, built, variant: str, image: torch.Tensor):
         dtype = torch.float16 if SETUP["precision"] == "fp16" else torch.float32
         net = model.to(device, dtype).set_kernels("triton" if runner == "eager+triton" else "reference")
         x = image.to(dtype)
+        if runner == "eager+triton":
+            check_kernels_match_reference(net, x)
 
         def eager():
             with torch.no_grad():
@@ -184,6 +186,19 @@ def runner_fn(runner: str, model, built, variant: str, image: torch.Tensor):
         engine(image)
         assert engine.cuda_graph, "the aoti engine could not replay a CUDA graph (see the warning)"
     return lambda: engine(image)
+
+
+def check_kernels_match_reference(net, x: torch.Tensor) -> None:
+    """Before timing ``net`` with the Triton kernels: its outputs are the reference ops' within the
+    builder's tolerance for the precision."""
+    with torch.no_grad():
+        got = net(x)
+        want = net.set_kernels("reference")(x)
+    net.set_kernels("triton")
+    tol = build.TOLERANCES[SETUP["precision"]]
+    for key in ("pred_logits", "pred_masks"):
+        err = (got[key].float() - want[key].float()).abs().max().item()
+        assert err <= tol.bound(want[key].float()), f"{key} with the Triton kernels differ from the reference's by {err}"
 
 
 @pytest.mark.parametrize("variant, runner", CASES, ids=[f"{v}-{r}" for v, r in CASES])

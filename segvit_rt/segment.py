@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--mode", choices=MODES, default="slide",
                    help="slide (default; the official evaluation's windows) or whole (the image resized to the crop)")
-    p.add_argument("--device", help="cpu or cuda (default: the engine backend's choice)")
+    p.add_argument("--device", default="auto",
+                   help="auto (default: the engine backend's choice), cpu, cuda or cuda:N")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight in [0, 1] (default 0.5)")
     p.add_argument("--batch", type=int, default=1,
                    help="images per engine call group (default 1; same-size images share calls; use the "
@@ -236,6 +237,8 @@ def main(argv=None) -> list[Path]:
 
         if not 0.0 <= args.alpha <= 1.0:
             raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+        if args.device == "auto":
+            args.device = None
         if args.device is not None:
             import torch
 

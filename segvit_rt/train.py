@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--preset", choices=sorted(PRESETS), help="model preset (default tiny)")
     p.add_argument("--variant", choices=VARIANTS, help="full (default) or shrunk")
-    p.add_argument("--iters", type=int, help="optimizer steps (default: per preset and variant, 160000 for the paper's)")
+    p.add_argument("--iters", type=int, help="optimizer steps (default: per preset and variant; the paper's: ADE20K 160000, "
+                        "COCO-Stuff and PASCAL-Context 80000)")
     p.add_argument("--batch", type=int, help="global batch size, split over the processes (default 16, tiny 8)")
     p.add_argument("--lr", type=float,
                    help="backbone learning rate (default 2e-5, tiny 1e-4; the head's is --head-lr-mult times it)")

@@ -265,3 +265,7 @@ def test_gpu_check_without_a_gpu_stops_before_writing_anything(tmp_path):
     assert not (tmp_path / "OUT").exists()
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.startswith("usage: bash benchmarks/gpu_check.sh OUTDIR")
+    done = subprocess.run(["bash", str(script), str(tmp_path / "OUT"), "probe", "porfile"], env=env,
+                          capture_output=True, text=True, timeout=60)  # a misspelt step, named before any work
+    assert done.returncode == 2 and done.stderr.startswith("gpu_check: unknown step porfile (steps: probe ")
+    assert not (tmp_path / "OUT").exists()

@@ -167,6 +167,9 @@ def test_segment_names_a_device_that_is_not_one(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             segment.main([str(tmp_path), "--engine", "missing", "--out", str(tmp_path / "out"), "--device", device])
         assert exit_.value.code == 2 and f"--device {device!r}: use cpu, cuda or cuda:N" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # auto, as the other commands take it: past the device check
+        segment.main([str(tmp_path), "--engine", "missing", "--out", str(tmp_path / "out"), "--device", "auto"])
+    assert exit_.value.code == 2 and "no image files" in capsys.readouterr().err
 
 
 def test_a_weights_folder_points_to_its_weights_file(tmp_path):

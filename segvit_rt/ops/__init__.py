@@ -30,8 +30,9 @@ def atm_attention(q, k, v, num_heads, *, impl="reference", dropout_p=0.0, **kw):
     Without a mask (``need_mask=False``: the Shrunk head's QU decoders, ATM layers whose mask
     goes unused) this is plain multi-head attention, which every impl runs as PyTorch's
     ``scaled_dot_product_attention`` (flash attention on CUDA). The fused kernel is built
-    around the all-heads mask; with it in the QU decoders (1600 queries each), the Shrunk
-    model ran at 0.85x of eager on an H200 (benchmarks/RESULTS.md)."""
+    around the all-heads mask, which these layers do not use (on an H200 the Shrunk model with
+    the kernels ran at 0.85x of eager with the fused kernel in its QU decoders, and 0.84x with
+    SDPA there: that was not the cause; benchmarks/RESULTS.md)."""
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"atm_attention: dropout_p must be in [0, 1), got {dropout_p!r}")
     check_impl(impl)
