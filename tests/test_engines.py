@@ -717,7 +717,7 @@ def test_a_record_edited_to_other_classes_or_scales_is_refused(engine_copy):
         with pytest.raises(EngineError, match="config.image_scale must be null or 2 positive pixel sizes"):
             load_engine(engine_copy)
     four = {"class_names": meta["class_names"][:4], "palette": meta["palette"][:4],
-            "config": {**meta["config"], "num_classes": 4}}
+            "config": {**meta["config"], "num_classes": 4, "class_names": meta["class_names"][:4]}}
     edit_meta(engine_copy, **four)
     with pytest.raises(EngineError, match=r"outputs must be per image .*'class_logits': \[4, 5\]"):
         load_engine(engine_copy)
