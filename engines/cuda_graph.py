@@ -38,7 +38,9 @@ class GraphedRunner:
         self._done: torch.cuda.Event | None = None  # recorded after the last replay's outputs were copied
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with self._lock, torch.inference_mode(False):  # the buffers are updated in place by every call
+        # The buffers are updated in place by every call: no inference tensors (nor grad, which
+        # inference_mode(False) turns back on)
+        with self._lock, torch.inference_mode(False), torch.no_grad():
             if tuple(image.shape) != self.shape or self.failed or _process_failure:
                 self.failed = self.failed or _process_failure
                 return self.runner(image)
