@@ -93,6 +93,19 @@ def engine_folder(path) -> Path:
     return path
 
 
+def engine_source(path) -> tuple[Path, str | None] | None:
+    """The engine folder ``path`` names (see :func:`engine_folder`) and the weights file its record
+    says it was built from (None if unrecorded or unreadable); None when ``path`` is no engine."""
+    folder = engine_folder(path)
+    if not (folder.is_dir() and (folder / META_FILE).is_file()):
+        return None
+    try:
+        source = (json.loads((folder / META_FILE).read_text(encoding="utf-8")).get("weights") or {}).get("path")
+    except (OSError, ValueError, AttributeError):
+        source = None
+    return folder, source
+
+
 def read_engine(directory, verify: bool = True) -> dict:
     """``engine.json`` of an engine directory (see :func:`engine_folder`), after checking the record
     and (``verify``) the artifact."""

@@ -17,7 +17,6 @@ the engine's precision and backend cost in mIoU. Its modes are the Runtime's:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -32,7 +31,7 @@ from .cli import UsageError, check_output, check_outside_engine, exit_on, on_int
 from .config import input_multiple
 from .data import DatasetError, EvalTransform, open_dataset
 from .engines import EngineError
-from .engines.format import META_FILE, engine_folder
+from .engines.format import engine_source
 from .inference import MODES, MS_RATIOS, model_logits_fn, predict_image
 from .metrics import ConfusionMatrix, chance_levels
 from .runtime import Runtime
@@ -182,13 +181,10 @@ def check_windows(cfg, variant: str, mode: str, crop: int, stride: int | None) -
 
 def check_not_an_engine(path: Path) -> None:
     """``--weights`` naming an engine (its folder, or a file in it) gets a hint instead of a weights-file error."""
-    folder = engine_folder(path)
-    if not (folder.is_dir() and (folder / META_FILE).is_file()):
+    engine = engine_source(path)
+    if engine is None:
         return
-    try:
-        source = (json.loads((folder / META_FILE).read_text(encoding="utf-8")).get("weights") or {}).get("path")
-    except (OSError, ValueError, AttributeError):
-        source = None
+    folder, source = engine
     built = f", or --weights {source}, the file it was built from" if source else ""
     raise UsageError(f"--weights {path} is an engine: evaluate it with --engine {folder}{built}")
 

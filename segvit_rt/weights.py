@@ -118,15 +118,12 @@ def _is_safetensors(path: Path) -> bool:
 
 def _refuse_an_engine(path: Path) -> None:
     """An engine folder, or a file in one, is named as an engine, with the weights it was built from."""
-    folder = path if path.is_dir() else path.parent
-    record = folder / "engine.json"
-    if not record.is_file():
+    from .engines.format import engine_source
+
+    engine = engine_source(path)
+    if engine is None:
         return
-    try:
-        source = (json.loads(record.read_text(encoding="utf-8")).get("weights") or {}).get("path")
-    except (OSError, ValueError, AttributeError):
-        source = None
-    built = f"; it was built from {source}" if source else ""
+    built = f"; it was built from {engine[1]}" if engine[1] else ""
     raise WeightsError(f"{path} is an engine (python -m segvit_rt.build), not a weights file{built}")
 
 
