@@ -7,8 +7,7 @@ On CPU a tiny shape through the Triton interpreter, only to keep the file workin
 Forward group ``atm-fwd-*``: ``reference`` (segvit_rt.ops.reference, eager),
 ``sdpa+matmul`` (``scaled_dot_product_attention`` for out, one ``baddbmm`` for
 the mask: scale/H·q·kᵀ over the full width is the head-mean of the per-head
-logits), ``fused-unsplit`` (the fused op without splitting the keys, see
-``kernels/atm_attention.py``), ``fused``, and ``plugin-kernel`` (unsplit too): the fused forward as the TensorRT
+logits), ``fused``, and ``plugin-kernel``: the fused forward as the TensorRT
 plugin runs it (fixed tactic 2, ``prev_mask`` added by a separate op as in the
 plugin graph), against ``fused``. On a GPU the forward calls cycle through six
 input sets, more than the card's L2 cache holds, so the GB/s are memory's, not
@@ -17,7 +16,6 @@ backward, for the gradients of out and mask. Both run with a ``prev_mask``, as
 every decoder layer after the first does.
 """
 import functools
-import importlib
 import itertools
 
 import pytest
@@ -29,7 +27,6 @@ from segvit_rt.kernels import atm_attention_aot
 from segvit_rt.kernels.atm_attention import atm_attention
 from segvit_rt.ops import reference
 
-atm_kernel = importlib.import_module("segvit_rt.kernels.atm_attention")  # the module: the package exports the op
 SHAPES = pick(
     cpu={"tiny": (1, 20, 64, 64, 2)},
     cuda={"vit-l": (8, 150, 1600, 512, 16), "vit-b": (8, 150, 1600, 384, 12)},
@@ -54,15 +51,14 @@ def fused(q, k, v, num_heads, prev_mask):
 FORWARD = {
     "reference": lambda q, k, v, h, prev: reference.atm_attention(q, k, v, h, prev_mask=prev),
     "sdpa+matmul": sdpa_plus_matmul,
-    "fused-unsplit": fused,  # with the key split turned off: see test_atm_forward
     "fused": fused,
     "plugin-kernel": lambda q, k, v, h, prev: plugin_kernel_plus_prev(q, k, v, h, prev),
 }
 BACKWARD = {"reference": FORWARD["reference"], "fused": FORWARD["fused"]}
 # Variants each one is compared with (measured before it: parametrize order).
 FORWARD_BASELINES = {
-    "reference": None, "sdpa+matmul": "reference", "fused-unsplit": "reference",
-    "fused": ["reference", "sdpa+matmul", "fused-unsplit"], "plugin-kernel": "fused",
+    "reference": None, "sdpa+matmul": "reference",
+    "fused": ["reference", "sdpa+matmul"], "plugin-kernel": "fused",
 }
 
 
@@ -99,9 +95,7 @@ def attention_flops(shape):
 
 @pytest.mark.parametrize("variant", list(FORWARD))
 @pytest.mark.parametrize("shape_name", list(SHAPES))
-def test_atm_forward(benchmark, monkeypatch, shape_name, variant):
-    if variant == "fused-unsplit":  # the same op, as on a GPU with too few SMs to split the keys for
-        monkeypatch.setattr(atm_kernel, "_sm_count", lambda _device: 0)
+def test_atm_forward(benchmark, shape_name, variant):
     shape = SHAPES[shape_name]
     sets = forward_inputs(shape_name)
     q, k, v, prev = sets[0]

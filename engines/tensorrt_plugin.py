@@ -175,9 +175,10 @@ def register() -> None:
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
         if q.dtype != trt.float16:
             raise ValueError(f"the {PLUGIN_ID} plugin runs fp16 only, got {q.dtype}")
-        kernel = aot.compile_ptx(*plugin_attrs(num_heads, head_dim, scale), "fp16", tactic, *kernel_target())
+        attrs = plugin_attrs(num_heads, head_dim, scale)
+        kernel = aot.compile_ptx(*attrs, "fp16", tactic, *kernel_target())
         batch, n, length = q.shape_expr[0], q.shape_expr[1], k.shape_expr[1]
-        grid_x, grid_y = aot.launch_grid(batch, n, tactic, cdiv=trtp.cdiv)
+        grid_x, grid_y = aot.launch_grid(batch, n, length, attrs[0], tactic, cdiv=trtp.cdiv)
         params = trtp.KernelLaunchParams(
             grid_x=grid_x, grid_y=grid_y, block_x=kernel.num_warps * 32, shared_mem=kernel.shared
         )

@@ -6,27 +6,21 @@ softmax(q_h k_hᵀ·scale) v_h and ``mask`` [B, N, L] = mean over heads of
 q_h k_hᵀ·scale (+ ``prev_mask``, optionally sigmoid-ed). Semantics are those of
 :func:`segvit_rt.ops.reference.atm_attention`.
 
-Forward design: one program per (batch, block of queries) holds the queries of
-*all* heads as a [H, BLOCK_N, head_dim] tile and sweeps K/V once in blocks of
-keys. Each step computes the logits of every head with one batched ``tl.dot``
-([H, BLOCK_N, BLOCK_L], fp32), sums them over heads in registers for the mask
-tile (written once, never per head), and feeds the same logits to a per-head
-online softmax (fp32 running max/sum/accumulator). The per-head [N, L] logits
-never reach device memory, and K/V are read once per block of queries. A head
-count that is not a power of two is padded to one inside the tile (padded
-heads load zeros and are never stored; ViT-B's 12 heads run as 16, so a quarter
-of that forward's tile work is padding).
+Forward design: one launch, two kinds of program. The first ``B·H`` rows of the grid run
+flash attention of one (image, head) over every key, in 2D tiles ([BLOCK_N, head_dim] queries
+against [BLOCK_L, head_dim] keys; fp32 running max/sum/accumulator), and write that head's slice
+of ``out`` and its log-sum-exp. The ``B·cdiv(L, BLOCK_L)`` rows after them each write one mask
+tile: the per-head logits of its keys summed over the heads in registers, then the scale,
+``prev_mask`` and the sigmoid, stored once. Neither writes logits to device memory, and every
+element has one writer (no atomics; deterministic).
 
-That grid is small: ViT-L's 8 images x 150 class queries make 80 programs (BLOCK_N
-16), fewer than an H100/H200 has SMs, and the fused forward measured 0.29x of SDPA +
-a matmul on an H200 (benchmarks/RESULTS.md). So on a GPU the keys are split too
-(flash-decoding): the grid gets a third axis of ``key_splits`` parts of L, each
-program writes the mask of its keys (complete: it holds every head) and its
-heads' unnormalised softmax partials (fp32), and ``_atm_fwd_combine_kernel``
-merges the parts into ``out`` and the log-sum-exp. The split count depends only
-on the shapes and the GPU's SM count, so results stay deterministic. Measured on
-an H200 since, the split did not pay at the ViT-L shape (0.73x the unsplit kernel,
-3 parts) and did at ViT-B's (1.07x): the bottleneck lies elsewhere.
+The q·k products are formed twice (per head for the softmax, summed for the mask): 1.5x the
+FLOPs of one sweep, paid for with a grid that fills a GPU (ViT-L's 8 images x 16 heads x 150
+classes: 384 attention and 600 mask programs at 64 x 64 tiles) and tiles that Hopper's wgmma
+takes without spilling. The earlier design, one sweep per (image, block of queries) holding all
+heads in [H, BLOCK_N, ·] tiles, had 80 programs at that shape, compiled to 255 registers with
+spills and no wgmma for sm_90, and measured 0.29x SDPA + a matmul on an H200 (RESULTS.md);
+``tests/kernels/test_kernels_compile.py`` checks the sm_90 machine code of this one.
 
 Backward: flash-attention style recompute from the saved log-sum-exp, one
 program per (batch, head, block): a dK/dV kernel that loops over query blocks
@@ -40,7 +34,7 @@ log-sum-exp costs accuracy at very large logits, as in every flash-attention
 backward: the error is about one fp32 ulp of |lse| (dV in fp32 about 10x torch's
 at scaled logits near 200, 20x near 1000; within torch's at the models' ~±60).
 
-Launch configs are autotuned on a GPU per (N, head_dim, padded head count, dtype, mask or not) and
+Launch configs are autotuned on a GPU per (N, head_dim, head count, dtype, mask or not) and
 per power-of-two range of L (``l_bucket``), so whole-image inference, whose L
 changes with every image size, tunes once per range instead of once per size;
 a single small config runs under the Triton interpreter. Results are deterministic for
@@ -75,8 +69,6 @@ from ._common import (
 )
 
 OP = "atm_attention"
-# Largest fp32 tile (elements) a forward config may keep live per logits tensor: more spills registers.
-_FWD_TILE_BUDGET = 16384
 
 
 def _configs(blocks, warps_stages):
@@ -85,157 +77,98 @@ def _configs(blocks, warps_stages):
     return autotune_configs(("BLOCK_N", "BLOCK_L"), settings, interpreter=(16, 32))
 
 
-def _prune_fwd_configs(configs, named_args, **kwargs):
-    """Drop forward configs whose all-heads logits/accumulator tiles would not fit in registers."""
-    args = {**named_args, **kwargs}
-    heads, head_dim = args["HEADS_P2"], args["HEAD_DIM"]
-
-    def tile(c):
-        return heads * c.kwargs["BLOCK_N"] * max(c.kwargs["BLOCK_L"], head_dim)
-
-    fitting = [c for c in configs if tile(c) <= _FWD_TILE_BUDGET]
-    return fitting or [min(configs, key=tile)]
-
-
-# Forward K/V tiles span all heads (16 heads x 64 dims x 32 keys in fp16 = 64 KiB each), so deep
-# pipelining can exceed shared memory: single-stage configs are the fallback there.
-_FWD_BLOCKS = [(16, 32), (16, 64), (32, 32), (32, 64), (64, 32)]  # (BLOCK_N, BLOCK_L)
-_FWD_CONFIGS = _configs(_FWD_BLOCKS, [(4, 1), (8, 1), (8, 2)])
-_BWD_CONFIGS = _configs([(32, 64), (64, 64), (64, 128), (128, 64)], [(4, 2), (8, 2)])
+# (BLOCK_N, BLOCK_L, num_warps, num_stages). Tiles of 64 queries or more run on Hopper's wgmma; 16 and
+# 32 waste less of a small N. The 8192-element tiles take 8 warps: with 4 they spill (compile_sass.py).
+_FWD_CONFIGS = autotune_configs(("BLOCK_N", "BLOCK_L"), [
+    (16, 64, 4, 2), (16, 64, 8, 2), (32, 64, 4, 2), (32, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2),
+    (64, 64, 4, 2), (64, 64, 8, 2), (64, 128, 8, 2), (128, 64, 8, 2),
+], interpreter=(16, 32))
+_BWD_CONFIGS = _configs([(32, 64), (64, 64)], [(4, 2), (8, 2)])  # larger tiles spill (compile_sass.py)
 _KEY = ["N", "l_bucket", "HEAD_DIM"]  # triton's autotuner adds the tensor dtypes to the key
-SPLIT_ALIGN = 64  # keys per split are a multiple of this: of every config's BLOCK_L
-MIN_SPLIT_KEYS = 256  # fewest keys a split of the forward gets (key_splits)
-_COMBINE_BLOCK_N = 16
+MIN_BLOCK_N = 16  # the smallest BLOCK_N of every config: the forward's grid has cdiv(N, it) rows at most
 
 
-@triton.autotune(
-    configs=_FWD_CONFIGS, key=_KEY + ["HEADS_P2", "NEED_MASK", "SPLIT"],
-    prune_configs_by={"early_config_prune": _prune_fwd_configs},
-)
+@triton.autotune(configs=_FWD_CONFIGS, key=_KEY + ["NUM_HEADS", "NEED_MASK"])
 @triton.jit
 def _atm_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, prev_ptr, out_ptr, mask_ptr, lse_ptr, part_ptr, stats_ptr,
+    q_ptr, k_ptr, v_ptr, prev_ptr, out_ptr, mask_ptr, lse_ptr,
     stride_qb, stride_qn, stride_kb, stride_kl, stride_vb, stride_vl,
     stride_pb, stride_pn, stride_pl,
     stride_ob, stride_on, stride_mb, stride_mn,
-    N, L, l_bucket, split_len, qk_scale, mask_scale,  # l_bucket: the autotuning key's L (see the module doc)
-    NUM_HEADS: tl.constexpr, HEADS_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
+    N, L, l_bucket, qk_scale, mask_scale,  # l_bucket: the autotuning key's L (see the module doc)
+    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
     NEED_MASK: tl.constexpr, HAS_PREV: tl.constexpr, SIGMOID: tl.constexpr, STORE_LSE: tl.constexpr,
-    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    """Keys ``[split · split_len, (split + 1) · split_len)`` of one (block of queries, image, split).
-    Unsplit, it writes ``out`` and the log-sum-exp; split (``SPLIT``), each head's unnormalised
-    accumulator to ``part_ptr`` [S, B, H, N, HEAD_DIM] and its running max (log2 domain) and sum
-    to ``stats_ptr`` [2, S, B, H, N], all fp32, for ``_atm_fwd_combine_kernel``."""
+    """One block of queries (grid axis 1) of one row of axis 0: rows ``[0, B·H)`` are the
+    softmax attention of (image, head) over every key, the ``B · cdiv(L, BLOCK_L)`` rows after
+    them (``NEED_MASK``) one mask tile each, of (image, block of keys). The batch is not an
+    argument: it is the grid's row count over the rows per image (the TensorRT plugin passes
+    only N and L)."""
     # Float scalars arrive as fp64 from AOTInductor's launcher: keep the arithmetic fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
     mask_scale = tl.cast(mask_scale, tl.float32)
-    pid_n = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    split = tl.program_id(2)
-    lo = split * split_len
-    hi = tl.minimum(lo + split_len, L)
-    offs_h = tl.arange(0, HEADS_P2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row = tl.program_id(0)
+    key_blocks = tl.cdiv(L, BLOCK_L)
+    attention_rows = tl.num_programs(0)
+    if NEED_MASK:
+        attention_rows = attention_rows // (NUM_HEADS + key_blocks) * NUM_HEADS
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_l = tl.arange(0, BLOCK_L)
     offs_d = tl.arange(0, HEAD_DIM)
-    head_ok = offs_h < NUM_HEADS
     n_ok = offs_n < N
-    # Column of (head h, dim d) in the [.., D] rows: h * HEAD_DIM + d, as a [HEADS_P2, 1, HEAD_DIM] grid.
-    cols = offs_h[:, None, None] * HEAD_DIM + offs_d[None, None, :]
 
-    q = tl.load(
-        q_ptr + b * stride_qb + offs_n[None, :, None] * stride_qn + cols,
-        mask=head_ok[:, None, None] & n_ok[None, :, None], other=0.0,
-    )  # [H, BLOCK_N, HEAD_DIM]
-    # kᵀ tile [H, HEAD_DIM, BLOCK_L] and v tile [H, BLOCK_L, HEAD_DIM] of the first key block.
-    kt_cols = offs_h[:, None, None] * HEAD_DIM + offs_d[None, :, None]
-    kt_ptrs = k_ptr + b * stride_kb + offs_l[None, None, :] * stride_kl + kt_cols
-    v_ptrs = v_ptr + b * stride_vb + offs_l[None, :, None] * stride_vl + cols
-
-    m_i = tl.full([HEADS_P2, BLOCK_N], float("-inf"), tl.float32)
-    l_i = tl.zeros([HEADS_P2, BLOCK_N], tl.float32)
-    acc = tl.zeros([HEADS_P2, BLOCK_N, HEAD_DIM], tl.float32)
-    for start in range(lo, hi, BLOCK_L):
-        l_ok = start + offs_l < hi
-        kt = tl.load(kt_ptrs + start * stride_kl, mask=head_ok[:, None, None] & l_ok[None, None, :], other=0.0)
-        s = dot(q, kt, DOT_PRECISION, DOT_UPCAST)  # unscaled logits of every head, fp32
-
-        if NEED_MASK:
-            tile = tl.sum(s, axis=0) * mask_scale  # [BLOCK_N, BLOCK_L]: head-mean of the scaled logits
-            tile_ok = n_ok[:, None] & l_ok[None, :]
-            if HAS_PREV:
-                prev = tl.load(
-                    prev_ptr + b * stride_pb + offs_n[:, None] * stride_pn + (start + offs_l)[None, :] * stride_pl,
-                    mask=tile_ok, other=0.0,
-                )
-                tile += prev.to(tl.float32)
-            if SIGMOID:
-                tile = tl.sigmoid(tile)
-            mask_ptrs = mask_ptr + b * stride_mb + offs_n[:, None] * stride_mn + (start + offs_l)[None, :]
-            tl.store(mask_ptrs, tile.to(mask_ptr.dtype.element_ty), mask=tile_ok)
-
-        s = tl.where(l_ok[None, None, :], s * qk_scale, float("-inf"))  # log2 domain
-        m_new = tl.maximum(m_i, tl.max(s, axis=2))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, :, None])
-        l_i = l_i * alpha + tl.sum(p, axis=2)
-        v = tl.load(v_ptrs + start * stride_vl, mask=head_ok[:, None, None] & l_ok[None, :, None], other=0.0)
-        acc = acc * alpha[:, :, None] + dot(p.to(v.dtype), v, DOT_PRECISION, DOT_UPCAST)
-        m_i = m_new
-
-    row_ok = head_ok[:, None] & n_ok[None, :]
-    if SPLIT:
-        rows = ((split * tl.num_programs(1) + b) * NUM_HEADS + offs_h[:, None]) * N + offs_n[None, :]
-        tl.store(part_ptr + rows[:, :, None] * HEAD_DIM + offs_d[None, None, :], acc, mask=row_ok[:, :, None])
-        stats_len = tl.num_programs(2).to(tl.int64) * tl.num_programs(1) * NUM_HEADS * N
-        tl.store(stats_ptr + rows, m_i, mask=row_ok)
-        tl.store(stats_ptr + stats_len + rows, l_i, mask=row_ok)
-    else:
-        acc = acc / l_i[:, :, None]
-        tl.store(
-            out_ptr + b * stride_ob + offs_n[None, :, None] * stride_on + cols,
-            acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, :, None],
-        )
+    if row < attention_rows:  # flash attention of one head: [BLOCK_N, HEAD_DIM] x [HEAD_DIM, BLOCK_L] tiles
+        b = (row // NUM_HEADS).to(tl.int64)
+        h = row % NUM_HEADS
+        cols = h * HEAD_DIM + offs_d
+        q = tl.load(q_ptr + b * stride_qb + offs_n[:, None] * stride_qn + cols[None, :], mask=n_ok[:, None], other=0.0)
+        k_ptrs = k_ptr + b * stride_kb + offs_l[:, None] * stride_kl + cols[None, :]
+        v_ptrs = v_ptr + b * stride_vb + offs_l[:, None] * stride_vl + cols[None, :]
+        m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_N], tl.float32)
+        acc = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        for start in range(0, L, BLOCK_L):
+            l_ok = start + offs_l < L
+            k = tl.load(k_ptrs + start * stride_kl, mask=l_ok[:, None], other=0.0)
+            s = dot(q, tl.trans(k), DOT_PRECISION, DOT_UPCAST)
+            s = tl.where(l_ok[None, :], s * qk_scale, float("-inf"))  # log2 domain
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_ptrs + start * stride_vl, mask=l_ok[:, None], other=0.0)
+            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, DOT_PRECISION, DOT_UPCAST)
+            m_i = m_new
+        acc = acc / l_i[:, None]
+        tl.store(out_ptr + b * stride_ob + offs_n[:, None] * stride_on + cols[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=n_ok[:, None])
         if STORE_LSE:  # for the backward; inference-only launchers (the TensorRT plugin) skip it
             lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # natural log-sum-exp of the scaled logits
-            tl.store(lse_ptr + (b * NUM_HEADS + offs_h[:, None]) * N + offs_n[None, :], lse, mask=row_ok)
-
-
-@triton.jit
-def _atm_fwd_combine_kernel(
-    part_ptr, stats_ptr, out_ptr, lse_ptr, stride_ob, stride_on, N, num_splits,
-    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """``out`` and log-sum-exp of one (block of queries, image·head) from the splits' partials."""
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)  # b * NUM_HEADS + h
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    n_ok = offs_n < N
-    split_rows = tl.num_programs(1).to(tl.int64) * N  # rows of one split: B·H·N
-    rows = bh * N + offs_n
-    # Every split holds at least one key, so its running max is finite: start from the first.
-    m = tl.load(stats_ptr + rows, mask=n_ok, other=0.0)
-    total = tl.load(stats_ptr + num_splits * split_rows + rows, mask=n_ok, other=1.0)
-    acc = tl.load(part_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=n_ok[:, None], other=0.0)
-    for s in range(1, num_splits):
-        r = s * split_rows + rows
-        m_s = tl.load(stats_ptr + r, mask=n_ok, other=0.0)
-        l_s = tl.load(stats_ptr + num_splits * split_rows + r, mask=n_ok, other=1.0)
-        acc_s = tl.load(part_ptr + r[:, None] * HEAD_DIM + offs_d[None, :], mask=n_ok[:, None], other=0.0)
-        m_new = tl.maximum(m, m_s)
-        alpha, beta = tl.exp2(m - m_new), tl.exp2(m_s - m_new)
-        total = total * alpha + l_s * beta
-        acc = acc * alpha[:, None] + acc_s * beta[:, None]
-        m = m_new
-    b, h = bh // NUM_HEADS, bh % NUM_HEADS
-    tl.store(
-        out_ptr + b * stride_ob + offs_n[:, None] * stride_on + h * HEAD_DIM + offs_d[None, :],
-        (acc / total[:, None]).to(out_ptr.dtype.element_ty), mask=n_ok[:, None],
-    )
-    tl.store(lse_ptr + rows, (m + tl.log2(total)) * 0.6931471805599453, mask=n_ok)
+            tl.store(lse_ptr + (b * NUM_HEADS + h) * N + offs_n, lse, mask=n_ok)
+    elif NEED_MASK:  # one mask tile: the per-head logits of its keys summed over the heads
+        tile_row = row - attention_rows
+        b = (tile_row // key_blocks).to(tl.int64)
+        keys = (tile_row % key_blocks) * BLOCK_L + offs_l
+        l_ok = keys < L
+        q_ptrs = q_ptr + b * stride_qb + offs_n[:, None] * stride_qn + offs_d[None, :]
+        k_ptrs = k_ptr + b * stride_kb + keys[:, None] * stride_kl + offs_d[None, :]
+        tile = tl.zeros([BLOCK_N, BLOCK_L], tl.float32)
+        for h in range(NUM_HEADS):
+            q = tl.load(q_ptrs + h * HEAD_DIM, mask=n_ok[:, None], other=0.0)
+            k = tl.load(k_ptrs + h * HEAD_DIM, mask=l_ok[:, None], other=0.0)
+            tile += dot(q, tl.trans(k), DOT_PRECISION, DOT_UPCAST)
+        tile = tile * mask_scale  # head-mean of the scaled logits
+        tile_ok = n_ok[:, None] & l_ok[None, :]
+        if HAS_PREV:
+            prev = tl.load(prev_ptr + b * stride_pb + offs_n[:, None] * stride_pn + keys[None, :] * stride_pl,
+                           mask=tile_ok, other=0.0)
+            tile += prev.to(tl.float32)
+        if SIGMOID:
+            tile = tl.sigmoid(tile)
+        tl.store(mask_ptr + b * stride_mb + offs_n[:, None] * stride_mn + keys[None, :],
+                 tile.to(mask_ptr.dtype.element_ty), mask=tile_ok)
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=_KEY + ["HAS_DMASK"])
@@ -358,81 +291,29 @@ def _atm_bwd_dq_kernel(
     )
 
 
-def key_splits(b, n, length, num_heads: int, sm_count: int) -> tuple[int, int]:
-    """``(splits, split_len)``: the forward's keys in ``splits`` parts of ``split_len`` keys (the last
-    one shorter), flash-decoding style.
-
-    Unsplit, the forward has one program per (block of queries, image): 80 for ViT-L's
-    8 x 150 class queries, fewer than an H100/H200 has SMs. Splits are added while the programs
-    stay within one wave of two per SM (``sm_count``; 0 on the CPU: never split), each keeping
-    about :data:`MIN_SPLIT_KEYS` keys at least so the combine stays cheap. Sizes traced as
-    symbols (a dynamic batch in ``torch.export``) must not be branched on, or the export would
-    be specialised to one batch: a symbolic batch plans for one image, symbolic N or L do not
-    split."""
-    if not isinstance(n, int) or not isinstance(length, int):
-        return 1, length
-    b = b if isinstance(b, int) else 1
-    programs = b * triton.cdiv(n, min(block_n for block_n, _ in _FWD_BLOCKS))  # the most a config launches
-    splits = 1
-    if b * num_heads <= MAX_GRID_Y:  # the combine's grid axis 1
-        splits = max(1, min(length // MIN_SPLIT_KEYS, (2 * sm_count) // programs))
-    return split_layout(length, splits)
-
-
-def split_layout(length: int, splits: int) -> tuple[int, int]:
-    """``(splits, split_len)`` for about ``splits`` parts of ``length`` keys: each a multiple of
-    :data:`SPLIT_ALIGN` keys, none empty (so the count can come out lower)."""
-    if splits < 1:
-        raise ValueError(f"{OP}: splits must be >= 1, got {splits}")
-    split_len = triton.cdiv(triton.cdiv(length, splits), SPLIT_ALIGN) * SPLIT_ALIGN
-    return triton.cdiv(length, split_len), split_len
-
-
-def _sm_count(device: torch.device) -> int:
-    """SMs of a CUDA device; 0 on the CPU, and while tracing for CUDA on a machine without one."""
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return 0
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 @launches_on_input_device(OP)
-def launch_forward(q, k, v, num_heads, scale, prev_mask, sigmoid_mask, out, mask, lse, splits=None):
+def launch_forward(q, k, v, num_heads, scale, prev_mask, sigmoid_mask, out, mask, lse):
     """Run the forward into preallocated ``out`` [B, N, D], ``mask`` [B, N, L] or ``None``
-    (skip the mask), ``lse`` [B, H, N] fp32, the keys split in ``splits`` parts (default:
-    :func:`key_splits`). Exposed so tests can hand in poisoned buffers and choose the splits."""
+    (skip the mask) and ``lse`` [B, H, N] fp32. Exposed so tests can hand in poisoned buffers."""
     b, n, d = q.shape
     length = k.shape[1]
-    head_dim = d // num_heads
     prev_strides = prev_mask.stride() if prev_mask is not None else (0, 0, 0)
     mask_strides = mask.stride()[:2] if mask is not None else (0, 0)
-    if splits is None:
-        splits, split_len = key_splits(b, n, length, num_heads, _sm_count(q.device))
-    else:
-        splits, split_len = split_layout(length, splits)
-    part = stats = lse
-    if splits > 1:
-        check_grid_y(OP, b * num_heads, "(image, head) pairs with split keys")
-        part = torch.empty((splits, b, num_heads, n, head_dim), dtype=torch.float32, device=q.device)
-        stats = torch.empty((2, splits, b, num_heads, n), dtype=torch.float32, device=q.device)
 
     def grid(meta):
-        return (triton.cdiv(n, meta["BLOCK_N"]), b, splits)
+        mask_rows = b * triton.cdiv(length, meta["BLOCK_L"]) if mask is not None else 0
+        return (b * num_heads + mask_rows, triton.cdiv(n, meta["BLOCK_N"]))
 
     launcher(_atm_fwd_kernel)[grid](
-        q, k, v, prev_mask if prev_mask is not None else q, out, mask if mask is not None else out, lse, part, stats,
+        q, k, v, prev_mask if prev_mask is not None else q, out, mask if mask is not None else out, lse,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         *prev_strides,
         out.stride(0), out.stride(1), *mask_strides,
-        n, length, tuning_bucket(length), split_len, scale * LOG2E, scale / num_heads,
-        NUM_HEADS=num_heads, HEADS_P2=triton.next_power_of_2(num_heads), HEAD_DIM=head_dim,
+        n, length, tuning_bucket(length), scale * LOG2E, scale / num_heads,
+        NUM_HEADS=num_heads, HEAD_DIM=d // num_heads,
         NEED_MASK=mask is not None, HAS_PREV=prev_mask is not None, SIGMOID=sigmoid_mask, STORE_LSE=True,
-        SPLIT=splits > 1, **dot_options(q.dtype),
+        **dot_options(q.dtype),
     )
-    if splits > 1:
-        launcher(_atm_fwd_combine_kernel)[(triton.cdiv(n, _COMBINE_BLOCK_N), b * num_heads)](
-            part, stats, out, lse, out.stride(0), out.stride(1), n, splits,
-            NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_N=_COMBINE_BLOCK_N, num_warps=4,
-        )
 
 
 @launches_on_input_device(OP)
@@ -493,11 +374,18 @@ def _check_inputs(q, k, v, num_heads, prev_mask, need_mask, triton_path):
         raise ValueError(f"{OP}: needs B, N and L >= 1, got q {tuple(q.shape)} and k {tuple(k.shape)}")
     if triton_path:
         check_head_dim(OP, d, num_heads)
-        check_grid_y(OP, b, "images")  # the backward's grid has (image, head) pairs: checked there
+        _check_query_blocks(n)  # the backward's grid has (image, head) pairs: checked there
     if prev_mask is not None and need_mask:
         check_tensor(OP, "prev_mask", prev_mask, ndim=3, dtypes=FLOAT_DTYPES)
         check_shape(OP, "prev_mask", prev_mask, (b, n, length), "[B, N, L]")
         check_same(OP, "device", q=q, prev_mask=prev_mask)
+
+
+def _check_query_blocks(n):
+    """The forward's grid has a row per block of at least MIN_BLOCK_N queries on its second axis."""
+    if triton.cdiv(n, MIN_BLOCK_N) > MAX_GRID_Y:
+        raise ValueError(f"{OP}: the Triton kernel takes at most {MAX_GRID_Y * MIN_BLOCK_N} queries per image, "
+                         f"got {n}; split the queries")
 
 
 def _mask_dtype(q, prev_mask):

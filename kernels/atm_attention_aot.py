@@ -7,9 +7,7 @@ is the fused forward of ``atm_attention.py`` in that calling convention, for
 contiguous ``q`` [B, N, D] and ``k``/``v`` [B, L, D], writing ``out`` [B, N, D]
 and the head-mean ``mask`` [B, N, L] (no ``prev_mask``: the graph adds it
 outside; no sigmoid; no log-sum-exp, which only the backward needs). Head
-count, head dim and scale are compile-time constants of the engine. It is the
-unsplit forward: splitting the keys (``key_splits``) takes a second, combining
-kernel, and the plugin hands TensorRT one.
+count, head dim and scale are compile-time constants of the engine.
 
 Three things the PTX must respect, as nothing in TensorRT's launcher adapts to
 a Triton kernel:
@@ -42,8 +40,8 @@ PLUGIN_OP = "atm_attention plugin"  # names the plugin kernel in its errors
 
 # (BLOCK_N, BLOCK_L, num_warps, num_stages): the plugin's tactics, timed by TensorRT at build time.
 PLUGIN_CONFIGS = (
-    (16, 16, 4, 1), (16, 32, 4, 1), (32, 16, 4, 1), (32, 32, 4, 1),
-    (16, 64, 4, 1), (16, 32, 2, 1), (32, 16, 8, 1), (16, 32, 4, 2),
+    (64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (16, 64, 4, 2),
+    (64, 64, 8, 2), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2),
 )
 SHARED_LIMIT = 48 * 1024  # bytes of dynamic shared memory a launch gets without opting in
 DTYPES = ("fp16", "fp32")
@@ -54,20 +52,19 @@ _atm_fwd = _atm_fwd_kernel.fn  # the @triton.jit function under the autotuner, c
 @triton.jit
 def _atm_plugin_kernel(
     q_ptr, k_ptr, v_ptr, N, L, out_ptr, mask_ptr,
-    NUM_HEADS: tl.constexpr, HEADS_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
+    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
     QK_SCALE: tl.constexpr, MASK_SCALE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     D: tl.constexpr = NUM_HEADS * HEAD_DIM
     _atm_fwd(
-        # prev_mask, lse and the split partials are never touched
-        q_ptr, k_ptr, v_ptr, q_ptr, out_ptr, mask_ptr, out_ptr, out_ptr, out_ptr,
+        q_ptr, k_ptr, v_ptr, q_ptr, out_ptr, mask_ptr, out_ptr,  # prev_mask and lse are never touched
         N * D, D, L * D, D, L * D, D,
         0, 0, 0,
         N * D, D, N * L, L,
-        N, L, L, L, QK_SCALE, MASK_SCALE,  # L as the autotuning bucket (unused in a kernel), one split of L keys
-        NUM_HEADS=NUM_HEADS, HEADS_P2=HEADS_P2, HEAD_DIM=HEAD_DIM,
-        NEED_MASK=True, HAS_PREV=False, SIGMOID=False, STORE_LSE=False, SPLIT=False,
+        N, L, L, QK_SCALE, MASK_SCALE,  # L as the autotuning bucket (unused in a kernel)
+        NUM_HEADS=NUM_HEADS, HEAD_DIM=HEAD_DIM,
+        NEED_MASK=True, HAS_PREV=False, SIGMOID=False, STORE_LSE=False,
         DOT_PRECISION=DOT_PRECISION, DOT_UPCAST=False, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L,
     )
 
@@ -100,7 +97,7 @@ def plugin_constexprs(num_heads: int, head_dim: int, scale: float, dtype: str, t
         raise ValueError(f"{PLUGIN_OP}: dtype must be one of {DTYPES}, got {dtype!r}")
     block_n, block_l, _, _ = config(tactic)
     return dict(
-        NUM_HEADS=num_heads, HEADS_P2=triton.next_power_of_2(num_heads), HEAD_DIM=head_dim,
+        NUM_HEADS=num_heads, HEAD_DIM=head_dim,
         QK_SCALE=scale * LOG2E, MASK_SCALE=scale / num_heads,
         DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", BLOCK_N=block_n, BLOCK_L=block_l,
     )
@@ -113,10 +110,12 @@ def config(tactic: int) -> tuple[int, int, int, int]:
     return PLUGIN_CONFIGS[tactic - 1]
 
 
-def launch_grid(batch, n, tactic: int, cdiv=triton.cdiv) -> tuple:
-    """(grid_x, grid_y): one program per block of queries and batch element. ``cdiv`` lets the
+def launch_grid(batch, n, length, num_heads: int, tactic: int, cdiv=triton.cdiv) -> tuple:
+    """(grid_x, grid_y) of the fused forward (``atm_attention``'s module doc): per image, a row for
+    each head and one for each block of keys; a column per block of queries. ``cdiv`` lets the
     TensorRT plugin build the same grid from symbolic shapes."""
-    return cdiv(n, config(tactic)[0]), batch
+    block_n, block_l, _, _ = config(tactic)
+    return batch * (cdiv(length, block_l) + num_heads), cdiv(n, block_n)
 
 
 def launch(q, k, v, num_heads: int, scale: float | None = None, tactic: int = 1):
@@ -137,7 +136,7 @@ def launch(q, k, v, num_heads: int, scale: float | None = None, tactic: int = 1)
     out, mask = torch.empty_like(q), q.new_empty((b, n, length))
     constexprs = plugin_constexprs(num_heads, head_dim, scale, dtype, tactic)
     _, _, num_warps, num_stages = config(tactic)
-    _atm_plugin_kernel[launch_grid(b, n, tactic)](
+    _atm_plugin_kernel[launch_grid(b, n, length, num_heads, tactic)](
         q, k, v, n, length, out, mask, **constexprs, num_warps=num_warps, num_stages=num_stages
     )
     return out, mask

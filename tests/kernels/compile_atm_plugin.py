@@ -11,6 +11,7 @@ from segvit_rt.kernels import atm_attention_aot as aot
 
 ARCH = 90
 VIT_L = (16, 32, 32 ** -0.5)  # the ViT-L decoder: 16 heads of 32
+WIDE = (4, 128, 128 ** -0.5)  # the widest head the kernel takes
 
 
 def assemble(ptx: str, tmp: str, name: str) -> str:
@@ -31,6 +32,9 @@ def main():
             isa = next(line.split()[1] for line in kernel.ptx.splitlines() if line.startswith(".version"))
             print("ptx", dtype, tactic, kinds, isa, kernel.shared, assemble(kernel.ptx, tmp, f"{dtype}_{tactic}_{ptx_version}"))
     print("fitting", ",".join(map(str, aot.fitting_tactics(*VIT_L, "fp16", target))))
+    for tactic in range(1, len(aot.PLUGIN_CONFIGS) + 1):
+        print("wide", tactic, aot.compile_ptx(*WIDE, "fp16", tactic, target).shared)
+    print("fitting-wide", ",".join(map(str, aot.fitting_tactics(*WIDE, "fp16", target))))
 
 
 if __name__ == "__main__":

@@ -18,16 +18,14 @@ qd = sys.modules["segvit_rt.kernels.qd_attention"]
 post = sys.modules["segvit_rt.kernels.segment_postprocess"]
 FLOATS = {"qk_scale", "mask_scale", "scale", "inv_heads", "scale_h", "scale_w"}
 POINTERS = {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "probs_ptr": "*fp32", "masks_ptr": "*fp32",
-            "scores_ptr": "*fp32", "labels_ptr": "*i64", "part_ptr": "*fp32", "stats_ptr": "*fp32"}  # others: fp16
+            "scores_ptr": "*fp32", "labels_ptr": "*i64"}  # others: fp16
 DOT = dict(DOT_PRECISION="tf32", DOT_UPCAST=False)
 ATM_BWD = dict(NUM_HEADS=16, HEAD_DIM=32, HAS_DMASK=True, BLOCK_N=32, BLOCK_L=64, **DOT)
 QD = dict(HEAD_DIM=64, BLOCK_M=64, BLOCK_N=64, **DOT)
-ATM_FWD = dict(NUM_HEADS=16, HEADS_P2=16, HEAD_DIM=32, NEED_MASK=True, HAS_PREV=True, SIGMOID=False, STORE_LSE=True,
-               BLOCK_N=16, BLOCK_L=32, **DOT)
+ATM_FWD = dict(NUM_HEADS=16, HEAD_DIM=32, NEED_MASK=True, HAS_PREV=True, SIGMOID=False, STORE_LSE=True,
+               BLOCK_N=64, BLOCK_L=64, **DOT)
 KERNELS = [
-    (atm._atm_fwd_kernel, dict(ATM_FWD, SPLIT=False)),
-    (atm._atm_fwd_kernel, dict(ATM_FWD, SPLIT=True)),
-    (atm._atm_fwd_combine_kernel, dict(NUM_HEADS=16, HEAD_DIM=32, BLOCK_N=16)),
+    (atm._atm_fwd_kernel, ATM_FWD),
     (atm._atm_bwd_dkdv_kernel, ATM_BWD),
     (atm._atm_bwd_dq_kernel, ATM_BWD),
     (qd._qd_fwd_kernel, QD),

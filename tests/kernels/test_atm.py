@@ -30,13 +30,15 @@ DTYPES = list(TOL)
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
 
 # (B, N, L, D, H): N in {1, 60, 150, 171} and L in {1, 37, 1600, 1601}; head_dim 32, 64 and 128;
-# H=3 pads the head axis of the forward tile to 4. Big L only with small N (interpreter time).
+# odd head counts and 3 images (where the forward grid's attention rows end and its mask rows
+# begin). Big L only with small N (interpreter time).
 FWD_SHAPES = [
     (2, 1, 37, 64, 2),
     (2, 60, 37, 64, 2),
     (1, 150, 1, 128, 2),
     (1, 171, 37, 512, 16),
     (1, 60, 33, 96, 3),
+    (3, 5, 70, 96, 3),
     (1, 1, 1600, 64, 1),
     (1, 2, 1601, 128, 2),
     (1, 19, 37, 256, 2),
@@ -97,7 +99,7 @@ def test_forward_writes_every_element_and_matches_reference(shape, dtype, mode, 
     check_forward_into_poisoned_buffers(shape, dtype, mode, device)
 
 
-def check_forward_into_poisoned_buffers(shape, dtype, mode, device, splits=None):
+def check_forward_into_poisoned_buffers(shape, dtype, mode, device):
     """``launch_forward`` into NaN-filled buffers: every element written, each matching float64."""
     has_prev, sigmoid = mode
     q, k, v, prev = make_inputs(shape, dtype, device, prev=has_prev)
@@ -106,7 +108,7 @@ def check_forward_into_poisoned_buffers(shape, dtype, mode, device, splits=None)
     mask = torch.full((b, n, length), float("nan"), dtype=dtype, device=device)
     lse = torch.full((b, heads, n), float("nan"), device=device)
 
-    launch_forward(q, k, v, heads, (d // heads) ** -0.5, prev, sigmoid, out, mask, lse, splits=splits)
+    launch_forward(q, k, v, heads, (d // heads) ** -0.5, prev, sigmoid, out, mask, lse)
 
     ref_out, ref_mask = reference64(q, k, v, heads, prev_mask=prev, sigmoid_mask=sigmoid)
     assert_close64(out, ref_out, dtype, "out")
@@ -114,69 +116,12 @@ def check_forward_into_poisoned_buffers(shape, dtype, mode, device, splits=None)
     torch.testing.assert_close(lse.double(), logsumexp64(q, k, heads), atol=1e-4, rtol=1e-4)
 
 
-# Split forward: tails (L % 64: the last split holds 8 or 1 keys), a padded head axis (H=3), one query.
-# 5 splits asked make 4, 5 and 3 of them at these L (split_layout).
-SPLIT_SHAPES = [(2, 60, 200, 96, 3), (1, 1, 1601, 64, 1), (2, 17, 129, 128, 2)]
-
-
-@pytest.mark.parametrize("splits", [2, 5])
-@pytest.mark.parametrize("mode", [MODES[0], MODES[2]], ids=["plain", "prev-sigmoid"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=shape_id)
-def test_split_forward_writes_every_element_and_matches_reference(shape, dtype, mode, splits, device):
-    check_forward_into_poisoned_buffers(shape, dtype, mode, device, splits=splits)
-
-
-def test_key_splits_fill_one_wave_of_the_gpu_and_keep_splits_long():
-    key_splits = atm_module.key_splits
-    # ViT-L: 80 programs of 16 queries, 3 splits make 240, within 264 (two per SM on 132 SMs).
-    assert key_splits(8, 150, 1600, 16, sm_count=132) == (3, 576)
-    # One image: 10 programs; 6 splits of at least 256 keys asked, 5 of 320 (a multiple of 64) made.
-    assert key_splits(1, 150, 1600, 16, sm_count=132) == (5, 320)
-    assert key_splits(64, 150, 1600, 16, sm_count=132)[0] == 1  # enough programs already
-    assert key_splits(8, 150, 300, 16, sm_count=132)[0] == 1  # too few keys to split
-    assert key_splits(8, 150, 1600, 16, sm_count=0)[0] == 1  # the CPU
-    assert key_splits(1, 1, 4096, 70000, sm_count=132)[0] == 1  # the combine's grid would be too tall
-    # A split's length is a multiple of SPLIT_ALIGN, itself a multiple of every config's BLOCK_L.
-    assert all(atm_module.SPLIT_ALIGN % block_l == 0 for _, block_l in atm_module._FWD_BLOCKS)
-
-
-@pytest.mark.parametrize("length, asked, made", [(129, 5, (3, 64)), (1600, 3, (3, 576)), (100, 4, (2, 64)),
-                                                  (37, 2, (1, 64)), (1030, 4, (4, 320))])
-def test_split_layout_covers_the_keys_without_an_empty_split(length, asked, made):
-    splits, split_len = atm_module.split_layout(length, asked)
-    assert (splits, split_len) == made and split_len % atm_module.SPLIT_ALIGN == 0
-    assert (splits - 1) * split_len < length <= splits * split_len
-
-
-def test_a_bad_split_count_is_a_clear_error(device):
-    q, k, v, _ = make_inputs((1, 5, 100, 64, 2), torch.float32, device)
-    out, lse = torch.empty_like(q), torch.empty(1, 2, 5, device=device)
-    with pytest.raises(ValueError, match="splits must be >= 1"):
-        launch_forward(q, k, v, 2, 0.2, None, False, out, None, lse, splits=0)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_op_with_a_split_forward_matches_reference_forward_and_backward(monkeypatch, device, dtype):
-    """The op splits the keys on a GPU with many SMs; here a CPU pretends to have them."""
-    monkeypatch.setattr(atm_module, "_sm_count", lambda _device: 1000)
-    shape = (1, 17, 600, 64, 2)
-    assert atm_module.key_splits(1, 17, 600, 2, 1000)[0] == 2
-    grads, ref_grads = grads_vs_reference(shape, dtype, device, prev=True, sigmoid=True)
-    for name, grad, ref in zip(["dq", "dk", "dv", "dprev"], grads, ref_grads):
-        assert_close64(grad, ref, dtype, name)
-    q, k, v, prev = make_inputs(shape, dtype, device, prev=True)
-    out, mask = atm_attention(q, k, v, 2, prev_mask=prev)
-    ref_out, ref_mask = reference64(q, k, v, 2, prev_mask=prev)
-    assert_close64(out, ref_out, dtype, "out")
-    assert_close64(mask, ref_mask, dtype, "mask")
-
-
-def test_split_forward_without_a_mask(device):
+def test_forward_without_a_mask_writes_out_and_lse(device):
+    """Without a mask the grid has attention rows only."""
     shape = (2, 17, 200, 64, 2)
     q, k, v, _ = make_inputs(shape, torch.float16, device)
     out, lse = torch.full_like(q, float("nan")), torch.full((2, 2, 17), float("nan"), device=device)
-    launch_forward(q, k, v, 2, 32**-0.5, None, False, out, None, lse, splits=3)
+    launch_forward(q, k, v, 2, 32**-0.5, None, False, out, None, lse)
     assert_close64(out, reference64(q, k, v, 2)[0], torch.float16, "out")
     torch.testing.assert_close(lse.double(), logsumexp64(q, k, 2), atol=1e-4, rtol=1e-4)
 
@@ -367,20 +312,6 @@ def test_tuned_configs_are_shared_by_sizes_of_one_power_of_two_range(monkeypatch
     assert keys(37)["_atm_bwd_dq_kernel"] != keys(37, dmask=False)["_atm_bwd_dq_kernel"]
 
 
-def test_forward_config_pruning_keeps_tiles_that_fit_in_registers():
-    """Only a GPU has several configs to prune (the interpreter runs one), so the rule is checked here."""
-    configs = [triton.Config({"BLOCK_N": n, "BLOCK_L": ln}) for n, ln in ((16, 32), (16, 64), (32, 32), (32, 64))]
-
-    def kept(heads, head_dim):
-        pruned = atm_module._prune_fwd_configs(configs, {"HEADS_P2": heads, "HEAD_DIM": head_dim})
-        return [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_L"]) for c in pruned]
-
-    assert kept(16, 32) == [(16, 32), (16, 64), (32, 32)]  # the ViT-L decoder
-    assert kept(2, 64) == [(16, 32), (16, 64), (32, 32), (32, 64)]
-    assert kept(16, 128) == [(16, 32)]
-    assert kept(32, 128) == [(16, 32)]  # none fits: the smallest runs
-
-
 # ---------------------------------------------------------------------------- integration
 
 
@@ -559,11 +490,12 @@ def test_real_shape_torch_compile_matches_eager(device):
 
 
 
-def test_more_images_or_image_heads_than_a_launch_grid_takes_is_a_clear_error(device):
-    q = torch.zeros(1, 1, 64, device=device).expand(65536, 1, 64)
-    with pytest.raises(ValueError, match="at most 65535 images per call, got 65536; split the batch"):
-        atm_attention(q, q, q, 4)
-    q = q[:16385]  # 16385 images x 4 heads > 65535 (image, head) pairs in the backward's grid
+def test_more_queries_or_image_heads_than_a_launch_grid_takes_is_a_clear_error(device):
+    q = torch.zeros(1, 1, 64, device=device).expand(1, 65535 * 16 + 1, 64)  # blocks of 16 queries
+    with pytest.raises(ValueError, match="at most 1048560 queries per image, got 1048561; split the queries"):
+        atm_attention(q, q[:, :1], q[:, :1], 4)
+    q = torch.zeros(1, 1, 64, device=device).expand(16385, 1, 64)
     lse = torch.zeros(16385, 4, 1, device=device).expand(16385, 4, 1)
+    # 16385 images x 4 heads > 65535 (image, head) pairs in the backward's grid
     with pytest.raises(ValueError, match="at most 65535 \\(image, head\\) pairs in the backward"):
         launch_backward(q, None, q, q, q, q, lse, 4, 0.125, q, q, q)

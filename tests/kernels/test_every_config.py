@@ -36,15 +36,14 @@ def only(monkeypatch, kernel, config):
 
 # All of them, also those the autotuner's pruning drops at this shape: torch.compile and AOTInductor
 # launch the kernel's config list without the pruning, so any config can win inside an engine.
-@pytest.mark.parametrize("splits", [1, 2], ids=["whole", "split"])
 @pytest.mark.parametrize("config", atm._atm_fwd_kernel.configs, ids=config_id)
-def test_atm_forward_config(monkeypatch, device, config, splits):
+def test_atm_forward_config(monkeypatch, device, config):
     only(monkeypatch, atm._atm_fwd_kernel, config)
     b, n, length, d, heads = ATM_FWD_SHAPE
     q, k, v, prev = make_inputs(ATM_FWD_SHAPE, DTYPE, device, prev=True)
     out, mask = torch.full_like(q, float("nan")), torch.full_like(prev, float("nan"))
     lse = torch.empty(b, heads, n, device=device)
-    atm.launch_forward(q, k, v, heads, (d // heads) ** -0.5, prev, True, out, mask, lse, splits=splits)
+    atm.launch_forward(q, k, v, heads, (d // heads) ** -0.5, prev, True, out, mask, lse)
     ref_out, ref_mask = reference64(q, k, v, heads, prev_mask=prev, sigmoid_mask=True)
     assert_close64(out, ref_out, DTYPE, "out")
     assert_close64(mask, ref_mask, DTYPE, "mask")

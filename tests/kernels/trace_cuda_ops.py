@@ -5,7 +5,6 @@ Without CUDA, Triton is told the driver targets sm_90 (the tracing needs only a 
 Run as a script without ``TRITON_INTERPRET`` (``test_kernels_compile.py`` does).
 """
 import json
-import sys
 
 import torch
 import triton
@@ -28,7 +27,6 @@ if not torch.cuda.is_available():
 
 from segvit_rt.kernels import atm_attention, qd_attention  # noqa: E402
 
-atm_module = sys.modules["segvit_rt.kernels.atm_attention"]
 
 
 class Call(torch.nn.Module):
@@ -62,17 +60,15 @@ def launches(fn, *shapes):
     return found
 
 
-def atm_on(sm_count):
-    """ATM at ViT-L's decoder shape as on a GPU of ``sm_count`` SMs (0: unsplit; 132: keys split)."""
-    atm_module.__dict__["_sm_count"] = lambda _device: sm_count
+def atm_at_vit_l_shape():
+    """ATM at ViT-L's decoder shape."""
     return launches(lambda q, k, prev: atm_attention(q, k, k, 16, prev_mask=prev, sigmoid_mask=True),
                     (2, 150, 512), (2, 1600, 512), (2, 150, 1600))
 
 
 def atm_guards_on_a_dynamic_batch(batch_hint):
-    """The guards the ATM op puts on a symbolic batch (``torch.export`` with a ``Dim`` batch), on 132 SMs.
+    """The guards the ATM op puts on a symbolic batch (``torch.export`` with a ``Dim`` batch).
     A guard that holds for one batch only would specialise a dynamic-batch engine to it."""
-    atm_module.__dict__["_sm_count"] = lambda _device: 132
     with FakeTensorMode():
         examples = [torch.empty((batch_hint, *s), device="cuda", dtype=torch.float16)
                     for s in ((150, 512), (1600, 512), (150, 1600))]
@@ -86,8 +82,7 @@ def atm_guards_on_a_dynamic_batch(batch_hint):
 
 
 result = {
-    "atm": atm_on(0),
-    "atm-split": atm_on(132),
+    "atm": atm_at_vit_l_shape(),
     "atm-dynamic-batch-guards": {hint: atm_guards_on_a_dynamic_batch(hint) for hint in (2, 8, 30)},
     "qd": launches(lambda qkv: qd_attention(*qkv.split(1024, -1), (40, 40), 16), (2, 1600, 3072)),
 }
