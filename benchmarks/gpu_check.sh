@@ -192,7 +192,7 @@ for s in $STEPS; do
         # Every autotune config of the kernels against the reference (the other tests see only the
         # winners), as many as fit.
         config-sweep) step config-sweep 240 pytest_run "${PARALLEL[@]}" tests/kernels/test_every_config.py ;;
-        # The kernel tests without the gpu mark (tails, padded heads, poisoned outputs, opcheck, export,
+        # The kernel tests without the gpu mark (tails, odd head counts, poisoned outputs, opcheck, export,
         # torch.compile) at small shapes, on CUDA: as many as fit.
         kernel-tests) step kernel-tests 120 pytest_run "${PARALLEL[@]}" -m "not gpu" --ignore=tests/kernels/test_every_config.py tests/kernels ;;
         *) echo "gpu_check: unknown step $s" | tee -a "$LOG"; status=1 ;;

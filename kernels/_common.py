@@ -248,11 +248,29 @@ def attention_scale(op: str, x, num_heads: int, scale: float | None) -> float:
     if scale is None:
         well_formed = isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[-1] >= num_heads \
             and x.shape[-1] % num_heads == 0
-        scale = (x.shape[-1] // num_heads) ** -0.5 if well_formed else 1.0
+        # Finite by construction; left as it is, since under torch.compile(dynamic=True) the width
+        # is symbolic and float() or isfinite() of it would break the graph.
+        return (x.shape[-1] // num_heads) ** -0.5 if well_formed else 1.0
     scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"{op}: scale must be finite, got {scale}")
     return scale
+
+
+def check_int32_offsets(op: str, **tensors) -> None:
+    """The kernels reach an image's elements with int32 offsets from its start (the image's own
+    offset is int64): refuse a tensor whose elements of one image lie further apart, as views with
+    large strides can (e.g. a sequence-first projection over a big batch). Symbolic sizes (tracing)
+    are not checked."""
+    for name, t in tensors.items():
+        sizes, strides = t.shape[1:], t.stride()[1:]
+        if not all(isinstance(x, int) for x in (*sizes, *strides)):
+            continue
+        span = sum((size - 1) * abs(stride) for size, stride in zip(sizes, strides) if size)
+        if span > 2**31 - 1:
+            raise ValueError(f"{op}: {name} (shape {tuple(t.shape)}, strides {tuple(t.stride())}) spreads one image "
+                             f"over {span + 1} elements, more than the kernel's int32 offsets reach; "
+                             f"pass {name}.contiguous()")
 
 
 def check_grid_y(op: str, rows: int, what: str) -> None:

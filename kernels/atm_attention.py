@@ -55,6 +55,7 @@ from ._common import (
     autotune_configs,
     check_grid_y,
     check_head_dim,
+    check_int32_offsets,
     check_num_heads,
     check_same,
     check_shape,
@@ -297,6 +298,7 @@ def launch_forward(q, k, v, num_heads, scale, prev_mask, sigmoid_mask, out, mask
     (skip the mask) and ``lse`` [B, H, N] fp32. Exposed so tests can hand in poisoned buffers."""
     b, n, d = q.shape
     length = k.shape[1]
+    _check_outputs(out, mask, lse, (b, n, d), (b, n, length), (b, num_heads, n))
     prev_strides = prev_mask.stride() if prev_mask is not None else (0, 0, 0)
     mask_strides = mask.stride()[:2] if mask is not None else (0, 0)
 
@@ -324,6 +326,7 @@ def launch_backward(dout, dmask, q, k, v, out, lse, num_heads, scale, dq, dk, dv
     mask gets none)."""
     b, n, d = q.shape
     check_grid_y(OP, b * num_heads, "(image, head) pairs in the backward")
+    check_int32_offsets(OP, dout=dout, **({"dmask": dmask} if dmask is not None else {}))
     length = k.shape[1]
     head_dim = d // num_heads
     # Per-row softmax correction sum_d dO·O for each (batch, head, query): [B, H, N] fp32.
@@ -375,10 +378,25 @@ def _check_inputs(q, k, v, num_heads, prev_mask, need_mask, triton_path):
     if triton_path:
         check_head_dim(OP, d, num_heads)
         _check_query_blocks(n)  # the backward's grid has (image, head) pairs: checked there
+        check_int32_offsets(OP, q=q, k=k, v=v, **({"prev_mask": prev_mask} if prev_mask is not None else {}))
     if prev_mask is not None and need_mask:
         check_tensor(OP, "prev_mask", prev_mask, ndim=3, dtypes=FLOAT_DTYPES)
         check_shape(OP, "prev_mask", prev_mask, (b, n, length), "[B, N, L]")
         check_same(OP, "device", q=q, prev_mask=prev_mask)
+
+
+def _check_outputs(out, mask, lse, out_shape, mask_shape, lse_shape):
+    """``launch_forward``'s buffers: the kernel writes rows of ``out``/``mask`` with their strides but
+    contiguous last dims, and ``lse`` as a contiguous [B, H, N]."""
+    check_shape(OP, "out", out, out_shape, "[B, N, D]")
+    if mask is not None:
+        check_shape(OP, "mask", mask, mask_shape, "[B, N, L]")
+    check_shape(OP, "lse", lse, lse_shape, "[B, H, N]")
+    for name, t, contiguous in (("out", out, out.stride(-1) == 1), ("lse", lse, lse.is_contiguous()),
+                                ("mask", mask, mask is None or mask.stride(-1) == 1)):
+        if not contiguous:
+            raise ValueError(f"{OP}: {name} must be " + ("contiguous" if name == "lse" else "contiguous in its last dim")
+                             + f", got strides {tuple(t.stride())}")
 
 
 def _check_query_blocks(n):

@@ -37,6 +37,7 @@ from ._common import (
     autotune_configs,
     check_grid_y,
     check_head_dim,
+    check_int32_offsets,
     check_int_pair,
     check_num_heads,
     check_same,
@@ -339,6 +340,7 @@ def _check_inputs(x_q, k, v, grid_h, grid_w, num_heads, triton_path):
     if triton_path:
         check_head_dim(OP, d, num_heads)
         check_grid_y(OP, b * num_heads, "(image, head) pairs")
+        check_int32_offsets(OP, x_q=x_q, k=k, v=v)
 
 
 def _grid_ints(grid_hw) -> tuple[int, int]:

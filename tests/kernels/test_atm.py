@@ -2,7 +2,7 @@
 
 Without CUDA every test runs the real Triton kernels through the interpreter
 (``conftest.py`` sets ``TRITON_INTERPRET=1``), at small sizes that still cover
-query/key tails and padded heads; ``@pytest.mark.gpu`` tests use the real
+query/key tails, odd head counts and batches; ``@pytest.mark.gpu`` tests use the real
 ViT-B/ViT-L ADE20K-640 shapes.
 """
 import importlib
@@ -382,9 +382,11 @@ def test_torch_export_keeps_the_custom_op(device):
         assert_close64(got, want, torch.float32, "exported")
 
 
-def test_torch_compile_forward_and_backward(device):
+@pytest.mark.parametrize("dynamic", [None, True], ids=["static", "dynamic"])
+def test_torch_compile_forward_and_backward(device, dynamic):
+    """Also with every size symbolic (``dynamic=True``), where the default scale is symbolic too."""
     args = _tiny_inputs(device)
-    compiled = torch.compile(_TinyATM(), backend="inductor", fullgraph=True)
+    compiled = torch.compile(_TinyATM(), backend="inductor", fullgraph=True, dynamic=dynamic)
     inputs = [t.clone().requires_grad_() for t in args]
     out, mask = compiled(*inputs)
     (out.square().sum() + mask.sum()).backward()
@@ -488,6 +490,42 @@ def test_real_shape_torch_compile_matches_eager(device):
     torch.testing.assert_close(out, eager_out, atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(mask, eager_mask, atol=2e-3, rtol=2e-3)
 
+
+
+def test_views_spreading_an_image_beyond_int32_offsets_are_refused():
+    """The kernels reach an image's elements with int32 offsets: a sequence-first view over a big
+    batch (row stride 131072) with 16386 keys would wrap; its contiguous copy is fine. Fake tensors
+    give the strides without the 4 GiB."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(1, 3, 32, dtype=torch.float16)
+        far = torch.empty_strided((1, 16386, 32), (0, 131072, 1), dtype=torch.float16)
+        near = torch.empty_strided((1, 16384, 32), (0, 131072, 1), dtype=torch.float16)
+        atm_module._check_inputs(q, near, near, 2, None, True, triton_path=True)
+        with pytest.raises(ValueError, match=r"k \(shape \(1, 16386, 32\), strides \(0, 131072, 1\)\) spreads one "
+                                             r"image over 2147614752 elements, .* pass k.contiguous\(\)"):
+            atm_module._check_inputs(q, far, far, 2, None, True, triton_path=True)
+        with pytest.raises(ValueError, match="prev_mask .* int32 offsets"):
+            prev = torch.empty_strided((1, 3, 16386), (0, 1, 131072), dtype=torch.float16)
+            atm_module._check_inputs(q, near[:, :16386], near[:, :16386], 2, prev, True, triton_path=True)
+        qd = importlib.import_module("segvit_rt.kernels.qd_attention")
+        x = torch.empty_strided((1, 130 * 128, 64), (0, 131072, 1), dtype=torch.float16)
+        with pytest.raises(ValueError, match="qd_attention: x_q .* int32 offsets"):
+            qd._check_inputs(x, x, x, 130, 128, 1, triton_path=True)
+
+
+def test_launch_forward_refuses_buffers_it_would_write_wrongly(device):
+    q, k, v, _ = make_inputs((2, 5, 7, 64, 2), torch.float32, device)
+    out, mask, lse = torch.empty_like(q), torch.empty(2, 5, 7, device=device), torch.empty(2, 2, 5, device=device)
+    with pytest.raises(ValueError, match=r"lse must be contiguous, got strides \(10, 1, 2\)"):
+        launch_forward(q, k, v, 2, 0.2, None, False, out, mask, torch.empty(2, 5, 2, device=device).transpose(1, 2))
+    with pytest.raises(ValueError, match=r"lse must have shape \(2, 2, 5\) \[B, H, N\], got \(2, 5, 2\)"):
+        launch_forward(q, k, v, 2, 0.2, None, False, out, mask, torch.empty(2, 5, 2, device=device))
+    with pytest.raises(ValueError, match="out must be contiguous in its last dim"):
+        launch_forward(q, k, v, 2, 0.2, None, False, torch.empty(2, 64, 5, device=device).transpose(1, 2), mask, lse)
+    with pytest.raises(ValueError, match="mask must be contiguous in its last dim"):
+        launch_forward(q, k, v, 2, 0.2, None, False, out, torch.empty(2, 7, 5, device=device).transpose(1, 2), lse)
 
 
 def test_more_queries_or_image_heads_than_a_launch_grid_takes_is_a_clear_error(device):

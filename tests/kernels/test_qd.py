@@ -252,3 +252,15 @@ def test_more_batch_heads_than_a_launch_grid_takes_is_a_clear_error(device):
     x = torch.zeros(1, 4, 64, device=device).expand(16385, 4, 64)  # 16385 x 4 heads > 65535
     with pytest.raises(ValueError, match="at most 65535 \\(image, head\\) pairs per call, got 65540"):
         qd_attention(x, x, x, (2, 2), 4)
+
+
+def test_torch_compile_with_every_size_symbolic_matches_eager(device):
+    """``dynamic=True``: the default scale is symbolic there, and must not break the graph."""
+    class QD(torch.nn.Module):
+        def forward(self, x, k, v):
+            return qd_attention(x, k, v, (4, 6), 2)
+
+    gen = torch.Generator().manual_seed(0)
+    x, k, v = (torch.randn(2, 24, 64, generator=gen).to(device) for _ in range(3))
+    out = torch.compile(QD(), fullgraph=True, dynamic=True)(x, k, v)
+    torch.testing.assert_close(out, qd_attention(x, k, v, (4, 6), 2), atol=1e-5, rtol=1e-5)
