@@ -13,22 +13,14 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from compile_fp64_scalars import ATM_BWD, ATM_FWD, QD, atm, qd, signature
+from compile_fp64_scalars import ATTENTION_KERNELS, signature
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-KERNELS = [  # (autotuned kernel, its constexprs but the blocks)
-    (atm._atm_fwd_kernel, ATM_FWD),
-    (atm._atm_bwd_dkdv_kernel, ATM_BWD),
-    (atm._atm_bwd_dq_kernel, ATM_BWD),
-    (qd._qd_fwd_kernel, QD),
-    (qd._qd_bwd_dkdv_kernel, QD),
-    (qd._qd_bwd_dq_kernel, QD),
-]
 
 
 def machine_code(kernel, consts, config, tmp: Path) -> dict:
     fn = kernel.fn
-    consts = {**consts, **config.kwargs}
+    consts = {**consts, **config.kwargs}  # the config's blocks over the layout's defaults
     src = ASTSource(fn=fn, signature=signature(fn, consts),
                     constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
@@ -46,7 +38,7 @@ def machine_code(kernel, consts, config, tmp: Path) -> dict:
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         print(json.dumps([machine_code(kernel, consts, config, Path(tmp))
-                          for kernel, consts in KERNELS for config in kernel.configs]))
+                          for kernel, consts in ATTENTION_KERNELS for config in kernel.configs]))
 
 
 if __name__ == "__main__":
