@@ -24,15 +24,13 @@ ATM_BWD = dict(NUM_HEADS=16, HEAD_DIM=32, HAS_DMASK=True, BLOCK_N=32, BLOCK_L=64
 QD = dict(HEAD_DIM=64, BLOCK_M=64, BLOCK_N=64, **DOT)
 ATM_FWD = dict(NUM_HEADS=16, HEAD_DIM=32, NEED_MASK=True, HAS_PREV=True, SIGMOID=False, STORE_LSE=True,
                BLOCK_N=64, BLOCK_L=64, **DOT)
-ATTENTION_KERNELS = [  # (kernel, its constexprs at the ViT-L layouts); compile_sass.py reads them too
+KERNELS = [  # (kernel, its constexprs at the ViT-L layouts); compile_sass.py reads them too
     (atm._atm_fwd_kernel, ATM_FWD),
     (atm._atm_bwd_dkdv_kernel, ATM_BWD),
     (atm._atm_bwd_dq_kernel, ATM_BWD),
     (qd._qd_fwd_kernel, QD),
     (qd._qd_bwd_dkdv_kernel, QD),
     (qd._qd_bwd_dq_kernel, QD),
-]
-KERNELS = ATTENTION_KERNELS + [
     (post._postprocess_kernel, dict(WRITE_SCORES=True, DOT_PRECISION="tf32x3", BLOCK_P=64, BLOCK_Q=16, BLOCK_C=64)),
 ]
 

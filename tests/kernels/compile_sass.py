@@ -1,5 +1,5 @@
-"""Compile the attention kernels for sm_90 in every autotune config at the ViT-L layouts in fp16
-(ATM: the decoder's 16 heads of 32; QD: the backbone's heads of 64) and print, per config, what
+"""Compile the kernels for sm_90 in every autotune config at the ViT-L layouts in fp16 (ATM: the
+decoder's 16 heads of 32; QD: the backbone's heads of 64; the post-process) and print, per config, what
 its machine code shows: registers, stack (local memory: spills), and the tensor-core
 instructions (HGMMA: Hopper's wgmma; HMMA: the older mma.sync path). No GPU needed. Run without
 ``TRITON_INTERPRET`` (``test_kernels_compile.py`` does)."""
@@ -13,7 +13,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from compile_fp64_scalars import ATTENTION_KERNELS, signature
+from compile_fp64_scalars import KERNELS, signature
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
@@ -38,7 +38,7 @@ def machine_code(kernel, consts, config, tmp: Path) -> dict:
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         print(json.dumps([machine_code(kernel, consts, config, Path(tmp))
-                          for kernel, consts in ATTENTION_KERNELS for config in kernel.configs]))
+                          for kernel, consts in KERNELS for config in kernel.configs]))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def test_atm_op_puts_no_batch_specific_guard_on_a_dynamic_batch():
     assert all(re.fullmatch(r"Eq\(s\d+, s\d+\)", g) for g in guards["2"]), guards
 
 
-def test_attention_kernels_compile_without_spilling_and_the_atm_forward_to_wgmma():
+def test_kernels_compile_without_spilling_and_the_atm_forward_to_wgmma():
     """The sm_90 machine code of every autotune config at the ViT-L fp16 layouts: none spills
     registers to local memory, and the fused ATM forward's tiles of 64 queries or more run on
     Hopper's wgmma (HGMMA), not the older mma.sync (HMMA). The ATM forward's all-heads design
@@ -44,7 +44,7 @@ def test_attention_kernels_compile_without_spilling_and_the_atm_forward_to_wgmma
     configs = json.loads(run_compile_script("compile_sass.py").stdout.splitlines()[-1])
     kernels = {c["kernel"] for c in configs}
     assert kernels == {"_atm_fwd_kernel", "_atm_bwd_dkdv_kernel", "_atm_bwd_dq_kernel",
-                       "_qd_fwd_kernel", "_qd_bwd_dkdv_kernel", "_qd_bwd_dq_kernel"}, kernels
+                       "_qd_fwd_kernel", "_qd_bwd_dkdv_kernel", "_qd_bwd_dq_kernel", "_postprocess_kernel"}, kernels
     for c in configs:
         assert c["stack"] == 0 and c["local_loads"] == 0, c
     forward = [c for c in configs if c["kernel"] == "_atm_fwd_kernel"]
