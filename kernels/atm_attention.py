@@ -86,7 +86,8 @@ _FWD_CONFIGS = autotune_configs(("BLOCK_N", "BLOCK_L"), [
 ], interpreter=(16, 32))
 _BWD_CONFIGS = _configs([(32, 64), (64, 64)], [(4, 2), (8, 2)])  # larger tiles spill (compile_sass.py)
 _KEY = ["N", "l_bucket", "HEAD_DIM"]  # triton's autotuner adds the tensor dtypes to the key
-MIN_BLOCK_N = 16  # the smallest BLOCK_N of every config: the forward's grid has cdiv(N, it) rows at most
+# The forward's grid has at most cdiv(N, MIN_BLOCK_N) blocks of queries on its second axis.
+MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in _FWD_CONFIGS)
 
 
 @triton.autotune(configs=_FWD_CONFIGS, key=_KEY + ["NUM_HEADS", "NEED_MASK"])
