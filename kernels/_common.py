@@ -260,9 +260,11 @@ def attention_scale(op: str, x, num_heads: int, scale: float | None) -> float:
 def check_int32_offsets(op: str, **tensors) -> None:
     """The kernels reach an image's elements with int32 offsets from its start (the image's own
     offset is int64): refuse a tensor whose elements of one image lie further apart, as views with
-    large strides can (e.g. a sequence-first projection over a big batch). Symbolic sizes (tracing)
-    are not checked."""
+    large strides can (e.g. a sequence-first projection over a big batch). ``None`` (an optional
+    input not given) and symbolic sizes (tracing) are not checked."""
     for name, t in tensors.items():
+        if t is None:
+            continue
         sizes, strides = t.shape[1:], t.stride()[1:]
         if not all(isinstance(x, int) for x in (*sizes, *strides)):
             continue

@@ -72,19 +72,18 @@ from ._common import (
 OP = "atm_attention"
 
 
-def _configs(blocks, warps_stages):
-    """(BLOCK_N, BLOCK_L) tiles x (num_warps, num_stages); one (16, 32) tile under the interpreter."""
-    settings = [(n, l, w, s) for n, l in blocks for w, s in warps_stages]
+def _configs(settings):
+    """Autotuning space from (BLOCK_N, BLOCK_L, num_warps, num_stages) tuples; (16, 32) under the interpreter."""
     return autotune_configs(("BLOCK_N", "BLOCK_L"), settings, interpreter=(16, 32))
 
 
 # (BLOCK_N, BLOCK_L, num_warps, num_stages). Tiles of 64 queries or more run on Hopper's wgmma; 16 and
 # 32 waste less of a small N. The 8192-element tiles take 8 warps: with 4 they spill (compile_sass.py).
-_FWD_CONFIGS = autotune_configs(("BLOCK_N", "BLOCK_L"), [
+_FWD_CONFIGS = _configs([
     (16, 64, 4, 2), (16, 64, 8, 2), (32, 64, 4, 2), (32, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2),
     (64, 64, 4, 2), (64, 64, 8, 2), (64, 128, 8, 2), (128, 64, 8, 2),
-], interpreter=(16, 32))
-_BWD_CONFIGS = _configs([(32, 64), (64, 64)], [(4, 2), (8, 2)])  # larger tiles spill (compile_sass.py)
+])
+_BWD_CONFIGS = _configs([(n, 64, w, 2) for n in (32, 64) for w in (4, 8)])  # larger tiles spill (compile_sass.py)
 _KEY = ["N", "l_bucket", "HEAD_DIM"]  # triton's autotuner adds the tensor dtypes to the key
 # The forward's grid has at most cdiv(N, MIN_BLOCK_N) blocks of queries on its second axis.
 MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in _FWD_CONFIGS)
@@ -327,7 +326,7 @@ def launch_backward(dout, dmask, q, k, v, out, lse, num_heads, scale, dq, dk, dv
     mask gets none)."""
     b, n, d = q.shape
     check_grid_y(OP, b * num_heads, "(image, head) pairs in the backward")
-    check_int32_offsets(OP, dout=dout, **({"dmask": dmask} if dmask is not None else {}))
+    check_int32_offsets(OP, dout=dout, dmask=dmask)
     length = k.shape[1]
     head_dim = d // num_heads
     # Per-row softmax correction sum_d dO·O for each (batch, head, query): [B, H, N] fp32.
@@ -379,11 +378,12 @@ def _check_inputs(q, k, v, num_heads, prev_mask, need_mask, triton_path):
     if triton_path:
         check_head_dim(OP, d, num_heads)
         _check_query_blocks(n)  # the backward's grid has (image, head) pairs: checked there
-        check_int32_offsets(OP, q=q, k=k, v=v, **({"prev_mask": prev_mask} if prev_mask is not None else {}))
     if prev_mask is not None and need_mask:
         check_tensor(OP, "prev_mask", prev_mask, ndim=3, dtypes=FLOAT_DTYPES)
         check_shape(OP, "prev_mask", prev_mask, (b, n, length), "[B, N, L]")
         check_same(OP, "device", q=q, prev_mask=prev_mask)
+    if triton_path:  # once prev_mask is known to be a tensor (or unused)
+        check_int32_offsets(OP, q=q, k=k, v=v, prev_mask=prev_mask if need_mask else None)
 
 
 def _check_outputs(out, mask, lse, out_shape, mask_shape, lse_shape):
@@ -393,11 +393,11 @@ def _check_outputs(out, mask, lse, out_shape, mask_shape, lse_shape):
     if mask is not None:
         check_shape(OP, "mask", mask, mask_shape, "[B, N, L]")
     check_shape(OP, "lse", lse, lse_shape, "[B, H, N]")
-    for name, t, contiguous in (("out", out, out.stride(-1) == 1), ("lse", lse, lse.is_contiguous()),
-                                ("mask", mask, mask is None or mask.stride(-1) == 1)):
-        if not contiguous:
-            raise ValueError(f"{OP}: {name} must be " + ("contiguous" if name == "lse" else "contiguous in its last dim")
-                             + f", got strides {tuple(t.stride())}")
+    for name, t in (("out", out), ("mask", mask)):
+        if t is not None and t.stride(-1) != 1:
+            raise ValueError(f"{OP}: {name} must be contiguous in its last dim, got strides {tuple(t.stride())}")
+    if not lse.is_contiguous():
+        raise ValueError(f"{OP}: lse must be contiguous, got strides {tuple(lse.stride())}")
 
 
 def _check_query_blocks(n):

@@ -46,13 +46,18 @@ def signature(fn, consts):
     return {name: arg_type(name) for name in fn.arg_names}
 
 
+def compile_for_sm90(kernel, consts: dict, **options):
+    """``kernel`` (a ``@triton.jit`` function, or the autotuner over one) compiled for sm_90 with the
+    constexprs ``consts``, its float scalars typed fp64."""
+    fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
+    src = ASTSource(fn=fn, signature=signature(fn, consts),
+                    constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
 def main():
-    target = GPUTarget("cuda", 90, 32)
     for kernel, consts in KERNELS:
-        fn = kernel.fn if isinstance(kernel, Autotuner) else kernel  # the @triton.jit function
-        constexprs = {(fn.arg_names.index(k),): v for k, v in consts.items()}
-        triton.compile(ASTSource(fn=fn, signature=signature(fn, consts), constexprs=constexprs), target=target)
-        print("compiled", fn.__name__)
+        print("compiled", compile_for_sm90(kernel, consts).metadata.name)
 
 
 if __name__ == "__main__":

@@ -10,21 +10,16 @@ import tempfile
 from pathlib import Path
 
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
-from compile_fp64_scalars import KERNELS, signature
+from compile_fp64_scalars import KERNELS, compile_for_sm90
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
 def machine_code(kernel, consts, config, tmp: Path) -> dict:
     fn = kernel.fn
-    consts = {**consts, **config.kwargs}  # the config's blocks over the layout's defaults
-    src = ASTSource(fn=fn, signature=signature(fn, consts),
-                    constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    compiled = compile_for_sm90(kernel, {**consts, **config.kwargs},  # the config's blocks over the layout's
+                                num_warps=config.num_warps, num_stages=config.num_stages)
     cubin = tmp / f"{fn.__name__}.cubin"
     cubin.write_bytes(compiled.asm["cubin"])
     usage = subprocess.run([TOOLS / "cuobjdump", "-res-usage", cubin], capture_output=True, text=True, check=True).stdout

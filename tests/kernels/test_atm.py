@@ -508,7 +508,8 @@ def test_views_spreading_an_image_beyond_int32_offsets_are_refused():
             atm_module._check_inputs(q, far, far, 2, None, True, triton_path=True)
         with pytest.raises(ValueError, match="prev_mask .* int32 offsets"):
             prev = torch.empty_strided((1, 3, 16386), (0, 1, 131072), dtype=torch.float16)
-            atm_module._check_inputs(q, near[:, :16386], near[:, :16386], 2, prev, True, triton_path=True)
+            keys = torch.empty(1, 16386, 32, dtype=torch.float16)  # contiguous: only prev_mask spreads too far
+            atm_module._check_inputs(q, keys, keys, 2, prev, True, triton_path=True)
         qd = importlib.import_module("segvit_rt.kernels.qd_attention")
         x = torch.empty_strided((1, 130 * 128, 64), (0, 131072, 1), dtype=torch.float16)
         with pytest.raises(ValueError, match="qd_attention: x_q .* int32 offsets"):
